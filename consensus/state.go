@@ -1,0 +1,163 @@
+package consensus
+
+import (
+	"slices"
+	"time"
+)
+
+// NodeStatus is the health the leader last recorded for a node.
+type NodeStatus string
+
+// Node statuses, as shown by the management API.
+const (
+	StatusAlive   NodeStatus = "alive"
+	StatusSuspect NodeStatus = "suspect"
+	StatusDead    NodeStatus = "dead"
+	StatusLeft    NodeStatus = "left"
+)
+
+// NodeInfo is what the cluster knows about one member.
+type NodeInfo struct {
+	ID         string     `json:"id"`
+	Name       string     `json:"name"`
+	MgmtAddr   string     `json:"mgmt_addr"`
+	KVAddr     string     `json:"kv_addr"`
+	RaftAddr   string     `json:"raft_addr"`
+	GossipAddr string     `json:"gossip_addr"`
+	Status     NodeStatus `json:"status"`
+	// Since is when Status last changed, as stamped by the leader that
+	// proposed the change (so every replica of the FSM stores the same value).
+	Since time.Time `json:"since"`
+}
+
+// Partition is one row of the partition table.
+//
+// Primary serves reads and orders writes. Replicas are the other owners in
+// preference order. InSync is the subset of Replicas known to hold every
+// write the primary acknowledged in this Epoch; only they are waited for on
+// a write and only they may be promoted. Epoch grows by one every time the
+// primary changes and fences off requests addressed to an older primary.
+type Partition struct {
+	ID       int      `json:"id"`
+	Primary  string   `json:"primary"`
+	Replicas []string `json:"replicas"`
+	InSync   []string `json:"in_sync"`
+	Epoch    uint64   `json:"epoch"`
+}
+
+// IsInSync reports whether node is a replica in the in-sync set.
+func (p Partition) IsInSync(node string) bool { return slices.Contains(p.InSync, node) }
+
+// Owns reports whether node is the primary or one of the replicas.
+func (p Partition) Owns(node string) bool {
+	return p.Primary == node || slices.Contains(p.Replicas, node)
+}
+
+// Role returns "primary", "replica" or "" for node.
+func (p Partition) Role(node string) string {
+	switch {
+	case p.Primary == node:
+		return "primary"
+	case slices.Contains(p.Replicas, node):
+		return "replica"
+	}
+	return ""
+}
+
+func (p Partition) clone() Partition {
+	p.Replicas = slices.Clone(p.Replicas)
+	p.InSync = slices.Clone(p.InSync)
+	return p
+}
+
+// ClusterConfig is fixed when the cluster is bootstrapped.
+type ClusterConfig struct {
+	ID                string `json:"id"`
+	Name              string `json:"name"`
+	Partitions        int    `json:"partitions"`
+	ReplicationFactor int    `json:"replication_factor"`
+}
+
+// State is the replicated cluster metadata. A *State handed out by the Store
+// is immutable: every change builds a new one (copy-on-write), so readers on
+// the request path never lock and never see a half-applied command.
+type State struct {
+	Config     ClusterConfig       `json:"config"`
+	Nodes      map[string]NodeInfo `json:"nodes"`
+	Partitions []Partition         `json:"partitions"`
+	// Version grows by one with every change to the state and never goes
+	// backwards; the leader uses it for optimistic concurrency.
+	Version uint64 `json:"version"`
+}
+
+// Initialized reports whether the bootstrap command has been applied.
+func (s *State) Initialized() bool { return s != nil && s.Config.Partitions > 0 }
+
+// Partition returns row id, or false if there is no such partition.
+func (s *State) Partition(id int) (Partition, bool) {
+	if s == nil || id < 0 || id >= len(s.Partitions) {
+		return Partition{}, false
+	}
+	return s.Partitions[id], true
+}
+
+// SortedNodes returns the nodes ordered by ID.
+func (s *State) SortedNodes() []NodeInfo {
+	out := make([]NodeInfo, 0, len(s.Nodes))
+	for _, n := range s.Nodes {
+		out = append(out, n)
+	}
+	slices.SortFunc(out, func(a, b NodeInfo) int {
+		if c := compareNatural(a.ID, b.ID); c != 0 {
+			return c
+		}
+		return 0
+	})
+	return out
+}
+
+func (s *State) clone() *State {
+	c := &State{Config: s.Config, Version: s.Version, Nodes: make(map[string]NodeInfo, len(s.Nodes))}
+	for k, v := range s.Nodes {
+		c.Nodes[k] = v
+	}
+	c.Partitions = make([]Partition, len(s.Partitions))
+	for i, p := range s.Partitions {
+		c.Partitions[i] = p.clone()
+	}
+	return c
+}
+
+// compareNatural orders "node-2" before "node-10".
+func compareNatural(a, b string) int {
+	for a != "" && b != "" {
+		da, ra := splitDigits(a)
+		db, rb := splitDigits(b)
+		if da != "" && db != "" {
+			if len(da) != len(db) {
+				return len(da) - len(db)
+			}
+			if da != db {
+				if da < db {
+					return -1
+				}
+				return 1
+			}
+			a, b = ra, rb
+			continue
+		}
+		if a[0] != b[0] {
+			return int(a[0]) - int(b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return len(a) - len(b)
+}
+
+func splitDigits(s string) (digits, rest string) {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return s[:i], s[i:]
+}

@@ -1,0 +1,207 @@
+package kvapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/clusterkit/clusterkit/storage"
+)
+
+// Internal route prefix for node-to-node traffic.
+const internalPrefix = "/internal/v1"
+
+// opMsg is a write as it travels between nodes.
+type opMsg struct {
+	Delete bool   `json:"delete,omitempty"`
+	Key    string `json:"key"`
+	Value  string `json:"value,omitempty"`
+}
+
+func (o opMsg) storageOp() storage.Op {
+	return storage.Op{Delete: o.Delete, Key: []byte(o.Key), Value: []byte(o.Value)}
+}
+
+type forwardReq struct {
+	Partition int    `json:"partition"`
+	Epoch     uint64 `json:"epoch"`
+	Op        opMsg  `json:"op"`
+}
+
+type replicateReq struct {
+	Partition int    `json:"partition"`
+	Epoch     uint64 `json:"epoch"`
+	Seq       uint64 `json:"seq"`
+	From      string `json:"from"`
+	Op        opMsg  `json:"op"`
+}
+
+type readResp struct {
+	Value string `json:"value"`
+}
+
+// peerClient talks to other nodes' internal routes over pooled keep-alive
+// connections.
+type peerClient struct {
+	hc *http.Client
+}
+
+func newPeerClient() *peerClient {
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     60 * time.Second,
+	}
+	return &peerClient{hc: &http.Client{Transport: tr}}
+}
+
+func (c *peerClient) close() { c.hc.CloseIdleConnections() }
+
+// do sends a request and decodes a JSON answer into out (if not nil). A
+// failure to connect is ErrUnavailable (nothing was sent); a failure after
+// the request may have been delivered is ErrOutcomeUnknown.
+func (c *peerClient) do(ctx context.Context, method, addr, path string, q url.Values, body io.Reader, out any) error {
+	u := "http://" + addr + internalPrefix + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if isDialError(err) {
+			return errorf(503, CodeUnavailable, "cannot reach %s: %v", addr, err)
+		}
+		return errorf(503, CodeOutcomeUnknown, "request to %s failed: %v", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e Error
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(b, &e) != nil || e.Code == "" {
+			return errorf(503, CodeOutcomeUnknown, "%s answered %d: %s", addr, resp.StatusCode, bytes.TrimSpace(b))
+		}
+		e.Status = resp.StatusCode
+		return &e
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return errorf(503, CodeOutcomeUnknown, "bad answer from %s: %v", addr, err)
+	}
+	return nil
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func (c *peerClient) forward(ctx context.Context, addr string, r forwardReq) error {
+	b, _ := json.Marshal(r)
+	return c.do(ctx, http.MethodPost, addr, "/write", nil, bytes.NewReader(b), nil)
+}
+
+func (c *peerClient) read(ctx context.Context, addr string, p int, epoch uint64, key string, stale bool) (string, error) {
+	q := url.Values{"partition": {strconv.Itoa(p)}, "epoch": {strconv.FormatUint(epoch, 10)}, "key": {key}}
+	if stale {
+		q.Set("consistency", "stale")
+	}
+	var out readResp
+	err := c.do(ctx, http.MethodGet, addr, "/read", q, nil, &out)
+	return out.Value, err
+}
+
+func (c *peerClient) replicate(ctx context.Context, addr string, r replicateReq) error {
+	b, _ := json.Marshal(r)
+	return c.do(ctx, http.MethodPost, addr, "/replicate", nil, bytes.NewReader(b), nil)
+}
+
+// install streams a whole partition to a replica: the sequence number the
+// copy corresponds to, then length-prefixed key and value pairs read straight
+// out of one storage snapshot, then a zero-length key as the end mark.
+func (c *peerClient) install(ctx context.Context, addr, from string, p int, epoch uint64, st Storage) error {
+	pr, pw := io.Pipe()
+	go func() {
+		bw := bufio.NewWriterSize(pw, 64<<10)
+		var hdr [binary.MaxVarintLen64 * 2]byte
+		err := st.Snapshot(p, func(m storage.Meta) error {
+			_, err := bw.Write(binary.AppendUvarint(hdr[:0], m.Seq))
+			return err
+		}, func(k, v []byte) error {
+			b := binary.AppendUvarint(hdr[:0], uint64(len(k)))
+			b = binary.AppendUvarint(b, uint64(len(v)))
+			if _, err := bw.Write(b); err != nil {
+				return err
+			}
+			if _, err := bw.Write(k); err != nil {
+				return err
+			}
+			_, err := bw.Write(v)
+			return err
+		})
+		if err == nil {
+			_, err = bw.Write(binary.AppendUvarint(hdr[:0], 0))
+		}
+		if err == nil {
+			err = bw.Flush()
+		}
+		pw.CloseWithError(err)
+	}()
+	q := url.Values{"partition": {strconv.Itoa(p)}, "epoch": {strconv.FormatUint(epoch, 10)}, "from": {from}}
+	err := c.do(ctx, http.MethodPost, addr, "/install", q, pr, nil)
+	// Unblock the snapshot goroutine if the request ended early.
+	pr.CloseWithError(errors.New("install request finished"))
+	return err
+}
+
+// readInstallStream decodes what install sends: the sequence number, and a
+// function for Storage.Install that yields the pairs.
+func readInstallStream(r *bufio.Reader, maxEntry uint64) (seq uint64, next func() (storage.KV, bool, error), err error) {
+	seq, err = binary.ReadUvarint(r)
+	if err != nil {
+		return 0, nil, fmt.Errorf("read install stream: %w", err)
+	}
+	done := false
+	next = func() (storage.KV, bool, error) {
+		if done {
+			return storage.KV{}, false, nil
+		}
+		kl, err := binary.ReadUvarint(r)
+		if err != nil {
+			return storage.KV{}, false, fmt.Errorf("read install stream: %w", err)
+		}
+		if kl == 0 {
+			done = true
+			return storage.KV{}, false, nil
+		}
+		vl, err := binary.ReadUvarint(r)
+		if err != nil {
+			return storage.KV{}, false, fmt.Errorf("read install stream: %w", err)
+		}
+		if kl > maxEntry || vl > maxEntry {
+			return storage.KV{}, false, fmt.Errorf("install stream entry too large (%d, %d)", kl, vl)
+		}
+		buf := make([]byte, kl+vl)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return storage.KV{}, false, fmt.Errorf("read install stream: %w", err)
+		}
+		return storage.KV{Key: buf[:kl], Value: buf[kl:]}, true, nil
+	}
+	return seq, next, nil
+}

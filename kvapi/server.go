@@ -1,0 +1,458 @@
+package kvapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+)
+
+// Options configures a Server.
+type Options struct {
+	Router  Router
+	Control Control
+	Storage Storage
+	Info    Info
+	Logger  *slog.Logger
+	// RequestTimeout bounds a client operation, including retries while the
+	// partition table changes under it. Default 5s.
+	RequestTimeout time.Duration
+	// ReplicationTimeout bounds one replica's answer before it is dropped
+	// from the in-sync set. Default 1s.
+	ReplicationTimeout time.Duration
+}
+
+// Server serves the KV API and the internal data-plane routes.
+type Server struct {
+	router  Router
+	control Control
+	store   Storage
+	info    Info
+	log     *slog.Logger
+	peers   *peerClient
+	started time.Time
+
+	reqTimeout  time.Duration
+	replTimeout time.Duration
+
+	locksMu sync.Mutex
+	locks   map[int]*sync.RWMutex
+
+	requests atomic.Uint64
+	errors   atomic.Uint64
+
+	kick chan struct{}
+}
+
+// New builds a Server. Call Run to start its background replica sync.
+func New(o Options) *Server {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	s := &Server{
+		router: o.Router, control: o.Control, store: o.Storage, info: o.Info,
+		log: o.Logger, peers: newPeerClient(), started: time.Now(),
+		reqTimeout:  cmpOr(o.RequestTimeout, 5*time.Second),
+		replTimeout: cmpOr(o.ReplicationTimeout, time.Second),
+		locks:       map[int]*sync.RWMutex{},
+		kick:        make(chan struct{}, 1),
+	}
+	return s
+}
+
+func cmpOr(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// Counts returns the number of client requests served and of those that
+// ended in an error.
+func (s *Server) Counts() (requests, errs uint64) { return s.requests.Load(), s.errors.Load() }
+
+func (s *Server) lock(p int) *sync.RWMutex {
+	s.locksMu.Lock()
+	defer s.locksMu.Unlock()
+	l, ok := s.locks[p]
+	if !ok {
+		l = &sync.RWMutex{}
+		s.locks[p] = l
+	}
+	return l
+}
+
+// Handler returns the HTTP handler for the KV listener.
+func (s *Server) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+	})
+	r.Route("/kv", func(r chi.Router) {
+		r.Use(s.count)
+		r.Post("/set", s.handleSet)
+		r.Put("/set", s.handleSet)
+		r.Get("/get", s.handleGet)
+		r.Post("/delete", s.handleDelete)
+		r.Delete("/delete", s.handleDelete)
+		r.Get("/list", s.handleList)
+		r.Get("/stats", s.handleStats)
+	})
+	r.Route(internalPrefix, func(r chi.Router) {
+		r.Post("/write", s.handleForwardedWrite)
+		r.Get("/read", s.handleForwardedRead)
+		r.Post("/replicate", s.handleReplicate)
+		r.Post("/install", s.handleInstall)
+	})
+	return r
+}
+
+// statusRecorder remembers the status code a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Server) count(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		s.requests.Add(1)
+		// A missing key is an answer, not an error of the service.
+		if rec.status >= 400 && rec.status != http.StatusNotFound {
+			s.errors.Add(1)
+		}
+	})
+}
+
+type setBody struct {
+	Key   *string `json:"key"`
+	Value *string `json:"value"`
+}
+
+func validateKey(key string) error {
+	switch {
+	case key == "":
+		return errorf(http.StatusBadRequest, CodeMissingKey, "key is required")
+	case len(key) > MaxKeyBytes:
+		return errorf(http.StatusRequestEntityTooLarge, CodeKeyTooLarge, "key is %d bytes; the limit is %d", len(key), MaxKeyBytes)
+	case !utf8.ValidString(key):
+		return errorf(http.StatusBadRequest, CodeInvalidKey, "key must be valid UTF-8")
+	}
+	return nil
+}
+
+func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body exceeds %d bytes", MaxBodyBytes))
+			return
+		}
+		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "read body: %v", err))
+		return
+	}
+	var in setBody
+	if err := json.Unmarshal(body, &in); err != nil {
+		writeError(w, errorf(http.StatusBadRequest, CodeInvalidJSON, "body must be a JSON object {\"key\": string, \"value\": string}: %v", err))
+		return
+	}
+	if in.Key == nil {
+		writeError(w, errorf(http.StatusBadRequest, CodeMissingKey, "key is required"))
+		return
+	}
+	if err := validateKey(*in.Key); err != nil {
+		writeError(w, err)
+		return
+	}
+	if in.Value == nil {
+		writeError(w, errorf(http.StatusBadRequest, CodeMissingValue, "value is required (use \"\" for an empty value)"))
+		return
+	}
+	if len(*in.Value) > MaxValueBytes {
+		writeError(w, errorf(http.StatusRequestEntityTooLarge, CodeValueTooLarge, "value is %d bytes; the limit is %d", len(*in.Value), MaxValueBytes))
+		return
+	}
+	if err := s.Write(r.Context(), opMsg{Key: *in.Key, Value: *in.Value}); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "success", "key": *in.Key})
+}
+
+func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
+	key := r.URL.Query().Get("key")
+	if err := validateKey(key); err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := s.Write(r.Context(), opMsg{Delete: true, Key: key}); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "deleted", "key": key})
+}
+
+func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	key := q.Get("key")
+	if err := validateKey(key); err != nil {
+		writeError(w, err)
+		return
+	}
+	var stale bool
+	switch c := q.Get("consistency"); c {
+	case "", "linearizable", "strong":
+	case "stale":
+		stale = true
+	default:
+		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "consistency must be \"linearizable\" (default) or \"stale\", not %q", c))
+		return
+	}
+	v, err := s.Read(r.Context(), key, stale)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"key": key, "value": v})
+}
+
+// ownedPartitions lists the partitions this node holds a copy of according
+// to the table (as primary or replica).
+func (s *Server) ownedPartitions() []int {
+	self := s.router.Self()
+	var out []int
+	for p := range s.router.Partitions() {
+		if rt, ok := s.router.Route(p); ok && slices.Contains(rt.Owners(), self) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// LocalKeys counts the keys this node holds for the partitions it owns.
+func (s *Server) LocalKeys() int {
+	n := 0
+	for _, p := range s.ownedPartitions() {
+		if m, err := s.store.Meta(p); err == nil {
+			n += int(m.Keys)
+		}
+	}
+	return n
+}
+
+func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
+	limit := DefaultListLimit
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxListLimit {
+			writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "limit must be an integer from 1 to %d", MaxListLimit))
+			return
+		}
+		limit = n
+	}
+	keys := []string{}
+	total := 0
+	for _, p := range s.ownedPartitions() {
+		m, err := s.store.Meta(p)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		total += int(m.Keys)
+		if len(keys) < limit {
+			ks, err := s.store.Keys(p, limit-len(keys))
+			if err != nil {
+				writeError(w, err)
+				return
+			}
+			keys = append(keys, ks...)
+		}
+	}
+	slices.Sort(keys)
+	writeJSON(w, http.StatusOK, map[string]any{
+		"keys": keys, "count": len(keys), "total": total, "truncated": len(keys) < total,
+	})
+}
+
+func (s *Server) handleStats(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"local_keys":     s.LocalKeys(),
+		"cluster_nodes":  s.info.ClusterNodes(),
+		"partitions":     s.router.Partitions(),
+		"is_leader":      s.info.IsLeader(),
+		"raft_state":     s.info.RaftState(),
+		"uptime_seconds": int(time.Since(s.started).Seconds()),
+	})
+}
+
+// withDeadline bounds a client operation.
+func (s *Server) withDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, s.reqTimeout)
+}
+
+// retry runs attempt until it succeeds, fails for good, or ctx ends. Only
+// errors that guarantee nothing was applied are retried, with a short
+// backoff so the partition table can catch up.
+func retry(ctx context.Context, attempt func() error) error {
+	backoff := 5 * time.Millisecond
+	var last error
+	for {
+		err := attempt()
+		if err == nil || !retryable(err) {
+			return err
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return errorf(http.StatusServiceUnavailable, CodeUnavailable, "partition owners unavailable: %v", last)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 200*time.Millisecond)
+	}
+}
+
+// Write applies a set or delete through the key's primary.
+func (s *Server) Write(ctx context.Context, op opMsg) error {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	if s.router.Partitions() == 0 {
+		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "cluster is not initialised yet")
+	}
+	p := s.router.PartitionOf(op.Key)
+	return retry(ctx, func() error {
+		rt, ok := s.router.Route(p)
+		if !ok || rt.Primary == "" {
+			return errorf(http.StatusServiceUnavailable, CodeUnavailable, "partition %d has no primary", p)
+		}
+		if rt.Primary == s.router.Self() {
+			return s.primaryWrite(ctx, p, rt.Epoch, op)
+		}
+		addr, ok := s.router.KVAddr(rt.Primary)
+		if !ok {
+			return errorf(http.StatusServiceUnavailable, CodeUnavailable, "no address for primary %s", rt.Primary)
+		}
+		return s.peers.forward(ctx, addr, forwardReq{Partition: p, Epoch: rt.Epoch, Op: op})
+	})
+}
+
+// Read answers a get, from the primary unless stale reads are allowed.
+func (s *Server) Read(ctx context.Context, key string, stale bool) (string, error) {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	if s.router.Partitions() == 0 {
+		return "", errorf(http.StatusServiceUnavailable, CodeUnavailable, "cluster is not initialised yet")
+	}
+	p := s.router.PartitionOf(key)
+	var out string
+	err := retry(ctx, func() error {
+		rt, ok := s.router.Route(p)
+		if !ok || rt.Primary == "" {
+			return errorf(http.StatusServiceUnavailable, CodeUnavailable, "partition %d has no primary", p)
+		}
+		self := s.router.Self()
+		// A stale read may be served by the primary or an in-sync
+		// replica, never by a copy that is still catching up.
+		current := append([]string{rt.Primary}, rt.InSync...)
+		if stale && slices.Contains(current, self) {
+			v, err := s.localRead(p, 0, key, true)
+			out = v
+			return err
+		}
+		target := rt.Primary
+		if stale && !s.router.Alive(target) {
+			for _, n := range rt.InSync {
+				if s.router.Alive(n) {
+					target = n
+					break
+				}
+			}
+		}
+		if target == self {
+			v, err := s.localRead(p, rt.Epoch, key, false)
+			out = v
+			return err
+		}
+		addr, ok := s.router.KVAddr(target)
+		if !ok {
+			return errorf(http.StatusServiceUnavailable, CodeUnavailable, "no address for %s", target)
+		}
+		v, err := s.peers.read(ctx, addr, p, rt.Epoch, key, stale)
+		if errors.Is(err, ErrOutcomeUnknown) {
+			// A read changes nothing, so a lost answer is safe to retry.
+			err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "%v", err)
+		}
+		out = v
+		return err
+	})
+	return out, err
+}
+
+// localRead reads key from this node's copy. Unless stale, this node must be
+// the partition's primary at epoch, reconciled, and the read waits for any
+// write in flight so it never returns a value that is not yet acknowledged.
+func (s *Server) localRead(p int, epoch uint64, key string, stale bool) (string, error) {
+	if !stale {
+		l := s.lock(p)
+		l.RLock()
+		defer l.RUnlock()
+		if err := s.checkPrimary(p, epoch); err != nil {
+			return "", err
+		}
+	}
+	v, ok, err := s.store.Get(p, []byte(key))
+	if err != nil {
+		return "", fmt.Errorf("read %q: %w", key, err)
+	}
+	if !ok {
+		return "", ErrKeyNotFound
+	}
+	return string(v), nil
+}
+
+// checkPrimary verifies, under the partition lock, that this node is the
+// primary of p at epoch (if epoch is not zero) and has reconciled its
+// replicas for that epoch.
+func (s *Server) checkPrimary(p int, epoch uint64) error {
+	rt, ok := s.router.Route(p)
+	if !ok || rt.Primary != s.router.Self() {
+		return errorf(http.StatusConflict, CodeEpochMismatch, "%s is not the primary of partition %d", s.router.Self(), p)
+	}
+	if epoch != 0 && rt.Epoch != epoch {
+		return errorf(http.StatusConflict, CodeEpochMismatch, "partition %d is at epoch %d here, request used %d", p, rt.Epoch, epoch)
+	}
+	m, err := s.store.Meta(p)
+	if err != nil {
+		return fmt.Errorf("partition %d meta: %w", p, err)
+	}
+	if m.Epoch != rt.Epoch {
+		s.Kick()
+		return errorf(http.StatusServiceUnavailable, CodeNotReady, "partition %d is being reconciled for epoch %d", p, rt.Epoch)
+	}
+	return nil
+}

@@ -1,0 +1,152 @@
+package kvapi
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"time"
+)
+
+// Kick asks the background sync loop to look at the partitions now.
+func (s *Server) Kick() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run keeps the replicas of the partitions this node leads in sync until ctx
+// ends: after a change of primary it reconciles the in-sync replicas to its
+// own copy before serving, and it brings replicas that are not in sync up to
+// date (a full copy of the partition, taken under the partition lock) and
+// then adds them to the in-sync set.
+func (s *Server) Run(ctx context.Context) {
+	changed, stop := s.router.Changed()
+	defer stop()
+	defer s.peers.close()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	backoff := map[string]time.Time{}
+	for {
+		s.syncPass(ctx, backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-s.kick:
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *Server) syncPass(ctx context.Context, backoff map[string]time.Time) {
+	self := s.router.Self()
+	for p := range s.router.Partitions() {
+		if ctx.Err() != nil {
+			return
+		}
+		rt, ok := s.router.Route(p)
+		if !ok || rt.Primary != self {
+			continue
+		}
+		m, err := s.store.Meta(p)
+		if err != nil {
+			s.log.Error("read partition meta", "partition", p, "err", err)
+			continue
+		}
+		if m.Epoch != rt.Epoch {
+			s.reconcile(ctx, p, rt.Epoch)
+			continue
+		}
+		for _, r := range rt.Replicas {
+			if slices.Contains(rt.InSync, r) || !s.router.Alive(r) {
+				continue
+			}
+			key := rt.Key(r)
+			if time.Now().Before(backoff[key]) {
+				continue
+			}
+			if err := s.catchUp(ctx, p, rt.Epoch, r); err != nil {
+				s.log.Warn("replica catch-up failed; will retry", "partition", p, "epoch", rt.Epoch, "replica", r, "err", err)
+				backoff[key] = time.Now().Add(2 * time.Second)
+				continue
+			}
+			delete(backoff, key)
+		}
+	}
+}
+
+// reconcile makes this node's copy the truth for a new epoch: every in-sync
+// replica gets a fresh copy (dropping any write of the old epoch that was
+// never acknowledged) or leaves the in-sync set, and only then does the
+// primary mark itself ready.
+func (s *Server) reconcile(ctx context.Context, p int, epoch uint64) {
+	l := s.lock(p)
+	l.Lock()
+	defer l.Unlock()
+	rt, ok := s.router.Route(p)
+	if !ok || rt.Primary != s.router.Self() || rt.Epoch != epoch {
+		return
+	}
+	start := time.Now()
+	for _, r := range rt.InSync {
+		err := s.installOn(ctx, p, epoch, r)
+		if err == nil {
+			continue
+		}
+		s.log.Warn("could not reconcile replica for new epoch; removing it from the in-sync set",
+			"partition", p, "epoch", epoch, "replica", r, "err", err)
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err = s.control.SetInSync(cctx, p, epoch, r, false)
+		cancel()
+		if err != nil {
+			s.log.Warn("partition stays not ready", "partition", p, "epoch", epoch, "err", err)
+			return
+		}
+	}
+	if err := s.store.SetEpoch(p, epoch); err != nil {
+		s.log.Error("record partition epoch", "partition", p, "err", err)
+		return
+	}
+	lvl := slog.LevelInfo
+	if len(rt.InSync) == 0 {
+		lvl = slog.LevelDebug
+	}
+	s.log.Log(ctx, lvl, "partition ready as primary", "partition", p, "epoch", epoch,
+		"in_sync", rt.InSync, "took", time.Since(start).Round(time.Millisecond))
+}
+
+func (s *Server) installOn(ctx context.Context, p int, epoch uint64, node string) error {
+	addr, ok := s.router.KVAddr(node)
+	if !ok {
+		return errorf(503, CodeUnavailable, "no address for %s", node)
+	}
+	ictx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return s.peers.install(ictx, addr, s.router.Self(), p, epoch, s.store)
+}
+
+// catchUp copies the partition to a replica and adds it to the in-sync set.
+// The partition lock is held from the copy until the table shows the replica
+// in sync, so no write can slip between the two.
+func (s *Server) catchUp(ctx context.Context, p int, epoch uint64, node string) error {
+	l := s.lock(p)
+	l.Lock()
+	defer l.Unlock()
+	rt, ok := s.router.Route(p)
+	if !ok || rt.Primary != s.router.Self() || rt.Epoch != epoch || slices.Contains(rt.InSync, node) || !slices.Contains(rt.Replicas, node) {
+		return nil
+	}
+	start := time.Now()
+	if err := s.installOn(ctx, p, epoch, node); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.control.SetInSync(cctx, p, epoch, node, true); err != nil {
+		return err
+	}
+	s.log.Info("replica caught up and in sync", "partition", p, "epoch", epoch, "replica", node,
+		"took", time.Since(start).Round(time.Millisecond))
+	return nil
+}

@@ -1,0 +1,90 @@
+package kvapi
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/clusterkit/clusterkit/storage"
+)
+
+// Limits enforced on client requests.
+const (
+	// MaxKeyBytes is the longest key accepted, in bytes.
+	MaxKeyBytes = 1024
+	// MaxValueBytes is the longest value accepted, in bytes (after JSON
+	// decoding).
+	MaxValueBytes = 1 << 20
+	// MaxBodyBytes caps a request body; it leaves room for JSON escaping.
+	MaxBodyBytes = 2 << 20
+	// DefaultListLimit and MaxListLimit bound /kv/list.
+	DefaultListLimit = 1000
+	MaxListLimit     = 10000
+)
+
+// Route is one partition's row of the partition table as the data plane
+// needs it.
+type Route struct {
+	Partition int
+	Primary   string
+	Replicas  []string
+	InSync    []string
+	Epoch     uint64
+}
+
+// Owners returns the primary followed by the replicas.
+func (r Route) Owners() []string {
+	if r.Primary == "" {
+		return slices.Clone(r.Replicas)
+	}
+	return append([]string{r.Primary}, r.Replicas...)
+}
+
+// Router is this node's view of the cluster's partition table.
+type Router interface {
+	// Self is this node's ID.
+	Self() string
+	// Partitions is the partition count, 0 until the cluster is initialised.
+	Partitions() int
+	// PartitionOf maps a key to its partition.
+	PartitionOf(key string) int
+	// Route returns the current row for partition p.
+	Route(p int) (Route, bool)
+	// KVAddr returns the host:port of node's KV listener.
+	KVAddr(node string) (string, bool)
+	// Alive reports whether node is believed to be up.
+	Alive(node string) bool
+	// Changed delivers a value after every table change; see
+	// consensus.FSM.Watch for the semantics.
+	Changed() (<-chan struct{}, func())
+}
+
+// Control is the cluster's configuration manager: it changes a partition's
+// in-sync set on behalf of the partition's primary at epoch, and returns
+// only once this node's copy of the table shows the change.
+type Control interface {
+	SetInSync(ctx context.Context, partition int, epoch uint64, node string, inSync bool) error
+}
+
+// Storage is the node's durable copy of its partitions.
+type Storage interface {
+	Meta(p int) (storage.Meta, error)
+	Get(p int, key []byte) ([]byte, bool, error)
+	Apply(p int, epoch, seq uint64, op storage.Op) error
+	SetEpoch(p int, epoch uint64) error
+	Snapshot(p int, begin func(storage.Meta) error, fn func(k, v []byte) error) error
+	Install(p int, epoch, seq uint64, next func() (storage.KV, bool, error)) error
+	Keys(p int, limit int) ([]string, error)
+}
+
+// Info supplies the cluster facts /kv/stats reports.
+type Info interface {
+	ClusterNodes() int
+	IsLeader() bool
+	RaftState() string
+}
+
+var _ Storage = (*storage.DB)(nil)
+
+// Key names a (partition, node) pair, for bookkeeping.
+func (r Route) Key(node string) string { return fmt.Sprintf("%d/%s", r.Partition, node) }

@@ -1,0 +1,417 @@
+// Package membership discovers peers and detects failures with
+// hashicorp/memberlist (SWIM gossip). It turns memberlist's callbacks into
+// Member states and a stream of events, logs every transition (alive,
+// suspect, dead, left) with the node and the time it took, and never lets
+// memberlist block on a slow consumer.
+package membership
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/clusterkit/clusterkit/internal/logbridge"
+)
+
+// leaveIntentPrefix starts the user message a node sends before leaving.
+const leaveIntentPrefix = "clusterkit-leave:"
+
+// Meta is what every node advertises about itself through gossip.
+type Meta struct {
+	ID         string `json:"id"`
+	Name       string `json:"name"`
+	MgmtAddr   string `json:"mgmt"`
+	KVAddr     string `json:"kv"`
+	RaftAddr   string `json:"raft"`
+	GossipAddr string `json:"gossip"`
+}
+
+// State is a member's health as seen by this node.
+type State string
+
+// Member states.
+const (
+	Alive   State = "alive"
+	Suspect State = "suspect"
+	Dead    State = "dead"
+	Left    State = "left"
+)
+
+// Member is one node as this node currently sees it.
+type Member struct {
+	Meta  Meta
+	State State
+	// Since is when this node saw State begin.
+	Since time.Time
+	// LastAck is when this node last got an answer to a probe of the
+	// member (zero if it never probed it).
+	LastAck time.Time
+}
+
+// Event reports a change of a member's state.
+type Event struct {
+	Member Member
+	// Previous is the state before the change ("" for a new member).
+	Previous State
+}
+
+// Config configures gossip.
+type Config struct {
+	Meta Meta
+	// Bind is host:port for gossip (UDP and TCP); port 0 picks one.
+	Bind string
+	// AdvertiseHost is the host peers use to reach this node.
+	AdvertiseHost string
+	Logger        *slog.Logger
+	// ProbeInterval, ProbeTimeout and SuspicionMult tune failure detection;
+	// zero values take LAN defaults tuned for fast detection.
+	ProbeInterval time.Duration
+	ProbeTimeout  time.Duration
+	SuspicionMult int
+}
+
+// Membership wraps a memberlist instance.
+type Membership struct {
+	ml     *memberlist.Memberlist
+	log    *slog.Logger
+	meta   []byte
+	self   string
+	events chan Event
+
+	mu      sync.Mutex
+	members map[string]*Member
+	// leaving records graceful-leave announcements by node ID: memberlist
+	// reports a leave and a death through the same callback and does not
+	// keep the public Node.State field up to date, so (like Serf) we send
+	// our own leave intent before leaving.
+	leaving map[string]time.Time
+}
+
+// New starts gossip on cfg.Bind. It does not join anyone yet.
+func New(cfg Config) (*Membership, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	meta, err := json.Marshal(cfg.Meta)
+	if err != nil {
+		return nil, fmt.Errorf("encode node meta: %w", err)
+	}
+	if len(meta) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("node meta is %d bytes, memberlist allows %d", len(meta), memberlist.MetaMaxSize)
+	}
+	host, portStr, err := net.SplitHostPort(cfg.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("gossip bind address %q: %w", cfg.Bind, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip bind port %q: %w", portStr, err)
+	}
+	m := &Membership{
+		log:     cfg.Logger,
+		meta:    meta,
+		self:    cfg.Meta.ID,
+		events:  make(chan Event, 1024),
+		members: map[string]*Member{},
+		leaving: map[string]time.Time{},
+	}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Meta.ID
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	mc.BindAddr = host
+	mc.BindPort = port
+	mc.AdvertiseAddr = cfg.AdvertiseHost
+	mc.AdvertisePort = port
+	mc.ProbeInterval = orDefault(cfg.ProbeInterval, 500*time.Millisecond)
+	mc.ProbeTimeout = orDefault(cfg.ProbeTimeout, 250*time.Millisecond)
+	mc.SuspicionMult = 3
+	if cfg.SuspicionMult > 0 {
+		mc.SuspicionMult = cfg.SuspicionMult
+	}
+	mc.GossipInterval = 100 * time.Millisecond
+	mc.PushPullInterval = 15 * time.Second
+	// A node restarted with a new address (a container) may reclaim its
+	// name once memberlist has declared the old incarnation dead.
+	mc.DeadNodeReclaimTime = time.Second
+	mc.Delegate = &delegate{m: m}
+	mc.Events = &eventDelegate{m: m}
+	mc.Ping = &pingDelegate{m: m}
+	mc.Logger = logbridge.StdLogHook(cfg.Logger.With("lib", "memberlist"), m.observeLogLine)
+	if port == 0 {
+		// memberlist picks a free TCP port and binds UDP to the same one,
+		// but advertises the configured port unless told otherwise.
+		mc.AdvertisePort = 0
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s: %w", cfg.Bind, err)
+	}
+	m.ml = ml
+	return m, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// LocalAddr returns the gossip address peers reach this node on.
+func (m *Membership) LocalAddr() string {
+	n := m.ml.LocalNode()
+	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+}
+
+// Events delivers member state changes. The channel is buffered; if the
+// consumer falls behind, events are dropped (and logged) rather than
+// stalling gossip, so consumers must also reconcile from Members().
+func (m *Membership) Events() <-chan Event { return m.events }
+
+// Members returns every member this node has seen, including dead and left
+// ones, sorted by ID.
+func (m *Membership) Members() []Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Member, 0, len(m.members))
+	for _, mem := range m.members {
+		out = append(out, *mem)
+	}
+	slices.SortFunc(out, func(a, b Member) int {
+		switch {
+		case a.Meta.ID < b.Meta.ID:
+			return -1
+		case a.Meta.ID > b.Meta.ID:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Join contacts the given gossip addresses, retrying with capped
+// exponential backoff until one answers or ctx ends. resolve, when not nil,
+// is called first on every attempt to turn seeds (e.g. management
+// addresses) into gossip addresses.
+func (m *Membership) Join(ctx context.Context, seeds []string, resolve func(context.Context, []string) ([]string, error)) error {
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		addrs := seeds
+		var err error
+		if resolve != nil {
+			addrs, err = resolve(ctx, seeds)
+		}
+		if err == nil {
+			var n int
+			n, err = m.ml.Join(addrs)
+			if n > 0 {
+				m.log.Info("joined cluster", "contacted", n, "attempt", attempt)
+				return nil
+			}
+			if err == nil {
+				err = errors.New("no member answered")
+			}
+		}
+		m.log.Warn("join failed, retrying", "seeds", seeds, "attempt", attempt, "retry_in", backoff, "err", err)
+		jitter := time.Duration(rand.Int64N(int64(backoff) / 4))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("join %v: %w", seeds, ctx.Err())
+		case <-time.After(backoff + jitter):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// NumAlive is the number of members currently alive or suspect.
+func (m *Membership) NumAlive() int { return m.ml.NumMembers() }
+
+// Leave announces a graceful departure and waits up to timeout for it to
+// spread.
+func (m *Membership) Leave(timeout time.Duration) error {
+	msg := append([]byte(leaveIntentPrefix), m.self...)
+	for _, n := range m.ml.Members() {
+		if n.Name != m.self {
+			if err := m.ml.SendReliable(n, msg); err != nil {
+				m.log.Debug("leave intent not delivered", "node", n.Name, "err", err)
+			}
+		}
+	}
+	if err := m.ml.Leave(timeout); err != nil {
+		return fmt.Errorf("gossip leave: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops gossip.
+func (m *Membership) Shutdown() error {
+	if err := m.ml.Shutdown(); err != nil {
+		return fmt.Errorf("gossip shutdown: %w", err)
+	}
+	return nil
+}
+
+// transition records a new state for a member and emits an event.
+func (m *Membership) transition(meta Meta, st State) {
+	now := time.Now()
+	m.mu.Lock()
+	cur, ok := m.members[meta.ID]
+	var prev State
+	var since time.Time
+	if ok {
+		prev, since = cur.State, cur.Since
+		if prev == st && cur.Meta == meta {
+			m.mu.Unlock()
+			return
+		}
+		if prev == st {
+			cur.Meta = meta
+			snapshot := *cur
+			m.mu.Unlock()
+			m.emit(Event{Member: snapshot, Previous: prev})
+			return
+		}
+	}
+	mem := &Member{Meta: meta, State: st, Since: now}
+	if ok {
+		mem.LastAck = cur.LastAck
+	}
+	m.members[meta.ID] = mem
+	m.mu.Unlock()
+
+	if meta.ID != m.self {
+		attrs := []any{"node", meta.ID, "name", meta.Name, "at", now.Format(time.RFC3339Nano)}
+		if ok {
+			attrs = append(attrs, "previous", string(prev), "previous_for", now.Sub(since).Round(time.Millisecond).String())
+		}
+		// How long the node has been silent: the time failure detection
+		// took, measured from the last answer it gave us.
+		if (st == Suspect || st == Dead) && !mem.LastAck.IsZero() {
+			attrs = append(attrs, "after", now.Sub(mem.LastAck).Round(time.Millisecond).String())
+		}
+		msg := "member " + string(st)
+		if st == Alive && !ok {
+			msg = "member joined"
+		}
+		if st == Alive || st == Left {
+			m.log.Info(msg, attrs...)
+		} else {
+			m.log.Warn(msg, attrs...)
+		}
+	}
+	m.emit(Event{Member: *mem, Previous: prev})
+}
+
+func (m *Membership) emit(ev Event) {
+	select {
+	case m.events <- ev:
+	default:
+		m.log.Warn("membership event dropped: consumer is behind", "node", ev.Member.Meta.ID, "state", ev.Member.State)
+	}
+}
+
+// observeLogLine spots memberlist's own report that a probe of a node
+// failed and the node is now suspect: memberlist has no callback for
+// suspicion (its EventDelegate covers join, update and leave only).
+func (m *Membership) observeLogLine(line string) {
+	const pre, post = "Suspect ", " has failed, no acks received"
+	i := strings.Index(line, pre)
+	if i < 0 || !strings.HasSuffix(line, post) {
+		return
+	}
+	name := line[i+len(pre) : len(line)-len(post)]
+	m.mu.Lock()
+	cur, ok := m.members[name]
+	var meta Meta
+	if ok {
+		meta = cur.Meta
+	}
+	alive := ok && cur.State == Alive
+	m.mu.Unlock()
+	if alive {
+		m.transition(meta, Suspect)
+	}
+}
+
+// pingDelegate clears suspicion: a node that answers our probe is alive.
+type pingDelegate struct{ m *Membership }
+
+func (p *pingDelegate) AckPayload() []byte { return nil }
+
+func (p *pingDelegate) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, payload []byte) {
+	p.m.mu.Lock()
+	cur, ok := p.m.members[other.Name]
+	var meta Meta
+	if ok {
+		meta = cur.Meta
+		cur.LastAck = time.Now()
+	}
+	suspect := ok && cur.State == Suspect
+	p.m.mu.Unlock()
+	if suspect {
+		p.m.transition(meta, Alive)
+	}
+}
+
+func decodeMeta(n *memberlist.Node) (Meta, error) {
+	var meta Meta
+	if err := json.Unmarshal(n.Meta, &meta); err != nil {
+		return Meta{}, fmt.Errorf("decode meta of %s: %w", n.Name, err)
+	}
+	if meta.ID == "" {
+		meta.ID = n.Name
+	}
+	return meta, nil
+}
+
+type delegate struct{ m *Membership }
+
+func (d *delegate) NodeMeta(limit int) []byte                  { return d.m.meta }
+func (d *delegate) NotifyMsg(b []byte) {
+	if id, ok := strings.CutPrefix(string(b), leaveIntentPrefix); ok {
+		d.m.mu.Lock()
+		d.m.leaving[id] = time.Now()
+		d.m.mu.Unlock()
+	}
+}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+type eventDelegate struct{ m *Membership }
+
+func (e *eventDelegate) handle(n *memberlist.Node, st State) {
+	meta, err := decodeMeta(n)
+	if err != nil {
+		e.m.log.Warn("ignoring member with unreadable metadata", "node", n.Name, "err", err)
+		return
+	}
+	e.m.transition(meta, st)
+}
+
+func (e *eventDelegate) NotifyJoin(n *memberlist.Node)   { e.handle(n, Alive) }
+func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) { e.handle(n, Alive) }
+func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
+	e.m.mu.Lock()
+	at, announced := e.m.leaving[n.Name]
+	delete(e.m.leaving, n.Name)
+	e.m.mu.Unlock()
+	if announced && time.Since(at) < time.Minute {
+		e.handle(n, Left)
+		return
+	}
+	e.handle(n, Dead)
+}

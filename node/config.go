@@ -1,0 +1,304 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults for settings that do not derive from the node number.
+const (
+	DefaultClusterName       = "my-app-cluster"
+	DefaultPartitions        = 16
+	DefaultReplicationFactor = 3
+	DefaultFailoverGrace     = 2 * time.Second
+	DefaultRequestTimeout    = 5 * time.Second
+	DefaultStatusInterval    = 15 * time.Second
+	// MaxPartitions bounds PARTITIONS; the table lives in every node's
+	// memory and in every Raft snapshot.
+	MaxPartitions = 4096
+)
+
+// Config is everything a node needs, from environment variables (see
+// FromEnv) with defaults, checked by Validate.
+type Config struct {
+	NodeID            string
+	NodeName          string
+	HTTPAddr          string // management API bind
+	KVAddr            string // KV API bind
+	RaftAddr          string // Raft bind
+	GossipAddr        string // memberlist bind (UDP and TCP)
+	AdvertiseHost     string // host peers dial; derived when empty
+	Bootstrap         bool
+	JoinAddrs         []string // management addresses of existing members
+	DataDir           string
+	ClusterName       string
+	Partitions        int
+	ReplicationFactor int
+
+	// FailoverGrace is how long a node must stay dead before the leader
+	// moves its partitions: damping for gossip false positives.
+	FailoverGrace time.Duration
+	// RequestTimeout bounds one client KV operation.
+	RequestTimeout time.Duration
+	// StatusInterval is the period of the console status block (0: off).
+	StatusInterval time.Duration
+	// LogLevel is debug, info, warn or error.
+	LogLevel string
+	// Pprof mounts /debug/pprof on the management API.
+	Pprof bool
+}
+
+// nodeNumber extracts N from "node-N" (1 when the ID has no number).
+func nodeNumber(id string) int {
+	i := strings.LastIndexAny(id, "-_")
+	if i >= 0 {
+		if n, err := strconv.Atoi(id[i+1:]); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 1
+}
+
+// DefaultConfig returns the defaults for the node called id.
+func DefaultConfig(id string) Config {
+	n := nodeNumber(id)
+	return Config{
+		NodeID:            id,
+		NodeName:          fmt.Sprintf("Server-%d", n),
+		HTTPAddr:          fmt.Sprintf(":%d", 8079+n),
+		RaftAddr:          fmt.Sprintf("127.0.0.1:%d", 9000+n),
+		DataDir:           fmt.Sprintf("./data/node%d", n),
+		ClusterName:       DefaultClusterName,
+		Partitions:        DefaultPartitions,
+		ReplicationFactor: DefaultReplicationFactor,
+		FailoverGrace:     DefaultFailoverGrace,
+		RequestTimeout:    DefaultRequestTimeout,
+		StatusInterval:    DefaultStatusInterval,
+		LogLevel:          "info",
+	}
+}
+
+// FromEnv builds a Config from environment variables (lookup is os.LookupEnv
+// in production, a map in tests). Values that cannot be parsed are errors
+// naming the variable; derived defaults are filled in by Validate.
+func FromEnv(lookup func(string) (string, bool)) (Config, error) {
+	get := func(k string) string { v, _ := lookup(k); return strings.TrimSpace(v) }
+	id := get("NODE_ID")
+	if id == "" {
+		id = "node-1"
+	}
+	c := DefaultConfig(id)
+	str := func(k string, dst *string) {
+		if v := get(k); v != "" {
+			*dst = v
+		}
+	}
+	str("NODE_NAME", &c.NodeName)
+	str("HTTP_ADDR", &c.HTTPAddr)
+	str("KV_ADDR", &c.KVAddr)
+	str("RAFT_ADDR", &c.RaftAddr)
+	str("GOSSIP_ADDR", &c.GossipAddr)
+	str("ADVERTISE_HOST", &c.AdvertiseHost)
+	str("DATA_DIR", &c.DataDir)
+	str("CLUSTER_NAME", &c.ClusterName)
+	str("LOG_LEVEL", &c.LogLevel)
+	for _, a := range strings.Split(get("JOIN_ADDR"), ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			c.JoinAddrs = append(c.JoinAddrs, a)
+		}
+	}
+	var errs []error
+	integer := func(k string, dst *int) {
+		if v := get(k); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: not an integer", k, v))
+				return
+			}
+			*dst = n
+		}
+	}
+	integer("PARTITIONS", &c.Partitions)
+	integer("REPLICATION_FACTOR", &c.ReplicationFactor)
+	boolean := func(k string, dst *bool) bool {
+		v := get(k)
+		if v == "" {
+			return false
+		}
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: not a boolean (true/false)", k, v))
+			return false
+		}
+		*dst = b
+		return true
+	}
+	// BOOTSTRAP defaults to true for node-1 when it has nobody to join.
+	if !boolean("BOOTSTRAP", &c.Bootstrap) {
+		c.Bootstrap = c.NodeID == "node-1" && len(c.JoinAddrs) == 0
+	}
+	boolean("PPROF", &c.Pprof)
+	duration := func(k string, dst *time.Duration) {
+		if v := get(k); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: not a duration (e.g. 2s, 500ms)", k, v))
+				return
+			}
+			*dst = d
+		}
+	}
+	duration("FAILOVER_GRACE", &c.FailoverGrace)
+	duration("REQUEST_TIMEOUT", &c.RequestTimeout)
+	duration("STATUS_INTERVAL", &c.StatusInterval)
+	return c, errors.Join(errs...)
+}
+
+// splitAddr parses host:port, allowing an empty host and port 0.
+func splitAddr(setting, addr string) (host string, port int, err error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("%s=%q: want host:port or :port: %v", setting, addr, err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n < 0 || n > 65535 {
+		return "", 0, fmt.Errorf("%s=%q: port must be a number from 0 to 65535", setting, addr)
+	}
+	return h, n, nil
+}
+
+func isUnspecified(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+// Validate fills in derived defaults (KV_ADDR, GOSSIP_ADDR, ADVERTISE_HOST)
+// and checks every setting, naming the first bad one.
+func (c *Config) Validate() error {
+	if c.NodeID == "" {
+		return errors.New("NODE_ID must not be empty")
+	}
+	if strings.ContainsAny(c.NodeID, " \t\n/") || len(c.NodeID) > 64 {
+		return fmt.Errorf("NODE_ID=%q: use up to 64 characters without spaces or slashes", c.NodeID)
+	}
+	if c.NodeName == "" {
+		c.NodeName = c.NodeID
+	}
+	httpHost, httpPort, err := splitAddr("HTTP_ADDR", c.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	if c.KVAddr == "" {
+		if httpPort == 0 {
+			c.KVAddr = net.JoinHostPort(httpHost, "0")
+		} else {
+			c.KVAddr = net.JoinHostPort(httpHost, strconv.Itoa(httpPort+1000))
+		}
+	}
+	kvHost, kvPort, err := splitAddr("KV_ADDR", c.KVAddr)
+	if err != nil {
+		return err
+	}
+	raftHost, raftPort, err := splitAddr("RAFT_ADDR", c.RaftAddr)
+	if err != nil {
+		return err
+	}
+	if c.GossipAddr == "" {
+		if raftPort == 0 {
+			c.GossipAddr = net.JoinHostPort(raftHost, "0")
+		} else {
+			c.GossipAddr = net.JoinHostPort(raftHost, strconv.Itoa(raftPort+1000))
+		}
+	}
+	gossipHost, gossipPort, err := splitAddr("GOSSIP_ADDR", c.GossipAddr)
+	if err != nil {
+		return err
+	}
+	type listener struct {
+		setting, host string
+		port          int
+	}
+	ls := []listener{{"HTTP_ADDR", httpHost, httpPort}, {"KV_ADDR", kvHost, kvPort}, {"RAFT_ADDR", raftHost, raftPort}, {"GOSSIP_ADDR", gossipHost, gossipPort}}
+	for i, a := range ls {
+		for _, b := range ls[i+1:] {
+			if a.port != 0 && a.port == b.port && (a.host == b.host || isUnspecified(a.host) || isUnspecified(b.host)) {
+				return fmt.Errorf("%s=%s and %s=%s use the same port %d", a.setting, net.JoinHostPort(a.host, strconv.Itoa(a.port)), b.setting, net.JoinHostPort(b.host, strconv.Itoa(b.port)), a.port)
+			}
+		}
+	}
+	if c.AdvertiseHost == "" {
+		c.AdvertiseHost = defaultAdvertiseHost(httpHost, kvHost, raftHost, gossipHost)
+	}
+	if strings.ContainsAny(c.AdvertiseHost, " :/") && net.ParseIP(c.AdvertiseHost) == nil {
+		return fmt.Errorf("ADVERTISE_HOST=%q: want a host name or IP address without a port", c.AdvertiseHost)
+	}
+	for _, j := range c.JoinAddrs {
+		if _, _, err := splitAddr("JOIN_ADDR", j); err != nil {
+			return err
+		}
+	}
+	if c.DataDir == "" {
+		return errors.New("DATA_DIR must not be empty")
+	}
+	if c.ClusterName == "" {
+		return errors.New("CLUSTER_NAME must not be empty")
+	}
+	if c.Partitions < 1 || c.Partitions > MaxPartitions {
+		return fmt.Errorf("PARTITIONS=%d: must be from 1 to %d", c.Partitions, MaxPartitions)
+	}
+	if c.ReplicationFactor < 1 || c.ReplicationFactor > 7 {
+		return fmt.Errorf("REPLICATION_FACTOR=%d: must be from 1 to 7", c.ReplicationFactor)
+	}
+	if c.FailoverGrace < 0 {
+		return fmt.Errorf("FAILOVER_GRACE=%s: must not be negative", c.FailoverGrace)
+	}
+	if c.RequestTimeout <= 0 {
+		return fmt.Errorf("REQUEST_TIMEOUT=%s: must be positive", c.RequestTimeout)
+	}
+	if c.StatusInterval < 0 {
+		return fmt.Errorf("STATUS_INTERVAL=%s: must not be negative", c.StatusInterval)
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+// defaultAdvertiseHost picks the host peers should dial: the first specific
+// bind host; otherwise, inside a container, this host's own address (the
+// loopback address would point each container at itself); otherwise
+// 127.0.0.1.
+func defaultAdvertiseHost(hosts ...string) string {
+	for _, h := range hosts {
+		if !isUnspecified(h) {
+			return h
+		}
+	}
+	if inContainer() {
+		if name, err := os.Hostname(); err == nil {
+			if addrs, err := net.LookupHost(name); err == nil {
+				for _, a := range addrs {
+					if ip := net.ParseIP(a); ip != nil && !ip.IsLoopback() {
+						return a
+					}
+				}
+			}
+		}
+	}
+	return "127.0.0.1"
+}
+
+func inContainer() bool {
+	_, err := os.Stat("/.dockerenv")
+	return err == nil || os.Getenv("container") != ""
+}

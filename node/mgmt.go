@@ -1,0 +1,325 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/clusterkit/clusterkit/consensus"
+	"github.com/clusterkit/clusterkit/ring"
+)
+
+const codeNotLeader = "not_leader"
+
+type apiError struct {
+	Message string `json:"error"`
+	Code    string `json:"code"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeError maps errors to statuses in one place.
+func writeError(w http.ResponseWriter, status int, code string, err error) {
+	writeJSON(w, status, apiError{Message: err.Error(), Code: code})
+}
+
+func (ck *ClusterKit) mgmtHandler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Errorf("no route %s %s", r.Method, r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Errorf("method %s not allowed on %s", r.Method, r.URL.Path))
+	})
+	r.Get("/health", ck.handleHealth)
+	r.Get("/health/detailed", ck.handleHealthDetailed)
+	r.Get("/cluster", ck.handleCluster)
+	r.Get("/partitions", ck.handlePartitions)
+	r.Get("/partitions/stats", ck.handlePartitionStats)
+	r.Get("/partitions/key", ck.handlePartitionForKey)
+	r.Get("/metrics", ck.handleMetrics)
+	r.Get("/consensus/leader", ck.handleLeader)
+	r.Get("/consensus/stats", ck.handleConsensusStats)
+	r.Route("/internal/v1", func(r chi.Router) {
+		r.Get("/members", ck.handleMembers)
+		r.Post("/in-sync", ck.handleInSync)
+	})
+	if ck.cfg.Pprof {
+		r.HandleFunc("/debug/pprof/*", pprof.Index)
+		r.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		r.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		r.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		r.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return r
+}
+
+func (ck *ClusterKit) handleHealth(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"success": true, "message": "healthy"})
+}
+
+// healthy means this node knows a Raft leader and the cluster is set up.
+func (ck *ClusterKit) healthy() bool {
+	id, _ := ck.raft.Leader()
+	return id != "" && ck.raft.State().Initialized()
+}
+
+func (ck *ClusterKit) lastSync() string {
+	t := ck.raft.FSMUpdated()
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+func (ck *ClusterKit) handleHealthDetailed(w http.ResponseWriter, r *http.Request) {
+	st := ck.raft.State()
+	healthy := ck.healthy()
+	status := http.StatusOK
+	if !healthy {
+		status = http.StatusServiceUnavailable
+	}
+	up := time.Since(ck.started)
+	writeJSON(w, status, map[string]any{
+		"healthy":         healthy,
+		"node_id":         ck.cfg.NodeID,
+		"node_name":       ck.cfg.NodeName,
+		"is_leader":       ck.raft.IsLeader(),
+		"node_count":      ck.ClusterNodes(),
+		"partition_count": st.Config.Partitions,
+		"raft_state":      ck.raft.RaftState(),
+		"last_sync":       ck.lastSync(),
+		"uptime":          up.Round(time.Second).String(),
+		"uptime_seconds":  int(up.Seconds()),
+	})
+}
+
+// apiStatus maps recorded health to the contract's words.
+func apiStatus(s consensus.NodeStatus) string {
+	if s == consensus.StatusAlive {
+		return "active"
+	}
+	return string(s)
+}
+
+type nodeJSON struct {
+	ID         string `json:"id"`
+	IP         string `json:"ip"`
+	Port       int    `json:"port"`
+	Name       string `json:"name"`
+	Status     string `json:"status"`
+	KVAddr     string `json:"kv_addr"`
+	RaftAddr   string `json:"raft_addr"`
+	GossipAddr string `json:"gossip_addr"`
+	Since      string `json:"since"`
+}
+
+type partitionJSON struct {
+	ID       string   `json:"id"`
+	Primary  string   `json:"primary_node"`
+	Replicas []string `json:"replica_nodes"`
+	InSync   []string `json:"in_sync_replicas"`
+	Epoch    uint64   `json:"epoch"`
+}
+
+func toPartitionJSON(p consensus.Partition) partitionJSON {
+	reps := p.Replicas
+	if reps == nil {
+		reps = []string{}
+	}
+	ins := p.InSync
+	if ins == nil {
+		ins = []string{}
+	}
+	return partitionJSON{ID: ring.PartitionName(p.ID), Primary: p.Primary, Replicas: reps, InSync: ins, Epoch: p.Epoch}
+}
+
+func toNodeJSON(n consensus.NodeInfo) nodeJSON {
+	_, port, _ := net.SplitHostPort(n.MgmtAddr)
+	pn, _ := strconv.Atoi(port)
+	return nodeJSON{ID: n.ID, IP: n.MgmtAddr, Port: pn, Name: n.Name, Status: apiStatus(n.Status),
+		KVAddr: n.KVAddr, RaftAddr: n.RaftAddr, GossipAddr: n.GossipAddr, Since: n.Since.UTC().Format(time.RFC3339)}
+}
+
+func (ck *ClusterKit) handleCluster(w http.ResponseWriter, r *http.Request) {
+	st := ck.raft.State()
+	nodes := []nodeJSON{}
+	for _, n := range st.SortedNodes() {
+		nodes = append(nodes, toNodeJSON(n))
+	}
+	parts := map[string]partitionJSON{}
+	for _, p := range st.Partitions {
+		parts[ring.PartitionName(p.ID)] = toPartitionJSON(p)
+	}
+	name := st.Config.Name
+	if name == "" {
+		name = ck.cfg.ClusterName
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"cluster": map[string]any{
+			"id":            st.Config.ID,
+			"name":          name,
+			"nodes":         nodes,
+			"partition_map": map[string]any{"partitions": parts},
+			"config": map[string]any{
+				"cluster_name":       name,
+				"partition_count":    st.Config.Partitions,
+				"replication_factor": st.Config.ReplicationFactor,
+			},
+			"version": st.Version,
+		},
+		"hash_config": map[string]any{
+			"algorithm": ring.HashAlgorithm,
+			"format":    ring.PartitionFormat,
+			"modulo":    st.Config.Partitions,
+			"seed":      0,
+		},
+	})
+}
+
+func (ck *ClusterKit) handlePartitions(w http.ResponseWriter, r *http.Request) {
+	st := ck.raft.State()
+	out := make([]partitionJSON, 0, len(st.Partitions))
+	for _, p := range st.Partitions {
+		out = append(out, toPartitionJSON(p))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"count": len(out), "partitions": out, "version": st.Version})
+}
+
+func (ck *ClusterKit) handlePartitionStats(w http.ResponseWriter, r *http.Request) {
+	st := ck.raft.State()
+	primaries := map[string]int{}
+	replicas := map[string]int{}
+	for id, n := range st.Nodes {
+		if n.Status != consensus.StatusLeft {
+			primaries[id], replicas[id] = 0, 0
+		}
+	}
+	for _, p := range st.Partitions {
+		if p.Primary != "" {
+			primaries[p.Primary]++
+		}
+		for _, n := range p.Replicas {
+			replicas[n]++
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"total_partitions":    st.Config.Partitions,
+		"partitions_per_node": primaries,
+		"replicas_per_node":   replicas,
+	})
+}
+
+func (ck *ClusterKit) handlePartitionForKey(w http.ResponseWriter, r *http.Request) {
+	key := r.URL.Query().Get("key")
+	if key == "" {
+		writeError(w, http.StatusBadRequest, "missing_key", errors.New("query parameter key is required"))
+		return
+	}
+	st := ck.raft.State()
+	if !st.Initialized() {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", errors.New("cluster is not initialised yet"))
+		return
+	}
+	p, _ := st.Partition(ring.PartitionOf(key, st.Config.Partitions))
+	out := toPartitionJSON(p)
+	writeJSON(w, http.StatusOK, map[string]any{
+		"id": out.ID, "primary_node": out.Primary, "replica_nodes": out.Replicas,
+		"in_sync_replicas": out.InSync, "epoch": out.Epoch, "key": key,
+	})
+}
+
+func (ck *ClusterKit) handleMetrics(w http.ResponseWriter, r *http.Request) {
+	if strings.Contains(r.Header.Get("Accept"), "application/json") || r.URL.Query().Get("format") == "json" {
+		reqs, errs := ck.kv.Counts()
+		writeJSON(w, http.StatusOK, map[string]any{
+			"node_count":      ck.ClusterNodes(),
+			"partition_count": ck.raft.State().Config.Partitions,
+			"request_count":   reqs,
+			"error_count":     errs,
+			"last_sync":       ck.lastSync(),
+			"is_leader":       ck.raft.IsLeader(),
+			"raft_state":      ck.raft.RaftState(),
+			"uptime_seconds":  int(time.Since(ck.started).Seconds()),
+			"local_keys":      ck.kv.LocalKeys(),
+		})
+		return
+	}
+	promhttp.HandlerFor(ck.metrics, promhttp.HandlerOpts{}).ServeHTTP(w, r)
+}
+
+func (ck *ClusterKit) handleLeader(w http.ResponseWriter, r *http.Request) {
+	id, addr := ck.raft.Leader()
+	if id == "" {
+		writeError(w, http.StatusServiceUnavailable, "no_leader", errors.New("no raft leader is known right now"))
+		return
+	}
+	n := ck.raft.State().Nodes[id]
+	ip := n.MgmtAddr
+	if ip == "" {
+		ip = addr
+	}
+	elected := ""
+	if t := ck.raft.LeaderSince(); !t.IsZero() {
+		elected = t.UTC().Format(time.RFC3339Nano)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"leader_id": id, "leader_name": n.Name, "leader_ip": ip, "leader_raft_addr": addr,
+		"term": ck.raft.Stats().Term, "elected_at": elected,
+	})
+}
+
+func (ck *ClusterKit) handleConsensusStats(w http.ResponseWriter, r *http.Request) {
+	s := ck.raft.Stats()
+	writeJSON(w, http.StatusOK, map[string]any{
+		"state": s.State, "term": s.Term, "last_log_index": s.LastLogIndex, "last_log_term": s.LastLogTerm,
+		"commit_index": s.CommitIndex, "applied_index": s.AppliedIndex, "num_peers": s.NumPeers,
+		"leader": s.LeaderID, "leader_addr": s.LeaderAddress, "last_contact": s.LastContact,
+	})
+}
+
+func (ck *ClusterKit) handleMembers(w http.ResponseWriter, r *http.Request) {
+	out := []gossipPeer{}
+	for _, m := range ck.members.Members() {
+		out = append(out, gossipPeer{ID: m.Meta.ID, Gossip: m.Meta.GossipAddr, State: string(m.State)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	writeJSON(w, http.StatusOK, out)
+}
+
+// handleInSync lets a primary change its partition's in-sync set through
+// this node, which must be the Raft leader.
+func (ck *ClusterKit) handleInSync(w http.ResponseWriter, r *http.Request) {
+	var req inSyncRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_json", err)
+		return
+	}
+	idx, err := ck.applyInSync(r.Context(), req)
+	switch {
+	case errors.Is(err, consensus.ErrNotLeader):
+		writeError(w, http.StatusServiceUnavailable, codeNotLeader, err)
+	case errors.Is(err, consensus.ErrStaleEpoch):
+		writeError(w, http.StatusConflict, "epoch_mismatch", err)
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, "apply_failed", err)
+	default:
+		writeJSON(w, http.StatusOK, indexResponse{Index: idx})
+	}
+}

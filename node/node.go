@@ -1,0 +1,274 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clusterkit/clusterkit/consensus"
+	"github.com/clusterkit/clusterkit/kvapi"
+	"github.com/clusterkit/clusterkit/membership"
+	"github.com/clusterkit/clusterkit/storage"
+)
+
+// ClusterKit is one running node: gossip, Raft, storage and both HTTP APIs.
+// Build it with New, then Start it, then Shutdown it.
+type ClusterKit struct {
+	cfg     Config
+	log     *slog.Logger
+	started time.Time
+
+	mgmtLn, kvLn, raftLn net.Listener
+	adv                  advertised
+
+	db      *storage.DB
+	raft    *consensus.Store
+	members *membership.Membership
+	kv      *kvapi.Server
+	router  *tableRouter
+	control *raftControl
+	metrics *prometheus.Registry
+
+	mgmtSrv, kvSrv *http.Server
+	peerHTTP       *http.Client
+
+	reconcileCh chan struct{}
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+	stopOnce    sync.Once
+	stopErr     error
+}
+
+// advertised holds the addresses peers use to reach this node.
+type advertised struct {
+	mgmt, kv, raft, gossip string
+}
+
+// New validates cfg, binds every listener (so a port clash is reported at
+// once, naming the setting), and opens storage, Raft and gossip. Nothing is
+// served until Start.
+func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger = logger.With("self", cfg.NodeID)
+	ck = &ClusterKit{cfg: cfg, log: logger, started: time.Now(), reconcileCh: make(chan struct{}, 1),
+		peerHTTP: &http.Client{Timeout: 5 * time.Second}}
+	var closers []func() error
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				_ = closers[i]()
+			}
+		}
+	}()
+	listen := func(setting, addr string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s=%s: cannot listen: %w", setting, addr, err)
+		}
+		closers = append(closers, ln.Close)
+		return ln, nil
+	}
+	if ck.mgmtLn, err = listen("HTTP_ADDR", cfg.HTTPAddr); err != nil {
+		return nil, err
+	}
+	if ck.kvLn, err = listen("KV_ADDR", cfg.KVAddr); err != nil {
+		return nil, err
+	}
+	if ck.raftLn, err = listen("RAFT_ADDR", cfg.RaftAddr); err != nil {
+		return nil, err
+	}
+	ck.adv.mgmt = advertise(cfg.HTTPAddr, ck.mgmtLn, cfg.AdvertiseHost)
+	ck.adv.kv = advertise(cfg.KVAddr, ck.kvLn, cfg.AdvertiseHost)
+	ck.adv.raft = advertise(cfg.RaftAddr, ck.raftLn, cfg.AdvertiseHost)
+
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("DATA_DIR=%s: %w", cfg.DataDir, err)
+	}
+	if ck.db, err = storage.Open(filepath.Join(cfg.DataDir, "kv"), logger.With("component", "storage")); err != nil {
+		return nil, fmt.Errorf("DATA_DIR=%s: %w", cfg.DataDir, err)
+	}
+	closers = append(closers, ck.db.Close)
+
+	gossipHost, _, _ := net.SplitHostPort(cfg.GossipAddr)
+	advHost := cfg.AdvertiseHost
+	if !isUnspecified(gossipHost) {
+		advHost = gossipHost
+	}
+	meta := membership.Meta{ID: cfg.NodeID, Name: cfg.NodeName, MgmtAddr: ck.adv.mgmt, KVAddr: ck.adv.kv, RaftAddr: ck.adv.raft}
+	// memberlist binds the gossip port itself; with port 0 we learn the
+	// real one only afterwards, so the gossip address in Meta is derived
+	// from the configured one when it is fixed.
+	meta.GossipAddr = net.JoinHostPort(advHost, portOf(cfg.GossipAddr))
+	ck.members, err = membership.New(membership.Config{
+		Meta: meta, Bind: cfg.GossipAddr, AdvertiseHost: advHost,
+		Logger: logger.With("component", "gossip"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("GOSSIP_ADDR=%s: %w", cfg.GossipAddr, err)
+	}
+	closers = append(closers, ck.members.Shutdown)
+	ck.adv.gossip = ck.members.LocalAddr()
+
+	ck.raft, err = consensus.Open(consensus.Options{
+		NodeID: cfg.NodeID, Listener: ck.raftLn, Advertise: ck.adv.raft, DataDir: cfg.DataDir,
+		Bootstrap: cfg.Bootstrap, Logger: logger.With("component", "raft"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("RAFT_ADDR=%s DATA_DIR=%s: %w", cfg.RaftAddr, cfg.DataDir, err)
+	}
+
+	ck.router = &tableRouter{self: cfg.NodeID, fsm: ck.raft.FSM()}
+	ck.control = &raftControl{ck: ck}
+	ck.kv = kvapi.New(kvapi.Options{
+		Router: ck.router, Control: ck.control, Storage: ck.db, Info: ck,
+		Logger: logger.With("component", "kv"), RequestTimeout: cfg.RequestTimeout,
+	})
+	ck.metrics = ck.newMetrics()
+	ck.mgmtSrv = &http.Server{Handler: ck.mgmtHandler(), ReadHeaderTimeout: 10 * time.Second}
+	ck.kvSrv = &http.Server{Handler: ck.kv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	return ck, nil
+}
+
+func portOf(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+// advertise turns a bind address into one peers can dial: the bound port
+// (which may have been 0) on the bind host, or on advHost when the bind host
+// is a wildcard.
+func advertise(bind string, ln net.Listener, advHost string) string {
+	host, _, _ := net.SplitHostPort(bind)
+	if isUnspecified(host) {
+		host = advHost
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
+// Start serves both APIs, joins the cluster (retrying in the background
+// until it succeeds) and starts the background loops. It returns at once.
+func (ck *ClusterKit) Start(ctx context.Context) error {
+	ctx, ck.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	serve := func(name string, srv *http.Server, ln net.Listener) {
+		ck.wg.Go(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				ck.log.Error("http server stopped", "listener", name, "err", err)
+			}
+		})
+	}
+	serve("mgmt", ck.mgmtSrv, ck.mgmtLn)
+	serve("kv", ck.kvSrv, ck.kvLn)
+	ck.wg.Go(func() { ck.kv.Run(ctx) })
+	ck.wg.Go(func() { ck.drainMemberEvents(ctx) })
+	ck.wg.Go(func() { ck.monitorLeadership(ctx) })
+	if ck.cfg.StatusInterval > 0 {
+		ck.wg.Go(func() { ck.printStatus(ctx) })
+	}
+	if len(ck.cfg.JoinAddrs) > 0 {
+		ck.wg.Go(func() {
+			if err := ck.members.Join(ctx, ck.cfg.JoinAddrs, ck.resolveGossipAddrs); err != nil && ctx.Err() == nil {
+				ck.log.Error("could not join the cluster", "err", err)
+			}
+		})
+	}
+	ck.log.Info("node started",
+		"name", ck.cfg.NodeName, "mgmt", ck.adv.mgmt, "kv", ck.adv.kv, "raft", ck.adv.raft,
+		"gossip", ck.adv.gossip, "data_dir", ck.cfg.DataDir, "bootstrap", ck.cfg.Bootstrap, "join", ck.cfg.JoinAddrs)
+	return nil
+}
+
+// drainMemberEvents always reads gossip events (memberlist must never wait
+// on us) and turns them into a reconcile nudge for the leader loop and a
+// sync nudge for the data plane.
+func (ck *ClusterKit) drainMemberEvents(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ck.members.Events():
+			ck.nudgeReconcile()
+			ck.kv.Kick()
+		}
+	}
+}
+
+func (ck *ClusterKit) nudgeReconcile() {
+	select {
+	case ck.reconcileCh <- struct{}{}:
+	default:
+	}
+}
+
+// Shutdown leaves the cluster gracefully and stops everything in reverse
+// order of start: leadership handed over, gossip leave announced, HTTP
+// drained, background loops stopped, Raft, gossip, and storage last.
+func (ck *ClusterKit) Shutdown(ctx context.Context) error {
+	ck.stopOnce.Do(func() { ck.stopErr = ck.shutdown(ctx) })
+	return ck.stopErr
+}
+
+func (ck *ClusterKit) shutdown(ctx context.Context) error {
+	ck.log.Info("shutting down")
+	var errs []error
+	if ck.raft.IsLeader() {
+		if err := ck.raft.TransferLeadership(); err != nil {
+			ck.log.Warn("leadership transfer failed", "err", err)
+		}
+	}
+	if err := ck.members.Leave(2 * time.Second); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, ck.mgmtSrv.Shutdown(ctx), ck.kvSrv.Shutdown(ctx))
+	if ck.cancel != nil {
+		ck.cancel()
+	}
+	ck.wg.Wait()
+	errs = append(errs, ck.raft.Close(), ck.members.Shutdown(), ck.db.Close())
+	ck.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+// Config returns the validated configuration.
+func (ck *ClusterKit) Config() Config { return ck.cfg }
+
+// MgmtAddr and KVAddr return the advertised addresses of the two APIs.
+func (ck *ClusterKit) MgmtAddr() string { return ck.adv.mgmt }
+
+// KVAddr returns the advertised address of the KV API.
+func (ck *ClusterKit) KVAddr() string { return ck.adv.kv }
+
+// IsLeader reports whether this node is the Raft leader.
+func (ck *ClusterKit) IsLeader() bool { return ck.raft.IsLeader() }
+
+// RaftState is "Leader", "Follower", "Candidate" or "Shutdown".
+func (ck *ClusterKit) RaftState() string { return ck.raft.RaftState() }
+
+// ClusterNodes counts the members that are not dead and have not left.
+func (ck *ClusterKit) ClusterNodes() int {
+	n := 0
+	for _, m := range ck.raft.State().Nodes {
+		if m.Status == consensus.StatusAlive || m.Status == consensus.StatusSuspect {
+			n++
+		}
+	}
+	if n == 0 {
+		return 1 // this node, before the table knows it
+	}
+	return n
+}
