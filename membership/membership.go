@@ -379,7 +379,7 @@ func decodeMeta(n *memberlist.Node) (Meta, error) {
 
 type delegate struct{ m *Membership }
 
-func (d *delegate) NodeMeta(limit int) []byte                  { return d.m.meta }
+func (d *delegate) NodeMeta(limit int) []byte { return d.m.meta }
 func (d *delegate) NotifyMsg(b []byte) {
 	if id, ok := strings.CutPrefix(string(b), leaveIntentPrefix); ok {
 		d.m.mu.Lock()
