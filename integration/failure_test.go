@@ -1,0 +1,180 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	tc "github.com/clusterkit/clusterkit/internal/testcluster"
+)
+
+// runOnce runs the binary with env and returns its combined output and exit
+// code; it must exit by itself within 10 s.
+func runOnce(t *testing.T, env []string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary)
+	cmd.Env = append(os.Environ(), "DATA_DIR="+filepath.Join(t.TempDir(), "d"))
+	cmd.Env = append(cmd.Env, env...)
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("binary did not exit: %s", out)
+	}
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	}
+	return string(out), code
+}
+
+func TestPortInUse(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	out, code := runOnce(t, []string{"HTTP_ADDR=" + l.Addr().String(), "KV_ADDR=127.0.0.1:0", "RAFT_ADDR=127.0.0.1:0", "GOSSIP_ADDR=127.0.0.1:0"})
+	if code == 0 || !strings.Contains(out, "HTTP_ADDR") || !strings.Contains(out, "in use") {
+		t.Fatalf("exit %d, output %q", code, out)
+	}
+}
+
+// writeAll writes every key through addr, retrying each for up to timeout,
+// and returns how long it took until all were acknowledged.
+func writeAll(t *testing.T, addr string, kv map[string]string, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for k, v := range kv {
+		tc.Eventually(t, timeout, "write "+k+" via "+addr, func() error {
+			r, err := tc.Set(context.Background(), addr, k, v)
+			if err != nil {
+				return err
+			}
+			if r.Status != 200 {
+				return fmt.Errorf("status %d: %s", r.Status, r.Body)
+			}
+			return nil
+		})
+	}
+	return time.Since(start)
+}
+
+func readAll(t *testing.T, addr string, kv map[string]string, stale bool, timeout time.Duration) {
+	t.Helper()
+	for k, want := range kv {
+		tc.Eventually(t, timeout, "read "+k+" via "+addr, func() error {
+			got, status, err := get(addr, k, stale)
+			if err != nil || status != 200 || got != want {
+				return fmt.Errorf("got %q status %d err %v, want %q", got, status, err, want)
+			}
+			return nil
+		})
+	}
+}
+
+func keys(prefix string, n int, value string) map[string]string {
+	m := map[string]string{}
+	for i := range n {
+		m[fmt.Sprintf("%s:%d", prefix, i)] = fmt.Sprintf("%s-%d", value, i)
+	}
+	return m
+}
+
+// TestKillAndRestart is the quick-start cluster losing a node to SIGKILL:
+// the others log its death, keep every key readable and writable, and the
+// node, restarted on its data directory, rejoins and serves what was written
+// while it was down.
+func TestKillAndRestart(t *testing.T) {
+	t.Parallel()
+	c := tc.New(t, binary, 3, tc.Options{})
+	c.Start()
+	c.WaitHealthy(30*time.Second, 3, 3)
+	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+
+	before := keys("before", 40, "v1")
+	writeAll(t, n1.KV, before, 5*time.Second)
+
+	killed := time.Now()
+	n2.Kill()
+
+	var deadAfter time.Duration
+	tc.Eventually(t, 15*time.Second, "node-2's death in the survivors' logs", func() error {
+		for _, n := range []*tc.Node{n1, n3} {
+			if !strings.Contains(n.Stderr(), `msg="member dead"`) || !strings.Contains(n.Stderr(), "node=node-2") {
+				return fmt.Errorf("%s has not logged it", n.ID)
+			}
+		}
+		deadAfter = time.Since(killed)
+		return nil
+	})
+
+	// Overwrite the old keys and add new ones through both survivors.
+	after := keys("before", 40, "v2")
+	for k, v := range keys("during", 40, "v") {
+		after[k] = v
+	}
+	took := writeAll(t, n3.KV, after, 20*time.Second)
+	t.Logf("SIGKILL → dead logged within %s; all %d writes acknowledged %s after the kill (%s of writing)",
+		deadAfter.Round(100*time.Millisecond), len(after), time.Since(killed).Round(100*time.Millisecond), took.Round(100*time.Millisecond))
+	readAll(t, n1.KV, after, false, 10*time.Second)
+
+	n2.Start()
+	c.WaitHealthy(30*time.Second, 3, 3)
+	// Linearizable reads through the returning node, and its own copy
+	// (stale reads are served locally once it is in sync again).
+	readAll(t, n2.KV, after, false, 10*time.Second)
+	readAll(t, n2.KV, after, true, 10*time.Second)
+	m := getJSON(t, n2.KV, "/kv/list?limit=1000", 200)
+	if int(m["count"].(float64)) != len(after) {
+		t.Fatalf("node-2 lists %v keys, want %d", m["count"], len(after))
+	}
+}
+
+// TestLeaderKill kills the Raft leader: a new leader is elected and
+// writes go on through the survivors.
+func TestLeaderKill(t *testing.T) {
+	t.Parallel()
+	c := tc.New(t, binary, 3, tc.Options{})
+	c.Start()
+	c.WaitHealthy(30*time.Second, 3, 3)
+	leader, err := c.Leader(c.Nodes[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var survivor *tc.Node
+	for _, n := range c.Nodes {
+		if n != leader {
+			survivor = n
+		}
+	}
+	data := keys("k", 30, "x")
+	writeAll(t, survivor.KV, data, 5*time.Second)
+	killed := time.Now()
+	leader.Kill()
+	more := keys("k", 30, "y")
+	writeAll(t, survivor.KV, more, 20*time.Second)
+	t.Logf("leader %s killed; writes acknowledged again after %s", leader.ID, time.Since(killed).Round(100*time.Millisecond))
+	tc.Eventually(t, 10*time.Second, "new leader", func() error {
+		l, err := c.Leader(survivor)
+		if err != nil {
+			return err
+		}
+		if l == leader {
+			return fmt.Errorf("still %s", l.ID)
+		}
+		return nil
+	})
+	for _, n := range c.Nodes {
+		if n != leader {
+			readAll(t, n.KV, more, false, 10*time.Second)
+		}
+	}
+}

@@ -1,0 +1,479 @@
+// Package testcluster starts real ClusterKit nodes as separate OS processes
+// on loopback for integration and fault tests: each node has its own
+// process group, ports, data directory and log files, and can be killed,
+// paused, resumed, stopped and restarted. Every process is killed when the
+// test ends.
+package testcluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Build compiles the clusterkit binary (the module root's main package)
+// into dir and returns its path.
+func Build(dir string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "clusterkit")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("not inside a Go module")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// FreePort returns a port that is free for both TCP and UDP on 127.0.0.1
+// right now (gossip needs both on the same number).
+func FreePort() (int, error) {
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return port, nil
+	}
+	return 0, fmt.Errorf("no free port found")
+}
+
+// Node is one ClusterKit process.
+type Node struct {
+	ID      string
+	Name    string
+	HTTP    string // management address, host:port
+	KV      string // KV address, host:port
+	Raft    string
+	Gossip  string
+	DataDir string
+	// Env holds extra environment variables for the process.
+	Env []string
+
+	c       *Cluster
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	stdout  *syncBuffer
+	stderr  *syncBuffer
+	starts  int
+	logFile *os.File
+}
+
+// Cluster is a set of nodes of one test.
+type Cluster struct {
+	t     testing.TB
+	bin   string
+	dir   string
+	Nodes []*Node
+}
+
+// Options configures New.
+type Options struct {
+	// Env is added to every node's environment (e.g. FAILOVER_GRACE=1s).
+	Env []string
+}
+
+// New prepares n nodes (node-1 bootstraps, the others join through
+// node-1's and node-2's management addresses) without starting them.
+func New(t testing.TB, bin string, n int, opts Options) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, bin: bin, dir: t.TempDir()}
+	for i := 1; i <= n; i++ {
+		c.Nodes = append(c.Nodes, c.newNode(i, opts.Env))
+	}
+	t.Cleanup(c.KillAll)
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.DumpLogs(80)
+		}
+	})
+	return c
+}
+
+func (c *Cluster) newNode(i int, env []string) *Node {
+	ports := make([]int, 4)
+	for j := range ports {
+		p, err := FreePort()
+		if err != nil {
+			c.t.Fatalf("free port: %v", err)
+		}
+		ports[j] = p
+	}
+	return &Node{
+		ID: fmt.Sprintf("node-%d", i), Name: fmt.Sprintf("Server-%d", i),
+		HTTP:    fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		KV:      fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		Raft:    fmt.Sprintf("127.0.0.1:%d", ports[2]),
+		Gossip:  fmt.Sprintf("127.0.0.1:%d", ports[3]),
+		DataDir: filepath.Join(c.dir, fmt.Sprintf("node%d", i)),
+		Env:     append([]string(nil), env...),
+		c:       c, stdout: &syncBuffer{}, stderr: &syncBuffer{},
+	}
+}
+
+// AddNode prepares one more node that joins through the existing ones.
+func (c *Cluster) AddNode(env ...string) *Node {
+	n := c.newNode(len(c.Nodes)+1, env)
+	c.Nodes = append(c.Nodes, n)
+	return n
+}
+
+// Dir is the cluster's scratch directory (logs, data).
+func (c *Cluster) Dir() string { return c.dir }
+
+// Start starts every node.
+func (c *Cluster) Start() {
+	for _, n := range c.Nodes {
+		n.Start()
+	}
+}
+
+// KillAll SIGKILLs every running node.
+func (c *Cluster) KillAll() {
+	for _, n := range c.Nodes {
+		n.Kill()
+	}
+}
+
+// DumpLogs writes the last lines of every node's logs to the test log.
+func (c *Cluster) DumpLogs(lines int) {
+	for _, n := range c.Nodes {
+		c.t.Logf("----- %s stderr (last %d lines) -----\n%s", n.ID, lines, tail(n.stderr.String(), lines))
+	}
+}
+
+func tail(s string, n int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+func (n *Node) env() []string {
+	var join []string
+	for _, o := range n.c.Nodes {
+		if o != n && len(join) < 2 {
+			join = append(join, o.HTTP)
+		}
+	}
+	env := append(os.Environ(),
+		"NODE_ID="+n.ID, "NODE_NAME="+n.Name,
+		"HTTP_ADDR="+n.HTTP, "KV_ADDR="+n.KV, "RAFT_ADDR="+n.Raft, "GOSSIP_ADDR="+n.Gossip,
+		"DATA_DIR="+n.DataDir, "STATUS_INTERVAL=2s",
+	)
+	if n.ID == "node-1" {
+		env = append(env, "BOOTSTRAP=true")
+	} else {
+		env = append(env, "BOOTSTRAP=false", "JOIN_ADDR="+strings.Join(join, ","))
+	}
+	return append(env, n.Env...)
+}
+
+// Start starts the node's process (again, after Kill or Stop).
+func (n *Node) Start() {
+	n.c.t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd != nil {
+		n.c.t.Fatalf("%s is already running", n.ID)
+	}
+	n.starts++
+	f, err := os.OpenFile(filepath.Join(n.c.dir, n.ID+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		n.c.t.Fatalf("log file: %v", err)
+	}
+	fmt.Fprintf(f, "===== start #%d at %s =====\n", n.starts, time.Now().Format(time.RFC3339Nano))
+	n.logFile = f
+	cmd := exec.Command(n.c.bin)
+	cmd.Env = n.env()
+	cmd.Stdout = io.MultiWriter(n.stdout, f)
+	cmd.Stderr = io.MultiWriter(n.stderr, f)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		n.c.t.Fatalf("start %s: %v", n.ID, err)
+	}
+	n.cmd = cmd
+	exited := make(chan struct{})
+	n.exited = exited
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+}
+
+func (n *Node) signal(sig syscall.Signal) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return false
+	}
+	_ = syscall.Kill(-n.cmd.Process.Pid, sig)
+	return true
+}
+
+func (n *Node) reap(timeout time.Duration) bool {
+	n.mu.Lock()
+	exited := n.exited
+	n.mu.Unlock()
+	if exited == nil {
+		return true
+	}
+	select {
+	case <-exited:
+	case <-time.After(timeout):
+		return false
+	}
+	n.mu.Lock()
+	n.cmd, n.exited = nil, nil
+	if n.logFile != nil {
+		n.logFile.Close()
+		n.logFile = nil
+	}
+	n.mu.Unlock()
+	return true
+}
+
+// Kill sends SIGKILL to the node's process group and waits for it to exit.
+func (n *Node) Kill() {
+	n.signal(syscall.SIGCONT) // a paused process must be able to die
+	if n.signal(syscall.SIGKILL) {
+		n.reap(10 * time.Second)
+	}
+}
+
+// Stop sends SIGTERM (graceful leave) and waits up to timeout for exit,
+// then kills the node. It reports whether the node exited by itself.
+func (n *Node) Stop(timeout time.Duration) bool {
+	if !n.signal(syscall.SIGTERM) {
+		return true
+	}
+	if n.reap(timeout) {
+		return true
+	}
+	n.Kill()
+	return false
+}
+
+// Pause stops the process with SIGSTOP; Resume continues it.
+func (n *Node) Pause() { n.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused process.
+func (n *Node) Resume() { n.signal(syscall.SIGCONT) }
+
+// Running reports whether the process has been started and not reaped.
+func (n *Node) Running() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cmd != nil
+}
+
+// Stdout returns everything the node printed on stdout so far.
+func (n *Node) Stdout() string { return n.stdout.String() }
+
+// Stderr returns everything the node logged so far.
+func (n *Node) Stderr() string { return n.stderr.String() }
+
+// Client is an HTTP client with a short timeout for tests.
+var client = &http.Client{Timeout: 5 * time.Second}
+
+// Response is a decoded HTTP answer.
+type Response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// JSON decodes the body into v.
+func (r Response) JSON(v any) error { return json.Unmarshal(r.Body, v) }
+
+// Map decodes the body as a JSON object.
+func (r Response) Map() map[string]any {
+	var m map[string]any
+	_ = json.Unmarshal(r.Body, &m)
+	return m
+}
+
+// Do sends a request to addr (host:port) and reads the whole answer.
+func Do(ctx context.Context, method, addr, path string, body []byte, header ...string) (Response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, rd)
+	if err != nil {
+		return Response{}, err
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return Response{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return Response{Status: resp.StatusCode, Header: resp.Header, Body: b}, err
+}
+
+// Get is Do with GET and no body.
+func Get(addr, path string, header ...string) (Response, error) {
+	return Do(context.Background(), http.MethodGet, addr, path, nil, header...)
+}
+
+// Set writes key=value through the KV API at addr.
+func Set(ctx context.Context, addr, key, value string) (Response, error) {
+	b, _ := json.Marshal(map[string]string{"key": key, "value": value})
+	return Do(ctx, http.MethodPost, addr, "/kv/set", b, "Content-Type", "application/json")
+}
+
+// Eventually polls cond every 100ms until it returns nil or timeout passes,
+// and fails the test with the last error.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// WaitHealthy waits until every running node reports healthy, knows n
+// active nodes, and every partition has its full complement of in-sync
+// replicas (min(rf, n) copies).
+func (c *Cluster) WaitHealthy(timeout time.Duration, n, rf int) {
+	c.t.Helper()
+	Eventually(c.t, timeout, fmt.Sprintf("cluster of %d healthy and fully replicated", n), func() error {
+		for _, node := range c.Nodes {
+			if !node.Running() {
+				continue
+			}
+			if err := node.checkHealthy(n, rf); err != nil {
+				return fmt.Errorf("%s: %w", node.ID, err)
+			}
+		}
+		return nil
+	})
+}
+
+func (n *Node) checkHealthy(nodes, rf int) error {
+	r, err := Get(n.HTTP, "/cluster")
+	if err != nil {
+		return err
+	}
+	var out struct {
+		Cluster struct {
+			Nodes []struct {
+				ID, Status string
+			} `json:"nodes"`
+			PartitionMap struct {
+				Partitions map[string]struct {
+					Primary string   `json:"primary_node"`
+					InSync  []string `json:"in_sync_replicas"`
+				} `json:"partitions"`
+			} `json:"partition_map"`
+		} `json:"cluster"`
+	}
+	if err := r.JSON(&out); err != nil {
+		return fmt.Errorf("decode /cluster: %w", err)
+	}
+	active := 0
+	for _, m := range out.Cluster.Nodes {
+		if m.Status == "active" {
+			active++
+		}
+	}
+	if active != nodes {
+		return fmt.Errorf("%d active nodes, want %d", active, nodes)
+	}
+	if len(out.Cluster.PartitionMap.Partitions) == 0 {
+		return fmt.Errorf("no partitions yet")
+	}
+	want := min(rf, nodes)
+	for id, p := range out.Cluster.PartitionMap.Partitions {
+		if p.Primary == "" || 1+len(p.InSync) != want {
+			return fmt.Errorf("%s: primary %q with %d in-sync replicas, want %d copies", id, p.Primary, len(p.InSync), want)
+		}
+	}
+	return nil
+}
+
+// Leader returns the node the given node believes leads Raft.
+func (c *Cluster) Leader(via *Node) (*Node, error) {
+	r, err := Get(via.HTTP, "/consensus/leader")
+	if err != nil {
+		return nil, err
+	}
+	id, _ := r.Map()["leader_id"].(string)
+	for _, n := range c.Nodes {
+		if n.ID == id {
+			return n, nil
+		}
+	}
+	return nil, fmt.Errorf("no leader known to %s (status %d)", via.ID, r.Status)
+}
+
+// Port returns the port of a host:port address.
+func Port(addr string) int {
+	_, p, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
