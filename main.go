@@ -1,6 +1,8 @@
 // Command clusterkit runs one node of a ClusterKit cluster. With no
 // environment set it starts a usable single-node cluster (node-1, management
 // API on :8080, KV API on :9080, data in ./data/node1). See README.md.
+//
+// `clusterkit bench` is the load tool (package loadgen).
 package main
 
 import (
@@ -13,10 +15,24 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/clusterkit/clusterkit/loadgen"
 	"github.com/clusterkit/clusterkit/node"
 )
 
 func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "bench":
+			os.Exit(loadgen.Main(os.Args[2:], os.Stdout, os.Stderr))
+		case "-h", "-help", "--help", "help":
+			fmt.Println("usage: clusterkit            run a node (configured by environment variables; see README.md)")
+			fmt.Println("       clusterkit bench -h   the load tool")
+			os.Exit(0)
+		default:
+			fmt.Fprintf(os.Stderr, "clusterkit: unknown command %q (a node is configured by environment variables; see README.md)\n", os.Args[1])
+			os.Exit(2)
+		}
+	}
 	os.Exit(run())
 }
 

@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -267,6 +269,28 @@ func TestDefaultSingleNode(t *testing.T) {
 	if v, status, err := get(n.KV, "hello", false); err != nil || status != 200 || v != "world" {
 		t.Fatalf("get: %q %d %v", v, status, err)
 	}
+	// The load tool against it: preloaded keys must never read as missing.
+	out, err := exec.Command(binary, "bench", "-addrs", n.KV, "-c", "4", "-d", "1s", "-keys", "200",
+		"-preload", "-reads", "0.5", "-json", "-quiet").CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	var res struct {
+		Ops       int64   `json:"ops"`
+		Reads     int64   `json:"reads"`
+		Writes    int64   `json:"writes"`
+		Errors    int64   `json:"errors"`
+		Misses    int64   `json:"misses"`
+		OpsPerSec float64 `json:"ops_per_sec"`
+		P99Ms     float64 `json:"p99_ms"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("bench output: %v\n%s", err, out)
+	}
+	if res.Ops == 0 || res.Reads == 0 || res.Writes == 0 || res.Errors != 0 || res.Misses != 0 || res.OpsPerSec <= 0 || res.P99Ms <= 0 {
+		t.Fatalf("bench result: %+v", res)
+	}
+
 	// Restart on the same data: no second bootstrap, data served.
 	n.Stop(15 * time.Second)
 	n.Start()

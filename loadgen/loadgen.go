@@ -1,0 +1,366 @@
+// Package loadgen is ClusterKit's load tool (`clusterkit bench`): it drives
+// the KV API of one or more nodes with concurrent JSON-over-HTTP sets and
+// gets, shows live progress, and reports throughput, latency percentiles and
+// wrong answers.
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config is one load run.
+type Config struct {
+	Addrs       []string      // KV API addresses (host:port)
+	Concurrency int           // concurrent clients
+	Duration    time.Duration // length of the measured run
+	Keys        int           // key space size
+	ValueSize   int           // bytes per value
+	ReadRatio   float64       // fraction of operations that are gets
+	Preload     bool          // write every key before the run
+	Stale       bool          // use consistency=stale for gets
+	Timeout     time.Duration // per request
+	Seed        uint64
+}
+
+// Result summarises a run.
+type Result struct {
+	Ops       int64         `json:"ops"`
+	Reads     int64         `json:"reads"`
+	Writes    int64         `json:"writes"`
+	Errors    int64         `json:"errors"`
+	Misses    int64         `json:"misses"`
+	Elapsed   time.Duration `json:"-"`
+	Seconds   float64       `json:"seconds"`
+	OpsPerSec float64       `json:"ops_per_sec"`
+	P50Ms     float64       `json:"p50_ms"`
+	P90Ms     float64       `json:"p90_ms"`
+	P99Ms     float64       `json:"p99_ms"`
+	P999Ms    float64       `json:"p999_ms"`
+	MaxMs     float64       `json:"max_ms"`
+	// ErrorKinds counts errors by HTTP status or transport failure.
+	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`
+	Preloaded  int              `json:"preloaded"`
+}
+
+// Main runs the bench subcommand with args (without the subcommand name).
+func Main(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addrs := fs.String("addrs", "127.0.0.1:9080", "comma-separated KV API addresses")
+	c := Config{}
+	fs.IntVar(&c.Concurrency, "c", 32, "concurrent clients")
+	fs.DurationVar(&c.Duration, "d", 10*time.Second, "duration of the measured run")
+	fs.IntVar(&c.Keys, "keys", 100000, "number of distinct keys")
+	fs.IntVar(&c.ValueSize, "value-size", 100, "value size in bytes")
+	fs.Float64Var(&c.ReadRatio, "reads", 0, "fraction of operations that are reads (0..1)")
+	fs.BoolVar(&c.Preload, "preload", false, "write every key once before the run (then a 404 counts as a miss)")
+	fs.BoolVar(&c.Stale, "stale", false, "read with consistency=stale")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "per-request timeout")
+	fs.Uint64Var(&c.Seed, "seed", uint64(time.Now().UnixNano()), "random seed")
+	asJSON := fs.Bool("json", false, "print the summary as JSON")
+	quiet := fs.Bool("quiet", false, "no progress line")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	for _, a := range strings.Split(*addrs, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			c.Addrs = append(c.Addrs, a)
+		}
+	}
+	if err := c.validate(); err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return 2
+	}
+	var progress io.Writer = stderr
+	if *quiet {
+		progress = nil
+	}
+	res, err := Run(context.Background(), c, progress)
+	if err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(res)
+	} else {
+		fmt.Fprint(stdout, res.String(c))
+	}
+	if res.Misses > 0 {
+		return 1
+	}
+	return 0
+}
+
+func (c Config) validate() error {
+	switch {
+	case len(c.Addrs) == 0:
+		return errors.New("-addrs is empty")
+	case c.Concurrency < 1:
+		return errors.New("-c must be >= 1")
+	case c.Duration <= 0:
+		return errors.New("-d must be positive")
+	case c.Keys < 1:
+		return errors.New("-keys must be >= 1")
+	case c.ValueSize < 0 || c.ValueSize > 1<<20:
+		return errors.New("-value-size must be from 0 to 1048576")
+	case c.ReadRatio < 0 || c.ReadRatio > 1:
+		return errors.New("-reads must be from 0 to 1")
+	}
+	return nil
+}
+
+// String renders the human summary.
+func (r Result) String(c Config) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "targets      %s\n", strings.Join(c.Addrs, ","))
+	fmt.Fprintf(&b, "workload     c=%d keys=%d value=%dB reads=%.0f%% stale=%v preload=%v\n",
+		c.Concurrency, c.Keys, c.ValueSize, c.ReadRatio*100, c.Stale, c.Preload)
+	fmt.Fprintf(&b, "ops          %d in %.1fs (%d reads, %d writes)\n", r.Ops, r.Seconds, r.Reads, r.Writes)
+	fmt.Fprintf(&b, "throughput   %.0f ops/s\n", r.OpsPerSec)
+	fmt.Fprintf(&b, "latency      p50 %.2fms  p90 %.2fms  p99 %.2fms  p999 %.2fms  max %.2fms\n", r.P50Ms, r.P90Ms, r.P99Ms, r.P999Ms, r.MaxMs)
+	fmt.Fprintf(&b, "errors       %d", r.Errors)
+	if len(r.ErrorKinds) > 0 {
+		kinds := make([]string, 0, len(r.ErrorKinds))
+		for k, v := range r.ErrorKinds {
+			kinds = append(kinds, fmt.Sprintf("%s=%d", k, v))
+		}
+		slices.Sort(kinds)
+		fmt.Fprintf(&b, " (%s)", strings.Join(kinds, " "))
+	}
+	fmt.Fprintf(&b, "\nmisses       %d (404 for a preloaded key: wrong answers)\n", r.Misses)
+	return b.String()
+}
+
+type client struct {
+	hc    *http.Client
+	cfg   Config
+	value []byte
+}
+
+func newClient(c Config) *client {
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        c.Concurrency * len(c.Addrs) * 2,
+		MaxIdleConnsPerHost: c.Concurrency * 2,
+		IdleConnTimeout:     time.Minute,
+	}
+	v := bytes.Repeat([]byte("x"), c.ValueSize)
+	return &client{hc: &http.Client{Transport: tr, Timeout: c.Timeout}, cfg: c, value: v}
+}
+
+func key(i int) string { return fmt.Sprintf("bench:%08d", i) }
+
+// outcome of one request.
+type outcome int
+
+const (
+	ok outcome = iota
+	miss
+	failed
+)
+
+func (cl *client) set(ctx context.Context, addr, k string) (outcome, string) {
+	body, _ := json.Marshal(map[string]string{"key": k, "value": string(cl.value)})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/kv/set", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	return cl.do(req, false)
+}
+
+func (cl *client) get(ctx context.Context, addr, k string, preloaded bool) (outcome, string) {
+	u := "http://" + addr + "/kv/get?key=" + url.QueryEscape(k)
+	if cl.cfg.Stale {
+		u += "&consistency=stale"
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	return cl.do(req, preloaded)
+}
+
+func (cl *client) do(req *http.Request, preloaded bool) (outcome, string) {
+	resp, err := cl.hc.Do(req)
+	if err != nil {
+		return failed, "transport"
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return ok, ""
+	case resp.StatusCode == http.StatusNotFound && req.Method == http.MethodGet:
+		if preloaded {
+			return miss, ""
+		}
+		return ok, ""
+	}
+	return failed, fmt.Sprintf("http_%d", resp.StatusCode)
+}
+
+// Run executes the workload and returns its summary. progress, if not nil,
+// gets a live line every second.
+func Run(ctx context.Context, c Config, progress io.Writer) (Result, error) {
+	if err := c.validate(); err != nil {
+		return Result{}, err
+	}
+	cl := newClient(c)
+	defer cl.hc.CloseIdleConnections()
+	var res Result
+	if c.Preload {
+		if err := preload(ctx, cl, progress); err != nil {
+			return Result{}, err
+		}
+		res.Preloaded = c.Keys
+	}
+
+	var ops, errs, misses atomic.Int64
+	lat := make([][]time.Duration, c.Concurrency)
+	reads := make([]int64, c.Concurrency)
+	writes := make([]int64, c.Concurrency)
+	kinds := make([]map[string]int64, c.Concurrency)
+	runCtx, cancel := context.WithTimeout(ctx, c.Duration)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range c.Concurrency {
+		kinds[w] = map[string]int64{}
+		rng := rand.New(rand.NewPCG(c.Seed, uint64(w)))
+		wg.Go(func() {
+			for i := 0; runCtx.Err() == nil; i++ {
+				addr := c.Addrs[(w+i)%len(c.Addrs)]
+				k := key(rng.IntN(c.Keys))
+				isRead := rng.Float64() < c.ReadRatio
+				t0 := time.Now()
+				var out outcome
+				var kind string
+				if isRead {
+					out, kind = cl.get(ctx, addr, k, c.Preload)
+					reads[w]++
+				} else {
+					out, kind = cl.set(ctx, addr, k)
+					writes[w]++
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+				ops.Add(1)
+				switch out {
+				case miss:
+					misses.Add(1)
+				case failed:
+					errs.Add(1)
+					kinds[w][kind]++
+				}
+			}
+		})
+	}
+	if progress != nil {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			last := int64(0)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					n := ops.Load()
+					fmt.Fprintf(progress, "\r%5.0fs  %8d ops/s  errors %d  misses %d   ", time.Since(start).Seconds(), n-last, errs.Load(), misses.Load())
+					last = n
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(start)
+	if progress != nil {
+		fmt.Fprintln(progress)
+	}
+	var all []time.Duration
+	for w := range c.Concurrency {
+		all = append(all, lat[w]...)
+		res.Reads += reads[w]
+		res.Writes += writes[w]
+		for k, v := range kinds[w] {
+			if res.ErrorKinds == nil {
+				res.ErrorKinds = map[string]int64{}
+			}
+			res.ErrorKinds[k] += v
+		}
+	}
+	slices.Sort(all)
+	res.Ops, res.Errors, res.Misses = ops.Load(), errs.Load(), misses.Load()
+	res.Seconds = res.Elapsed.Seconds()
+	res.OpsPerSec = float64(res.Ops) / res.Seconds
+	res.P50Ms, res.P90Ms, res.P99Ms, res.P999Ms = pct(all, 0.50), pct(all, 0.90), pct(all, 0.99), pct(all, 0.999)
+	if len(all) > 0 {
+		res.MaxMs = ms(all[len(all)-1])
+	}
+	return res, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// pct returns the q-quantile of sorted latencies in milliseconds.
+func pct(sorted []time.Duration, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(q * float64(len(sorted)-1))
+	return ms(sorted[i])
+}
+
+// preload writes every key once, concurrently, and fails if any write
+// fails: a run whose preload is incomplete would report false misses.
+func preload(ctx context.Context, cl *client, progress io.Writer) error {
+	c := cl.cfg
+	next := atomic.Int64{}
+	var failures atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for w := range c.Concurrency {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= c.Keys {
+					return
+				}
+				addr := c.Addrs[(w+i)%len(c.Addrs)]
+				var out outcome
+				var kind string
+				for attempt := 0; attempt < 5; attempt++ {
+					if out, kind = cl.set(ctx, addr, key(i)); out == ok {
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				if out != ok {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("preload %s via %s: %s", key(i), addr, kind))
+				}
+			}
+		})
+	}
+	if progress != nil {
+		fmt.Fprintf(progress, "preloading %d keys...\n", c.Keys)
+	}
+	wg.Wait()
+	if n := failures.Load(); n > 0 {
+		return fmt.Errorf("%d preload writes failed; first: %v", n, firstErr.Load())
+	}
+	return nil
+}
