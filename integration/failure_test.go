@@ -178,3 +178,56 @@ func TestLeaderKill(t *testing.T) {
 		}
 	}
 }
+
+// TestGracefulLeave stops a node with SIGTERM: it leaves (recorded as
+// "left", not "dead"), its partitions move to the survivors without losing
+// data, the table settles, and the node can come back later.
+func TestGracefulLeave(t *testing.T) {
+	t.Parallel()
+	c := tc.New(t, binary, 3, tc.Options{})
+	c.Start()
+	c.WaitHealthy(30*time.Second, 3, 3)
+	n1, n3 := c.Nodes[0], c.Nodes[2]
+	data := keys("g", 30, "v")
+	writeAll(t, n3.KV, data, 5*time.Second)
+
+	if !n3.Stop(15 * time.Second) {
+		t.Fatal("node-3 did not exit by itself after SIGTERM")
+	}
+	tc.Eventually(t, 10*time.Second, "node-3 recorded as left and forgotten", func() error {
+		if !strings.Contains(n1.Stderr(), `msg="member left"`) {
+			return fmt.Errorf("no 'member left' in node-1's log")
+		}
+		r, err := tc.Get(n1.HTTP, "/cluster")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(string(r.Body), `"node-3"`) {
+			return fmt.Errorf("node-3 still in /cluster")
+		}
+		return nil
+	})
+	if strings.Contains(n1.Stderr(), "node=node-3 name=Server-3") && strings.Contains(n1.Stderr(), `msg="member dead"`) {
+		t.Fatal("a graceful leave was recorded as a death")
+	}
+	readAll(t, n1.KV, data, false, 10*time.Second)
+
+	// The table must settle: no command churn while nothing happens.
+	idx := func() float64 {
+		r, err := tc.Get(n1.HTTP, "/consensus/stats")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Map()["applied_index"].(float64)
+	}
+	time.Sleep(time.Second)
+	before := idx()
+	time.Sleep(3 * time.Second)
+	if after := idx(); after != before {
+		t.Fatalf("raft log grew from %v to %v while the cluster was idle", before, after)
+	}
+
+	n3.Start()
+	c.WaitHealthy(30*time.Second, 3, 3)
+	readAll(t, n3.KV, data, true, 10*time.Second)
+}

@@ -141,6 +141,9 @@ func (r *reconciler) pass(ctx context.Context) error {
 		want := consensus.NodeInfo{ID: m.Meta.ID, Name: m.Meta.Name, MgmtAddr: m.Meta.MgmtAddr,
 			KVAddr: m.Meta.KVAddr, RaftAddr: m.Meta.RaftAddr, GossipAddr: m.Meta.GossipAddr, Status: statusOf(m.State)}
 		have, ok := ck.raft.State().Nodes[want.ID]
+		if !ok && (want.Status == consensus.StatusLeft || want.Status == consensus.StatusDead) {
+			continue // already forgotten (or never known): nothing to record
+		}
 		if ok && have.Status == want.Status {
 			want.Since = have.Since
 		} else {
