@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -26,9 +27,9 @@ func (s *Server) Run(ctx context.Context) {
 	defer s.peers.close()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	backoff := map[string]time.Time{}
+	b := &backoffs{until: map[string]time.Time{}}
 	for {
-		s.syncPass(ctx, backoff)
+		s.syncPass(ctx, b)
 		select {
 		case <-ctx.Done():
 			return
@@ -39,40 +40,78 @@ func (s *Server) Run(ctx context.Context) {
 	}
 }
 
-func (s *Server) syncPass(ctx context.Context, backoff map[string]time.Time) {
+// syncWorkers bounds how many partitions are reconciled or copied at once.
+const syncWorkers = 4
+
+// backoffs remembers (partition, replica) pairs whose catch-up failed.
+type backoffs struct {
+	mu    sync.Mutex
+	until map[string]time.Time
+}
+
+func (b *backoffs) active(key string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return time.Now().Before(b.until[key])
+}
+
+func (b *backoffs) set(key string, d time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if d == 0 {
+		delete(b.until, key)
+		return
+	}
+	b.until[key] = time.Now().Add(d)
+}
+
+// syncPass looks at every partition this node leads, a few at a time.
+func (s *Server) syncPass(ctx context.Context, b *backoffs) {
 	self := s.router.Self()
+	sem := make(chan struct{}, syncWorkers)
+	var wg sync.WaitGroup
 	for p := range s.router.Partitions() {
 		if ctx.Err() != nil {
-			return
+			break
 		}
 		rt, ok := s.router.Route(p)
 		if !ok || rt.Primary != self {
 			continue
 		}
-		m, err := s.store.Meta(p)
-		if err != nil {
-			s.log.Error("read partition meta", "partition", p, "err", err)
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.syncPartition(ctx, rt, b)
+		})
+	}
+	wg.Wait()
+}
+
+func (s *Server) syncPartition(ctx context.Context, rt Route, b *backoffs) {
+	p := rt.Partition
+	m, err := s.store.Meta(p)
+	if err != nil {
+		s.log.Error("read partition meta", "partition", p, "err", err)
+		return
+	}
+	if m.Epoch != rt.Epoch {
+		s.reconcile(ctx, p, rt.Epoch)
+		return
+	}
+	for _, r := range rt.Replicas {
+		if slices.Contains(rt.InSync, r) || !s.router.Alive(r) {
 			continue
 		}
-		if m.Epoch != rt.Epoch {
-			s.reconcile(ctx, p, rt.Epoch)
+		key := rt.Key(r)
+		if b.active(key) {
 			continue
 		}
-		for _, r := range rt.Replicas {
-			if slices.Contains(rt.InSync, r) || !s.router.Alive(r) {
-				continue
-			}
-			key := rt.Key(r)
-			if time.Now().Before(backoff[key]) {
-				continue
-			}
-			if err := s.catchUp(ctx, p, rt.Epoch, r); err != nil {
-				s.log.Warn("replica catch-up failed; will retry", "partition", p, "epoch", rt.Epoch, "replica", r, "err", err)
-				backoff[key] = time.Now().Add(2 * time.Second)
-				continue
-			}
-			delete(backoff, key)
+		if err := s.catchUp(ctx, p, rt.Epoch, r); err != nil {
+			s.log.Warn("replica catch-up failed; will retry", "partition", p, "epoch", rt.Epoch, "replica", r, "err", err)
+			b.set(key, 2*time.Second)
+			continue
 		}
+		b.set(key, 0)
 	}
 }
 
