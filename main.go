@@ -7,8 +7,12 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -24,9 +28,12 @@ func main() {
 		switch os.Args[1] {
 		case "bench":
 			os.Exit(loadgen.Main(os.Args[2:], os.Stdout, os.Stderr))
+		case "healthcheck":
+			os.Exit(healthcheck(os.Args[2:]))
 		case "-h", "-help", "--help", "help":
 			fmt.Println("usage: clusterkit            run a node (configured by environment variables; see README.md)")
 			fmt.Println("       clusterkit bench -h   the load tool")
+			fmt.Println("       clusterkit healthcheck [-addr host:port]   exit 0 if the node at addr (default: this node's HTTP_ADDR) is healthy")
 			os.Exit(0)
 		default:
 			fmt.Fprintf(os.Stderr, "clusterkit: unknown command %q (a node is configured by environment variables; see README.md)\n", os.Args[1])
@@ -69,5 +76,43 @@ func run() int {
 		logger.Error("shutdown finished with errors", "err", err)
 		return 1
 	}
+	return 0
+}
+
+// healthcheck asks a node's management API whether it is healthy (it knows
+// a Raft leader and the cluster is initialised). It exists for container
+// health checks, since the image has no shell and no curl.
+func healthcheck(args []string) int {
+	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
+	addr := fs.String("addr", "", "management address (default: 127.0.0.1 and the port of HTTP_ADDR)")
+	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for an answer")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *addr == "" {
+		cfg, err := node.FromEnv(os.LookupEnv)
+		if err == nil {
+			err = cfg.Validate()
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "healthcheck: %v\n", err)
+			return 2
+		}
+		_, port, _ := net.SplitHostPort(cfg.HTTPAddr)
+		*addr = net.JoinHostPort("127.0.0.1", port)
+	}
+	hc := &http.Client{Timeout: *timeout}
+	resp, err := hc.Get("http://" + *addr + "/health/detailed")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "unhealthy: %v\n", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(os.Stderr, "unhealthy: %d %s\n", resp.StatusCode, body)
+		return 1
+	}
+	fmt.Printf("healthy: %s", body)
 	return 0
 }
