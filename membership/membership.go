@@ -133,7 +133,11 @@ func New(cfg Config) (*Membership, error) {
 	}
 	mc.BindAddr = host
 	mc.BindPort = port
-	mc.AdvertiseAddr = cfg.AdvertiseHost
+	adv, err := resolveIP(cfg.AdvertiseHost)
+	if err != nil {
+		return nil, err
+	}
+	mc.AdvertiseAddr = adv
 	mc.AdvertisePort = port
 	mc.ProbeInterval = orDefault(cfg.ProbeInterval, 500*time.Millisecond)
 	mc.ProbeTimeout = orDefault(cfg.ProbeTimeout, 250*time.Millisecond)
@@ -161,6 +165,27 @@ func New(cfg Config) (*Membership, error) {
 	}
 	m.ml = ml
 	return m, nil
+}
+
+// resolveIP turns a host name into an IP address: memberlist advertises IPs
+// only. Peers still learn the name through Meta.
+func resolveIP(host string) (string, error) {
+	if host == "" || net.ParseIP(host) != nil {
+		return host, nil
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil {
+		return "", fmt.Errorf("resolve advertise host %q: %w", host, err)
+	}
+	for _, ip := range ips {
+		if ip.To4() != nil {
+			return ip.String(), nil
+		}
+	}
+	if len(ips) == 0 {
+		return "", fmt.Errorf("advertise host %q has no addresses", host)
+	}
+	return ips[0].String(), nil
 }
 
 func orDefault(d, def time.Duration) time.Duration {

@@ -226,7 +226,7 @@ func (ck *ClusterKit) Shutdown(ctx context.Context) error {
 func (ck *ClusterKit) shutdown(ctx context.Context) error {
 	ck.log.Info("shutting down")
 	var errs []error
-	if ck.raft.IsLeader() {
+	if servers, _ := ck.raft.Servers(); ck.raft.IsLeader() && len(servers) > 1 {
 		if err := ck.raft.TransferLeadership(); err != nil {
 			ck.log.Warn("leadership transfer failed", "err", err)
 		}
