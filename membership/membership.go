@@ -164,6 +164,27 @@ func New(cfg Config) (*Membership, error) {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.Bind, err)
 	}
 	m.ml = ml
+	if port == 0 {
+		// Only now is the real port known: advertise it.
+		h, _, _ := net.SplitHostPort(cfg.Meta.GossipAddr)
+		if h == "" {
+			h = adv
+		}
+		meta := cfg.Meta
+		meta.GossipAddr = net.JoinHostPort(h, strconv.Itoa(int(ml.LocalNode().Port)))
+		b, err := json.Marshal(meta)
+		if err != nil {
+			_ = ml.Shutdown()
+			return nil, fmt.Errorf("encode node meta: %w", err)
+		}
+		m.mu.Lock()
+		m.meta = b
+		m.mu.Unlock()
+		if err := ml.UpdateNode(time.Second); err != nil {
+			_ = ml.Shutdown()
+			return nil, fmt.Errorf("advertise gossip port: %w", err)
+		}
+	}
 	return m, nil
 }
 
@@ -404,7 +425,11 @@ func decodeMeta(n *memberlist.Node) (Meta, error) {
 
 type delegate struct{ m *Membership }
 
-func (d *delegate) NodeMeta(limit int) []byte { return d.m.meta }
+func (d *delegate) NodeMeta(limit int) []byte {
+	d.m.mu.Lock()
+	defer d.m.mu.Unlock()
+	return d.m.meta
+}
 func (d *delegate) NotifyMsg(b []byte) {
 	if id, ok := strings.CutPrefix(string(b), leaveIntentPrefix); ok {
 		d.m.mu.Lock()

@@ -197,9 +197,12 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if c.KVAddr == "" {
-		if httpPort == 0 {
+		switch {
+		case httpPort == 0:
 			c.KVAddr = net.JoinHostPort(httpHost, "0")
-		} else {
+		case httpPort+1000 > 65535:
+			return fmt.Errorf("HTTP_ADDR=%q: KV_ADDR defaults to its port + 1000, which is above 65535; set KV_ADDR", c.HTTPAddr)
+		default:
 			c.KVAddr = net.JoinHostPort(httpHost, strconv.Itoa(httpPort+1000))
 		}
 	}
@@ -212,9 +215,12 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if c.GossipAddr == "" {
-		if raftPort == 0 {
+		switch {
+		case raftPort == 0:
 			c.GossipAddr = net.JoinHostPort(raftHost, "0")
-		} else {
+		case raftPort+1000 > 65535:
+			return fmt.Errorf("RAFT_ADDR=%q: GOSSIP_ADDR defaults to its port + 1000, which is above 65535; set GOSSIP_ADDR", c.RaftAddr)
+		default:
 			c.GossipAddr = net.JoinHostPort(raftHost, strconv.Itoa(raftPort+1000))
 		}
 	}

@@ -118,7 +118,10 @@ func planOne(cur consensus.Partition, desired []string, eligible func(string) bo
 			candidate = next.InSync[0]
 		}
 		if candidate == "" {
-			return next // unavailable until the primary returns
+			// Unavailable until a copy returns. The row is kept exactly as
+			// it is: an in-sync replica that is down now still holds every
+			// acknowledged write and must stay promotable when it returns.
+			return cur
 		}
 		promote(candidate)
 	}
@@ -131,7 +134,7 @@ func planOne(cur consensus.Partition, desired []string, eligible func(string) bo
 		promote(desired[0])
 	}
 	allInSync := true
-	for _, d := range desired[1:] {
+	for _, d := range desired {
 		if d != next.Primary && !slices.Contains(next.InSync, d) {
 			allInSync = false
 		}
