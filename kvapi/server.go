@@ -53,7 +53,8 @@ type Server struct {
 	requests atomic.Uint64
 	errors   atomic.Uint64
 
-	kick chan struct{}
+	kick   chan struct{}
+	leases *leases
 }
 
 // New builds a Server. Call Run to start its background replica sync.
@@ -68,6 +69,7 @@ func New(o Options) *Server {
 		replTimeout: cmpOr(o.ReplicationTimeout, time.Second),
 		locks:       map[int]*sync.RWMutex{},
 		kick:        make(chan struct{}, 1),
+		leases:      newLeases(time.Now()),
 	}
 	return s
 }
@@ -119,6 +121,7 @@ func (s *Server) Handler() http.Handler {
 		r.Get("/read", s.handleForwardedRead)
 		r.Post("/replicate", s.handleReplicate)
 		r.Post("/install", s.handleInstall)
+		r.Post("/lease", s.handleLease)
 	})
 	return r
 }
@@ -417,14 +420,42 @@ func (s *Server) Read(ctx context.Context, key string, stale bool) (string, erro
 // the partition's primary at epoch, reconciled, and the read waits for any
 // write in flight so it never returns a value that is not yet acknowledged.
 func (s *Server) localRead(p int, epoch uint64, key string, stale bool) (string, error) {
-	if !stale {
-		l := s.lock(p)
-		l.RLock()
-		defer l.RUnlock()
-		if err := s.checkPrimary(p, epoch); err != nil {
-			return "", err
-		}
+	if stale {
+		return s.get(p, key)
 	}
+	for attempt := 0; ; attempt++ {
+		v, err := s.leasedRead(p, epoch, key)
+		if err != errNoLease || attempt > 0 {
+			return v, err
+		}
+		// The lease ran out (an idle partition, or a new in-sync
+		// replica): renew it once, right now, and try again.
+		ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
+		s.renewLeases(ctx)
+		cancel()
+	}
+}
+
+var errNoLease = errorf(http.StatusServiceUnavailable, CodeNotReady, "the primary holds no read lease from its in-sync replicas")
+
+// leasedRead reads under the partition's read lock and checks the lease
+// after reading: the value was then current when it was read.
+func (s *Server) leasedRead(p int, epoch uint64, key string) (string, error) {
+	l := s.lock(p)
+	l.RLock()
+	defer l.RUnlock()
+	if err := s.checkPrimary(p, epoch); err != nil {
+		return "", err
+	}
+	rt, _ := s.router.Route(p)
+	v, err := s.get(p, key)
+	if !s.leases.valid(p, rt.Epoch, rt.InSync, time.Now()) {
+		return "", errNoLease
+	}
+	return v, err
+}
+
+func (s *Server) get(p int, key string) (string, error) {
 	v, ok, err := s.store.Get(p, []byte(key))
 	if err != nil {
 		return "", fmt.Errorf("read %q: %w", key, err)
@@ -453,6 +484,9 @@ func (s *Server) checkPrimary(p int, epoch uint64) error {
 	if m.Epoch != rt.Epoch {
 		s.Kick()
 		return errorf(http.StatusServiceUnavailable, CodeNotReady, "partition %d is being reconciled for epoch %d", p, rt.Epoch)
+	}
+	if until := s.leases.primaryBlockedUntil(p); time.Now().Before(until) {
+		return errorf(http.StatusServiceUnavailable, CodeNotReady, "partition %d: waiting %s for the previous primary's read lease to run out", p, time.Until(until).Round(time.Millisecond))
 	}
 	return nil
 }

@@ -22,6 +22,9 @@ func (s *Server) Kick() {
 // date (a full copy of the partition, taken under the partition lock) and
 // then adds them to the in-sync set.
 func (s *Server) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.runLeases(ctx) })
 	changed, stop := s.router.Changed()
 	defer stop()
 	defer s.peers.close()
@@ -141,6 +144,15 @@ func (s *Server) reconcile(ctx context.Context, p int, epoch uint64) {
 		if err != nil {
 			s.log.Warn("partition stays not ready", "partition", p, "epoch", epoch, "err", err)
 			return
+		}
+	}
+	// The previous primary may still hold a read lease this node granted:
+	// serving before it runs out could let it answer a stale read.
+	if d := time.Until(s.leases.primaryBlockedUntil(p)); d > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
 		}
 	}
 	if err := s.store.SetEpoch(p, epoch); err != nil {
