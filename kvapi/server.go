@@ -122,6 +122,7 @@ func (s *Server) Handler() http.Handler {
 		r.Post("/replicate", s.handleReplicate)
 		r.Post("/install", s.handleInstall)
 		r.Post("/lease", s.handleLease)
+		r.Get("/digest", s.handleDigest)
 	})
 	return r
 }

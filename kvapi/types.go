@@ -88,3 +88,9 @@ var _ Storage = (*storage.DB)(nil)
 
 // Key names a (partition, node) pair, for bookkeeping.
 func (r Route) Key(node string) string { return fmt.Sprintf("%d/%s", r.Partition, node) }
+
+// IsInSync reports whether node is an in-sync replica.
+func (r Route) IsInSync(node string) bool { return slices.Contains(r.InSync, node) }
+
+// HasReplica reports whether node is a replica (in sync or not).
+func (r Route) HasReplica(node string) bool { return slices.Contains(r.Replicas, node) }

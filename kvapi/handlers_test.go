@@ -1,0 +1,490 @@
+package kvapi
+
+// Public API tests against one node that is the primary of every partition.
+// They pin the user-facing contract of SEED-CONTRACT.md (paths, JSON fields,
+// status codes, the {"error","code"} body) on a real store behind a real
+// HTTP server.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"unicode/utf8"
+)
+
+const testParts = 8
+
+// wantFields checks that got holds every field of want. Extra fields are
+// fine: the contract allows additions, never removals or renames.
+func wantFields(t *testing.T, got, want map[string]any) {
+	t.Helper()
+	for k, v := range want {
+		gv, ok := got[k]
+		if !ok {
+			t.Errorf("field %q missing from %v", k, got)
+			continue
+		}
+		if fmt.Sprint(gv) != fmt.Sprint(v) {
+			t.Errorf("field %q = %#v, want %#v", k, gv, v)
+		}
+	}
+}
+
+func listKeys(t *testing.T, r apiResp) ([]string, float64) {
+	t.Helper()
+	if r.status != http.StatusOK {
+		t.Fatalf("list: got %s, want 200", r)
+	}
+	m := r.object(t)
+	raw, ok := m["keys"].([]any)
+	if !ok {
+		t.Fatalf("list: keys is %T (%v), want an array", m["keys"], m["keys"])
+	}
+	keys := make([]string, len(raw))
+	for i, k := range raw {
+		keys[i], _ = k.(string)
+	}
+	count, ok := m["count"].(float64)
+	if !ok {
+		t.Fatalf("list: count is %T, want a number", m["count"])
+	}
+	return keys, count
+}
+
+// TestPublicAPIHappyPath walks the contract's example session in order; each
+// step depends on the previous ones, so a failure stops the walk.
+func TestPublicAPIHappyPath(t *testing.T) {
+	n, c := singleNode(t, testParts)
+	steps := []struct {
+		name  string
+		check func(t *testing.T)
+	}{
+		{"set", func(t *testing.T) {
+			r := kvSet(t, c, n.url, "user:123", "John Doe")
+			if r.status != http.StatusOK || !strings.HasPrefix(r.ctype, "application/json") {
+				t.Fatalf("got %s, want 200 JSON", r)
+			}
+			wantFields(t, r.object(t), map[string]any{"status": "success", "key": "user:123"})
+		}},
+		{"get", func(t *testing.T) {
+			mustValue(t, kvGet(t, c, n.url, "user:123", ""), "user:123", "John Doe")
+		}},
+		{"get with explicit linearizable and strong consistency", func(t *testing.T) {
+			mustValue(t, kvGet(t, c, n.url, "user:123", "linearizable"), "user:123", "John Doe")
+			mustValue(t, kvGet(t, c, n.url, "user:123", "strong"), "user:123", "John Doe")
+			mustValue(t, kvGet(t, c, n.url, "user:123", "stale"), "user:123", "John Doe")
+		}},
+		{"overwrite", func(t *testing.T) {
+			if r := kvSet(t, c, n.url, "user:123", "Jane Doe"); r.status != http.StatusOK {
+				t.Fatalf("got %s", r)
+			}
+			mustValue(t, kvGet(t, c, n.url, "user:123", ""), "user:123", "Jane Doe")
+		}},
+		{"get absent key is a JSON 404", func(t *testing.T) {
+			checkError(t, kvGet(t, c, n.url, "user:999", ""), http.StatusNotFound, CodeKeyNotFound)
+		}},
+		{"second key through PUT", func(t *testing.T) {
+			r := doReq(t, c, http.MethodPut, n.url+"/kv/set", setBodyJSON("user:124", "Bob"))
+			if r.status != http.StatusOK {
+				t.Fatalf("got %s", r)
+			}
+		}},
+		{"list both", func(t *testing.T) {
+			keys, count := listKeys(t, doReq(t, c, http.MethodGet, n.url+"/kv/list", nil))
+			if !slices.Equal(keys, []string{"user:123", "user:124"}) || count != 2 {
+				t.Fatalf("list = %q count %v, want [user:123 user:124] count 2", keys, count)
+			}
+		}},
+		{"list with limit", func(t *testing.T) {
+			keys, count := listKeys(t, doReq(t, c, http.MethodGet, n.url+"/kv/list?limit=1", nil))
+			if len(keys) != 1 || count != 1 {
+				t.Fatalf("list?limit=1 = %q count %v, want one key", keys, count)
+			}
+		}},
+		{"delete", func(t *testing.T) {
+			r := kvDelete(t, c, n.url, "user:123")
+			if r.status != http.StatusOK {
+				t.Fatalf("got %s", r)
+			}
+			wantFields(t, r.object(t), map[string]any{"status": "deleted", "key": "user:123"})
+		}},
+		{"get after delete is 404", func(t *testing.T) {
+			checkError(t, kvGet(t, c, n.url, "user:123", ""), http.StatusNotFound, CodeKeyNotFound)
+		}},
+		{"deleting an absent key is idempotent", func(t *testing.T) {
+			// A retried delete must not turn into an error for the client.
+			r := doReq(t, c, http.MethodDelete, n.url+"/kv/delete?key=user:123", nil)
+			if r.status != http.StatusOK {
+				t.Fatalf("got %s, want 200", r)
+			}
+		}},
+		{"list after delete", func(t *testing.T) {
+			keys, count := listKeys(t, doReq(t, c, http.MethodGet, n.url+"/kv/list", nil))
+			if !slices.Equal(keys, []string{"user:124"}) || count != 1 {
+				t.Fatalf("list = %q count %v, want [user:124] count 1", keys, count)
+			}
+		}},
+		{"stats", func(t *testing.T) {
+			r := doReq(t, c, http.MethodGet, n.url+"/kv/stats", nil)
+			if r.status != http.StatusOK {
+				t.Fatalf("got %s", r)
+			}
+			m := r.object(t)
+			wantFields(t, m, map[string]any{
+				"local_keys": 1, "cluster_nodes": 3, "partitions": testParts,
+				"is_leader": true, "raft_state": "Leader",
+			})
+			if up, ok := m["uptime_seconds"].(float64); !ok || up < 0 {
+				t.Errorf("uptime_seconds = %#v, want a non-negative number", m["uptime_seconds"])
+			}
+		}},
+	}
+	for _, s := range steps {
+		if !t.Run(s.name, s.check) {
+			t.FailNow()
+		}
+	}
+}
+
+// TestBadInput sends every kind of malformed request and checks the status,
+// the machine code, the JSON error shape, and that none of them touched the
+// data already stored.
+func TestBadInput(t *testing.T) {
+	n, c := singleNode(t, testParts)
+	keep := map[string]string{"keep-1": "v1", "keep-2": "v2"}
+	for k, v := range keep {
+		if r := kvSet(t, c, n.url, k, v); r.status != http.StatusOK {
+			t.Fatalf("seed %q: %s", k, r)
+		}
+	}
+	long := func(n int) string { return strings.Repeat("a", n) }
+	tests := []struct {
+		name   string
+		method string
+		path   string
+		body   []byte
+		status int
+		code   string
+	}{
+		{"empty body", "POST", "/kv/set", []byte{}, 400, CodeInvalidJSON},
+		{"not JSON", "POST", "/kv/set", []byte("key=a&value=b"), 400, CodeInvalidJSON},
+		{"JSON array", "POST", "/kv/set", []byte(`[{"key":"a","value":"b"}]`), 400, CodeInvalidJSON},
+		{"JSON string", "POST", "/kv/set", []byte(`"a"`), 400, CodeInvalidJSON},
+		{"JSON null", "POST", "/kv/set", []byte(`null`), 400, CodeMissingKey},
+		{"trailing garbage", "POST", "/kv/set", []byte(`{"key":"a","value":"b"} x`), 400, CodeInvalidJSON},
+		{"two objects", "POST", "/kv/set", []byte(`{"key":"a","value":"b"}{"key":"c","value":"d"}`), 400, CodeInvalidJSON},
+		{"truncated object", "POST", "/kv/set", []byte(`{"key":"a","value":"b"`), 400, CodeInvalidJSON},
+		{"key missing", "POST", "/kv/set", []byte(`{"value":"x"}`), 400, CodeMissingKey},
+		{"key null", "POST", "/kv/set", []byte(`{"key":null,"value":"x"}`), 400, CodeMissingKey},
+		{"key empty", "POST", "/kv/set", []byte(`{"key":"","value":"x"}`), 400, CodeMissingKey},
+		{"key a number", "POST", "/kv/set", []byte(`{"key":12,"value":"x"}`), 400, CodeInvalidJSON},
+		{"value missing", "POST", "/kv/set", []byte(`{"key":"keep-1"}`), 400, CodeMissingValue},
+		{"value null", "POST", "/kv/set", []byte(`{"key":"keep-1","value":null}`), 400, CodeMissingValue},
+		{"value a number", "POST", "/kv/set", []byte(`{"key":"keep-1","value":42}`), 400, CodeInvalidJSON},
+		{"value an object", "POST", "/kv/set", []byte(`{"key":"keep-1","value":{"a":1}}`), 400, CodeInvalidJSON},
+		{"key too large", "POST", "/kv/set", setBodyJSON(long(MaxKeyBytes+1), "x"), 413, CodeKeyTooLarge},
+		{"value too large", "POST", "/kv/set", setBodyJSON("keep-1", long(MaxValueBytes+1)), 413, CodeValueTooLarge},
+		{"body too large", "POST", "/kv/set", setBodyJSON("keep-1", long(MaxBodyBytes)), 413, CodeBodyTooLarge},
+		// encoding/json would turn the bad bytes into U+FFFD; the key the
+		// client sent must not be silently replaced by another one.
+		{"invalid UTF-8 key in body", "POST", "/kv/set", []byte("{\"key\":\"bad-\xff\xfe\",\"value\":\"x\"}"), 400, CodeInvalidKey},
+		{"get without key", "GET", "/kv/get", nil, 400, CodeMissingKey},
+		{"get with empty key", "GET", "/kv/get?key=", nil, 400, CodeMissingKey},
+		{"get invalid UTF-8 key", "GET", "/kv/get?key=%FF%FE", nil, 400, CodeInvalidKey},
+		{"get key too large", "GET", "/kv/get?key=" + long(MaxKeyBytes+1), nil, 413, CodeKeyTooLarge},
+		{"get bad consistency", "GET", "/kv/get?key=keep-1&consistency=eventual", nil, 400, CodeBadRequest},
+		{"delete without key", "POST", "/kv/delete", nil, 400, CodeMissingKey},
+		{"delete invalid UTF-8 key", "POST", "/kv/delete?key=%FF", nil, 400, CodeInvalidKey},
+		{"delete key too large", "POST", "/kv/delete?key=" + long(MaxKeyBytes+1), nil, 413, CodeKeyTooLarge},
+		{"list limit 0", "GET", "/kv/list?limit=0", nil, 400, CodeBadRequest},
+		{"list limit abc", "GET", "/kv/list?limit=abc", nil, 400, CodeBadRequest},
+		{"list limit negative", "GET", "/kv/list?limit=-1", nil, 400, CodeBadRequest},
+		{"list limit above max", "GET", "/kv/list?limit=" + strconv.Itoa(MaxListLimit+1), nil, 400, CodeBadRequest},
+		{"GET /kv/set", "GET", "/kv/set", nil, 405, CodeMethodNotAllowed},
+		{"POST /kv/get", "POST", "/kv/get?key=keep-1", []byte(`{}`), 405, CodeMethodNotAllowed},
+		{"PUT /kv/list", "PUT", "/kv/list", []byte(`{}`), 405, CodeMethodNotAllowed},
+		{"GET /kv/delete", "GET", "/kv/delete?key=keep-1", nil, 405, CodeMethodNotAllowed},
+		{"POST /kv/stats", "POST", "/kv/stats", nil, 405, CodeMethodNotAllowed},
+		{"GET /internal/v1/write", "GET", "/internal/v1/write", nil, 405, CodeMethodNotAllowed},
+		{"unknown path", "GET", "/nope", nil, 404, CodeNotFound},
+		{"unknown kv path", "GET", "/kv/nope", nil, 404, CodeNotFound},
+		{"bare /kv", "GET", "/kv", nil, 404, CodeNotFound},
+		{"unknown internal path", "POST", "/internal/v1/nope", nil, 404, CodeNotFound},
+		{"internal write not JSON", "POST", "/internal/v1/write", []byte("nope"), 400, CodeInvalidJSON},
+		{"internal read bad partition", "GET", "/internal/v1/read?partition=x&epoch=1&key=a", nil, 400, CodeBadRequest},
+		{"internal install bad epoch", "POST", "/internal/v1/install?partition=0&epoch=-1", nil, 400, CodeBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := doReq(t, c, tt.method, n.url+tt.path, tt.body)
+			checkError(t, r, tt.status, tt.code)
+		})
+	}
+
+	// None of the refused requests may have changed what was stored.
+	for k, v := range keep {
+		mustValue(t, kvGet(t, c, n.url, k, ""), k, v)
+	}
+	keys, count := listKeys(t, doReq(t, c, http.MethodGet, n.url+"/kv/list", nil))
+	if !slices.Equal(keys, []string{"keep-1", "keep-2"}) || count != 2 {
+		t.Errorf("after bad input, list = %q (count %v), want only [keep-1 keep-2]", keys, count)
+	}
+}
+
+// TestRoundTrip stores awkward keys and values through set, get, list and
+// delete; the client escapes keys in query strings, the server must undo
+// exactly that.
+func TestRoundTrip(t *testing.T) {
+	n, c := singleNode(t, testParts)
+	// A key of exactly MaxKeyBytes made of 2-byte runes.
+	multiByteMax := strings.Repeat("é", MaxKeyBytes/2)
+	tests := []struct {
+		name, key, value string
+	}{
+		{"empty value", "empty", ""},
+		{"unicode", "ключ-🔑-日本", "значение ✓ 日本語 🚀"},
+		{"url specials", "a b&c=d?e/f#g%h+i;j", "x&y=z?"},
+		{"leading and trailing spaces", "  padded  ", "  v  "},
+		{"json specials in value", "json", "quote\" backslash\\ newline\n tab\t nul\x00 <html>&"},
+		{"key of exactly MaxKeyBytes", strings.Repeat("k", MaxKeyBytes), "v"},
+		{"multi-byte key of exactly MaxKeyBytes", multiByteMax, "v"},
+		{"value of exactly MaxValueBytes", "big", strings.Repeat("v", MaxValueBytes)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if len(tt.key) > MaxKeyBytes || !utf8.ValidString(tt.key) {
+				t.Fatalf("bad test key")
+			}
+			r := kvSet(t, c, n.url, tt.key, tt.value)
+			if r.status != http.StatusOK {
+				t.Fatalf("set: %s", r)
+			}
+			wantFields(t, r.object(t), map[string]any{"status": "success", "key": tt.key})
+			mustValue(t, kvGet(t, c, n.url, tt.key, ""), tt.key, tt.value)
+			keys, _ := listKeys(t, doReq(t, c, http.MethodGet, n.url+"/kv/list", nil))
+			if !slices.Contains(keys, tt.key) {
+				t.Errorf("list %q does not contain %q", keys, tt.key)
+			}
+			r = kvDelete(t, c, n.url, tt.key)
+			if r.status != http.StatusOK {
+				t.Fatalf("delete: %s", r)
+			}
+			wantFields(t, r.object(t), map[string]any{"status": "deleted", "key": tt.key})
+			checkError(t, kvGet(t, c, n.url, tt.key, ""), http.StatusNotFound, CodeKeyNotFound)
+		})
+	}
+}
+
+// TestCounts checks the request/error counters behind /metrics: a missing
+// key is an answer, not a service error.
+func TestCounts(t *testing.T) {
+	n, c := singleNode(t, testParts)
+	tests := []struct {
+		name    string
+		do      func() apiResp
+		wantErr bool
+	}{
+		{"set", func() apiResp { return kvSet(t, c, n.url, "k", "v") }, false},
+		{"get hit", func() apiResp { return kvGet(t, c, n.url, "k", "") }, false},
+		{"get miss", func() apiResp { return kvGet(t, c, n.url, "absent", "") }, false},
+		{"bad request", func() apiResp { return doReq(t, c, http.MethodPost, n.url+"/kv/set", []byte("x")) }, true},
+		{"too large", func() apiResp { return kvSet(t, c, n.url, strings.Repeat("a", MaxKeyBytes+1), "v") }, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req0, err0 := n.srv.Counts()
+			tt.do()
+			req1, err1 := n.srv.Counts()
+			if req1 != req0+1 {
+				t.Errorf("requests went from %d to %d, want +1", req0, req1)
+			}
+			want := err0
+			if tt.wantErr {
+				want++
+			}
+			if err1 != want {
+				t.Errorf("errors went from %d to %d, want %d", err0, err1, want)
+			}
+		})
+	}
+}
+
+// TestConcurrentSetGet hammers a few hot keys from many goroutines. Every
+// value a get returns must be one that was written to that key, and no
+// write may be lost or ordered twice: the per-partition sequence numbers
+// must add up to the number of acknowledged writes.
+func TestConcurrentSetGet(t *testing.T) {
+	const (
+		goroutines = 32
+		iterations = 50
+		hotKeys    = 4
+	)
+	n, c := singleNode(t, testParts)
+	hot := func(g, i int) string { return fmt.Sprintf("hot-%d", (g+i)%hotKeys) }
+	// valid reports whether v could have been written to key: values encode
+	// their writer, so no shared bookkeeping is needed.
+	valid := func(key, v string) bool {
+		var g, i int
+		if _, err := fmt.Sscanf(v, "g%d-i%d", &g, &i); err != nil {
+			return false
+		}
+		return g >= 0 && g < goroutines && i >= 0 && i < iterations && hot(g, i) == key && v == fmt.Sprintf("g%d-i%d", g, i)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines)
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range iterations {
+				key := hot(g, i)
+				r := doReqNoFatal(c, http.MethodPost, n.url+"/kv/set", setBodyJSON(key, fmt.Sprintf("g%d-i%d", g, i)))
+				if r.err != nil || r.status != http.StatusOK {
+					errs <- fmt.Errorf("set %s: %v %s", key, r.err, r.body)
+					return
+				}
+				cons := []string{"", "stale"}[i%2]
+				r = doReqNoFatal(c, http.MethodGet, n.url+"/kv/get?key="+key+"&consistency="+cons, nil)
+				if r.err != nil || r.status != http.StatusOK {
+					errs <- fmt.Errorf("get %s: %v %s", key, r.err, r.body)
+					return
+				}
+				if v := r.value(); !valid(key, v) {
+					errs <- fmt.Errorf("get %s returned %q, which was never written to it", key, v)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for k := range hotKeys {
+		key := fmt.Sprintf("hot-%d", k)
+		r := kvGet(t, c, n.url, key, "")
+		if r.status != http.StatusOK {
+			t.Fatalf("final get %s: %s", key, r)
+		}
+		if v := r.object(t)["value"].(string); !valid(key, v) {
+			t.Errorf("final get %s = %q, never written to it", key, v)
+		}
+	}
+	var seqs uint64
+	for p := range testParts {
+		m, err := n.db.Meta(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs += m.Seq
+	}
+	if seqs != goroutines*iterations {
+		t.Errorf("sum of partition sequence numbers = %d, want %d acknowledged writes", seqs, goroutines*iterations)
+	}
+	if got := n.srv.LocalKeys(); got != hotKeys {
+		t.Errorf("LocalKeys = %d, want %d", got, hotKeys)
+	}
+}
+
+// rawResp is a response read without testing.T, for use in goroutines.
+type rawResp struct {
+	status int
+	body   []byte
+	err    error
+}
+
+func (r rawResp) value() string {
+	var m map[string]string
+	_ = json.Unmarshal(r.body, &m)
+	return m["value"]
+}
+
+func doReqNoFatal(c *http.Client, method, u string, body []byte) rawResp {
+	req, err := http.NewRequest(method, u, bytes.NewReader(body))
+	if err != nil {
+		return rawResp{err: err}
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return rawResp{err: err}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return rawResp{status: resp.StatusCode, body: b, err: err}
+}
+
+// TestNotInitialised: before the cluster has a partition table every KV call
+// is a retryable 503, never a panic (PartitionOf with 0 partitions would).
+func TestNotInitialised(t *testing.T) {
+	c := newCluster(t, clusterConfig{parts: 0, ids: []string{"n1"}, row: func(int) Route { return Route{} }})
+	n := c.nodes["n1"]
+	tests := []struct {
+		name   string
+		method string
+		path   string
+		body   []byte
+	}{
+		{"set", "POST", "/kv/set", setBodyJSON("a", "b")},
+		{"get", "GET", "/kv/get?key=a", nil},
+		{"delete", "POST", "/kv/delete?key=a", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkError(t, doReq(t, c.client, tt.method, n.url+tt.path, tt.body), http.StatusServiceUnavailable, CodeUnavailable)
+		})
+	}
+	keys, count := listKeys(t, doReq(t, c.client, http.MethodGet, n.url+"/kv/list", nil))
+	if len(keys) != 0 || count != 0 {
+		t.Errorf("list on an empty cluster = %q count %v", keys, count)
+	}
+}
+
+// TestWriteErrorMapping pins the one place errors become HTTP answers.
+func TestWriteErrorMapping(t *testing.T) {
+	tests := []struct {
+		name       string
+		err        error
+		wantStatus int
+		wantCode   string
+		retryable  bool
+	}{
+		{"api error", errorf(http.StatusBadRequest, CodeMissingKey, "key is required"), 400, CodeMissingKey, false},
+		{"wrapped sentinel", fmt.Errorf("ctx: %w", ErrKeyNotFound), 404, CodeKeyNotFound, false},
+		{"plain error is internal", errors.New("disk on fire"), 500, CodeInternal, false},
+		{"epoch mismatch", ErrEpochMismatch, 409, CodeEpochMismatch, true},
+		{"not ready", ErrNotReady, 503, CodeNotReady, true},
+		{"unavailable", errorf(503, CodeUnavailable, "x"), 503, CodeUnavailable, true},
+		{"outcome unknown is not retryable", ErrOutcomeUnknown, 503, CodeOutcomeUnknown, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := httptest.NewRecorder()
+			writeError(w, tt.err)
+			res := w.Result()
+			checkError(t, apiResp{status: res.StatusCode, ctype: res.Header.Get("Content-Type"), body: w.Body.Bytes()}, tt.wantStatus, tt.wantCode)
+			if got := retryable(tt.err); got != tt.retryable {
+				t.Errorf("retryable(%v) = %v, want %v", tt.err, got, tt.retryable)
+			}
+		})
+	}
+}
+
+// TestQueryEscapingIsTheClientsJob documents that '+' in a raw query means a
+// space, so clients must escape keys; the escaped form reaches the key.
+func TestQueryEscapingIsTheClientsJob(t *testing.T) {
+	n, c := singleNode(t, testParts)
+	if r := kvSet(t, c, n.url, "a+b", "plus"); r.status != http.StatusOK {
+		t.Fatalf("set: %s", r)
+	}
+	mustValue(t, doReq(t, c, http.MethodGet, n.url+"/kv/get?key="+url.QueryEscape("a+b"), nil), "a+b", "plus")
+	checkError(t, doReq(t, c, http.MethodGet, n.url+"/kv/get?key=a+b", nil), http.StatusNotFound, CodeKeyNotFound)
+}

@@ -1,0 +1,296 @@
+package kvapi
+
+// The install protocol copies a whole partition from the primary to a
+// replica: a uvarint seq, then (uvarint key len, uvarint value len, key,
+// value) pairs, then a zero key length. These tests capture what the real
+// writer (peerClient.install) sends and decode it with readInstallStream.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/clusterkit/clusterkit/storage"
+)
+
+// captureInstall runs the real install writer for partition p of src against
+// a server that only records the body, and returns that body.
+func captureInstall(t *testing.T, src Storage, p int, epoch uint64) []byte {
+	t.Helper()
+	bodies := make(chan []byte, 1)
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != internalPrefix+"/install" || r.URL.Query().Get("from") != "n1" {
+			t.Errorf("install went to %s?%s", r.URL.Path, r.URL.RawQuery)
+		}
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("read install body: %v", err)
+		}
+		bodies <- b
+		writeJSON(w, http.StatusOK, struct{}{})
+	}))
+	defer ts.Close()
+	peers := newPeerClient()
+	defer peers.close()
+	if err := peers.install(context.Background(), ts.Listener.Addr().String(), "n1", p, epoch, src); err != nil {
+		t.Fatalf("install: %v", err)
+	}
+	return <-bodies
+}
+
+// decodeAll reads a whole install stream.
+func decodeAll(t *testing.T, stream []byte, maxEntry uint64) (uint64, []storage.KV, error) {
+	t.Helper()
+	br := bufio.NewReader(bytes.NewReader(stream))
+	seq, next, err := readInstallStream(br, maxEntry)
+	if err != nil {
+		return 0, nil, err
+	}
+	var out []storage.KV
+	for {
+		kv, ok, err := next()
+		if err != nil {
+			return seq, out, err
+		}
+		if !ok {
+			break
+		}
+		out = append(out, kv)
+	}
+	// The end mark is sticky and the stream ends right after it.
+	if _, ok, err := next(); ok || err != nil {
+		t.Errorf("next after the end mark = %v, %v; want false, nil", ok, err)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("bytes left after the end mark (err %v)", err)
+	}
+	return seq, out, nil
+}
+
+func TestInstallStreamRoundTrip(t *testing.T) {
+	const p, epoch = 1, 7
+	type op struct {
+		part int
+		seq  uint64
+		op   storage.Op
+	}
+	set := func(part int, seq uint64, k, v string) op {
+		return op{part, seq, storage.Op{Key: []byte(k), Value: []byte(v)}}
+	}
+	del := func(part int, seq uint64, k string) op {
+		return op{part, seq, storage.Op{Delete: true, Key: []byte(k)}}
+	}
+	many := func() []op {
+		var ops []op
+		for i := range 2000 {
+			ops = append(ops, set(p, uint64(i+1), strings.Repeat("k", i%50+1)+string(rune('a'+i%26))+string(rune(i)), strings.Repeat("v", i%300)))
+		}
+		return ops
+	}
+	tests := []struct {
+		name    string
+		ops     []op
+		wantSeq uint64
+	}{
+		{name: "never written", wantSeq: 0},
+		{name: "empty after set and delete", ops: []op{set(p, 1, "a", "x"), del(p, 2, "a")}, wantSeq: 2},
+		{name: "binary keys and values", ops: []op{
+			set(p, 1, "\x00", "\x00\x00"),
+			set(p, 2, "\xff\xfe\xfd", "\x80"),
+			set(p, 3, "a\x00b", ""),
+			set(p, 4, "\x01", "bin\x00ary\xff"),
+			set(p, 5, "big", strings.Repeat("\xab", MaxValueBytes)),
+		}, wantSeq: 5},
+		{name: "many keys", ops: many(), wantSeq: 2000},
+		{name: "neighbouring partitions stay out", ops: []op{
+			set(p-1, 1, "zzz-left", "no"), set(p, 9, "mine", "yes"), set(p+1, 1, "\x00right", "no"),
+		}, wantSeq: 9},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src, err := storage.Open(t.TempDir(), testLogger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			for _, o := range tt.ops {
+				if err := src.Apply(o.part, 1, o.seq, o.op); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := dumpPartition(t, src, p)
+
+			stream := captureInstall(t, src, p, epoch)
+			seq, pairs, err := decodeAll(t, stream, MaxBodyBytes)
+			if err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			if seq != tt.wantSeq || seq != want.Meta.Seq {
+				t.Errorf("seq = %d, want %d (source meta %+v)", seq, tt.wantSeq, want.Meta)
+			}
+			got := map[string]string{}
+			for i, kv := range pairs {
+				if i > 0 && bytes.Compare(pairs[i-1].Key, kv.Key) >= 0 {
+					t.Errorf("pairs out of order at %d: %q then %q", i, pairs[i-1].Key, kv.Key)
+				}
+				got[string(kv.Key)] = string(kv.Value)
+			}
+			if !reflect.DeepEqual(got, want.Pairs) {
+				t.Errorf("decoded %d pairs, source has %d; they differ", len(got), len(want.Pairs))
+			}
+
+			// And the decoder feeds Storage.Install to an identical copy.
+			dst, err := storage.Open(t.TempDir(), testLogger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dst.Close()
+			seq, next, err := readInstallStream(bufio.NewReader(bytes.NewReader(stream)), MaxBodyBytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := dst.Install(p, epoch, seq, next); err != nil {
+				t.Fatalf("install into storage: %v", err)
+			}
+			gotCopy := dumpPartition(t, dst, p)
+			wantMeta := storage.Meta{Epoch: epoch, Seq: want.Meta.Seq, Keys: uint64(len(want.Pairs))}
+			if gotCopy.Meta != wantMeta || !reflect.DeepEqual(gotCopy.Pairs, want.Pairs) {
+				t.Errorf("installed copy meta %+v (%d pairs), want %+v (%d pairs)", gotCopy.Meta, len(gotCopy.Pairs), wantMeta, len(want.Pairs))
+			}
+		})
+	}
+}
+
+// TestInstallStreamErrors: a damaged stream is an error, never a shorter
+// copy installed as if complete.
+func TestInstallStreamErrors(t *testing.T) {
+	uv := func(xs ...uint64) []byte {
+		var b []byte
+		for _, x := range xs {
+			b = binary.AppendUvarint(b, x)
+		}
+		return b
+	}
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	const maxEntry = 16
+	tests := []struct {
+		name   string
+		stream []byte
+	}{
+		{"empty", nil},
+		{"truncated seq varint", []byte{0x80}},
+		{"seq only, no end mark", uv(5)},
+		{"pair without end mark", cat(uv(5, 1, 1), []byte("kv"))},
+		{"truncated value", cat(uv(5, 1, 4), []byte("kvv"))},
+		{"missing value length", cat(uv(5, 1))},
+		{"key over the limit", cat(uv(5, maxEntry+1, 1), bytes.Repeat([]byte("k"), maxEntry+1), []byte("v"), uv(0))},
+		{"value over the limit", cat(uv(5, 1, maxEntry+1), []byte("k"), bytes.Repeat([]byte("v"), maxEntry+1), uv(0))},
+		{"huge declared length", cat(uv(5, 1, 1<<62), []byte("k"))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, _, err := decodeAll(t, tt.stream, maxEntry); err == nil {
+				t.Fatalf("decoding %q succeeded", tt.stream)
+			}
+			// Storage must keep its old copy when the stream breaks.
+			db, err := storage.Open(t.TempDir(), testLogger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if err := db.Apply(0, 1, 3, storage.Op{Key: []byte("old"), Value: []byte("copy")}); err != nil {
+				t.Fatal(err)
+			}
+			before := dumpPartition(t, db, 0)
+			seq, next, err := readInstallStream(bufio.NewReader(bytes.NewReader(tt.stream)), maxEntry)
+			if err == nil {
+				if err := db.Install(0, 2, seq, next); err == nil {
+					t.Fatalf("Install accepted a damaged stream")
+				}
+			}
+			if after := dumpPartition(t, db, 0); !reflect.DeepEqual(before, after) {
+				t.Errorf("failed install changed the copy: %+v -> %+v", before, after)
+			}
+		})
+	}
+}
+
+// TestInstallEndpoint drives /internal/v1/install on a replica: it refuses
+// copies from the wrong primary or epoch and damaged streams without
+// touching its copy, and a good copy replaces everything it held.
+func TestInstallEndpoint(t *testing.T) {
+	c := newCluster(t, clusterConfig{
+		parts: 2, ids: []string{"n2"}, noRun: []string{"n2"},
+		row: func(int) Route { return Route{Primary: "n1", Replicas: []string{"n2"}, Epoch: 3} },
+	})
+	n2 := c.nodes["n2"]
+	if err := n2.db.Apply(0, 2, 50, storage.Op{Key: []byte("old"), Value: []byte("stale")}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := storage.Open(t.TempDir(), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	for i, kv := range []storage.KV{{Key: []byte("\x00bin"), Value: []byte("\xff\x00")}, {Key: []byte("k"), Value: nil}, {Key: []byte("ü"), Value: []byte("v")}} {
+		if err := src.Apply(0, 3, uint64(i+7), storage.Op{Key: kv.Key, Value: kv.Value}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := captureInstall(t, src, 0, 3)
+	peers := newPeerClient()
+	defer peers.close()
+	oldCopy := dumpPartition(t, n2.db, 0)
+
+	post := func(t *testing.T, from string, epoch string, body []byte) apiResp {
+		return doReq(t, c.client, http.MethodPost, n2.url+internalPrefix+"/install?partition=0&epoch="+epoch+"&from="+from, body)
+	}
+	tests := []struct {
+		name       string
+		from       string
+		epoch      string
+		body       []byte
+		wantStatus int // 0: any error status
+		wantCode   string
+	}{
+		{"not from the primary", "n3", "3", good, 409, CodeEpochMismatch},
+		{"older epoch", "n1", "2", good, 409, CodeEpochMismatch},
+		{"empty body", "n1", "3", []byte{}, 400, CodeBadRequest},
+		{"truncated stream", "n1", "3", good[:len(good)-2], 0, ""},
+		{"missing end mark", "n1", "3", good[:len(good)-1], 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := post(t, tt.from, tt.epoch, tt.body)
+			if tt.wantStatus == 0 {
+				if r.status < 400 {
+					t.Errorf("damaged stream answered %s", r)
+				}
+				checkError(t, r, r.status, "")
+			} else {
+				checkError(t, r, tt.wantStatus, tt.wantCode)
+			}
+			if got := dumpPartition(t, n2.db, 0); !reflect.DeepEqual(got, oldCopy) {
+				t.Errorf("refused install changed the copy: %+v", got)
+			}
+		})
+	}
+
+	t.Run("good copy replaces the old one", func(t *testing.T) {
+		if err := peers.install(context.Background(), n2.addr(), "n1", 0, 3, src); err != nil {
+			t.Fatalf("install: %v", err)
+		}
+		want := dumpPartition(t, src, 0)
+		want.Meta.Epoch = 3
+		if got := dumpPartition(t, n2.db, 0); !reflect.DeepEqual(got, want) {
+			t.Errorf("replica copy %+v, want %+v", got, want)
+		}
+	})
+}
