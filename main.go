@@ -67,9 +67,18 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "clusterkit: cannot start: %v\n", err)
 		return 1
 	}
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+		logger.Info("signal received; leaving the cluster")
+	case <-ck.LeaveRequested():
+		logger.Info("leave requested through the API; leaving the cluster")
+	}
 	stop() // a second signal kills the process the default way
-	logger.Info("signal received; leaving the cluster")
+	dctx, cancelDrain := context.WithTimeout(context.Background(), node.DefaultDrainTimeout)
+	if err := ck.Drain(dctx); err != nil {
+		logger.Warn("leaving before every partition was handed over", "err", err)
+	}
+	cancelDrain()
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	if err := ck.Shutdown(sctx); err != nil {

@@ -25,6 +25,9 @@ type NodeInfo struct {
 	RaftAddr   string     `json:"raft_addr"`
 	GossipAddr string     `json:"gossip_addr"`
 	Status     NodeStatus `json:"status"`
+	// Draining marks a node that is leaving gracefully: it keeps serving
+	// its partitions until each has moved to other nodes.
+	Draining bool `json:"draining,omitempty"`
 	// Since is when Status last changed, as stamped by the leader that
 	// proposed the change (so every replica of the FSM stores the same value).
 	Since time.Time `json:"since"`

@@ -126,6 +126,10 @@ func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	self := s.router.Self()
 	var out leaseResp
+	if s.checkTable() != nil {
+		writeJSON(w, http.StatusOK, out) // catching up: grant nothing yet
+		return
+	}
 	for _, pe := range req.Partitions {
 		rt, ok := s.router.Route(pe.Partition)
 		// Grant only to the primary of the epoch this node knows, and only

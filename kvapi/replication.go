@@ -151,6 +151,9 @@ func (s *Server) awaitEpoch(ctx context.Context, p int, epoch uint64) (Route, er
 // checkReplica validates that this node may accept data for p at epoch from
 // the node claiming to be its primary.
 func (s *Server) checkReplica(ctx context.Context, p int, epoch uint64, from string) error {
+	if err := s.checkTable(); err != nil {
+		return err
+	}
 	rt, err := s.awaitEpoch(ctx, p, epoch)
 	if err != nil {
 		return err

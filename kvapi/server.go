@@ -55,10 +55,11 @@ type Server struct {
 
 	kick   chan struct{}
 	leases *leases
+	guard  *tableGuard
 }
 
 // New builds a Server. Call Run to start its background replica sync.
-func New(o Options) *Server {
+func New(o Options) (*Server, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -71,7 +72,12 @@ func New(o Options) *Server {
 		kick:        make(chan struct{}, 1),
 		leases:      newLeases(time.Now()),
 	}
-	return s
+	g, err := newTableGuard(o.Storage)
+	if err != nil {
+		return nil, err
+	}
+	s.guard = g
+	return s, nil
 }
 
 func cmpOr(d, def time.Duration) time.Duration {
@@ -471,6 +477,9 @@ func (s *Server) get(p int, key string) (string, error) {
 // primary of p at epoch (if epoch is not zero) and has reconciled its
 // replicas for that epoch.
 func (s *Server) checkPrimary(p int, epoch uint64) error {
+	if err := s.checkTable(); err != nil {
+		return err
+	}
 	rt, ok := s.router.Route(p)
 	if !ok || rt.Primary != s.router.Self() {
 		return errorf(http.StatusConflict, CodeEpochMismatch, "%s is not the primary of partition %d", s.router.Self(), p)

@@ -78,7 +78,14 @@ func (s *Server) syncPass(ctx context.Context, b *backoffs) {
 			break
 		}
 		rt, ok := s.router.Route(p)
-		if !ok || rt.Primary != self {
+		if !ok {
+			continue
+		}
+		if !slices.Contains(rt.Owners(), self) {
+			s.release(p)
+			continue
+		}
+		if rt.Primary != self {
 			continue
 		}
 		sem <- struct{}{}
@@ -200,4 +207,30 @@ func (s *Server) catchUp(ctx context.Context, p int, epoch uint64, node string) 
 	s.log.Info("replica caught up and in sync", "partition", p, "epoch", epoch, "replica", node,
 		"took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// release deletes this node's copy of a partition it no longer owns (the
+// last step of a migration away from it). It is safe against a stale
+// table: the table guard refuses a table older than one acted on before,
+// and a node that becomes an owner again gets a fresh copy before it counts
+// as in sync.
+func (s *Server) release(p int) {
+	m, err := s.store.Meta(p)
+	if err != nil || (m.Epoch == 0 && m.Seq == 0 && m.Keys == 0) {
+		return
+	}
+	l := s.lock(p)
+	l.Lock()
+	defer l.Unlock()
+	if s.checkTable() != nil {
+		return
+	}
+	if rt, ok := s.router.Route(p); !ok || slices.Contains(rt.Owners(), s.router.Self()) {
+		return
+	}
+	if err := s.store.Drop(p); err != nil {
+		s.log.Error("could not delete a released partition copy", "partition", p, "err", err)
+		return
+	}
+	s.log.Info("released partition: deleted the local copy this node no longer owns", "partition", p, "keys", m.Keys)
 }

@@ -54,6 +54,8 @@ type Router interface {
 	KVAddr(node string) (string, bool)
 	// Alive reports whether node is believed to be up.
 	Alive(node string) bool
+	// Version is the table's version; it grows with every change.
+	Version() uint64
 	// Changed delivers a value after every table change; see
 	// consensus.FSM.Watch for the semantics.
 	Changed() (<-chan struct{}, func())
@@ -75,6 +77,9 @@ type Storage interface {
 	Snapshot(p int, begin func(storage.Meta) error, fn func(k, v []byte) error) error
 	Install(p int, epoch, seq uint64, next func() (storage.KV, bool, error)) error
 	Keys(p int, limit int) ([]string, error)
+	Drop(p int) error
+	TableVersion() (uint64, error)
+	SetTableVersion(v uint64) error
 }
 
 // Info supplies the cluster facts /kv/stats reports.

@@ -25,6 +25,8 @@ var _ kvapi.Router = (*tableRouter)(nil)
 
 func (t *tableRouter) Self() string { return t.self }
 
+func (t *tableRouter) Version() uint64 { return t.fsm.State().Version }
+
 func (t *tableRouter) Partitions() int { return t.fsm.State().Config.Partitions }
 
 func (t *tableRouter) PartitionOf(key string) int {

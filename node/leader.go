@@ -149,6 +149,10 @@ func (r *reconciler) pass(ctx context.Context) error {
 		} else {
 			want.Since = now
 		}
+		// A drain outlives gossip noise, but not a restart: a node that
+		// comes back after being down is a new process that did not ask
+		// to leave.
+		want.Draining = ok && have.Draining && !(have.Status != consensus.StatusAlive && want.Status == consensus.StatusAlive)
 		if ok && have == want {
 			continue
 		}

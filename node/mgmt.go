@@ -50,6 +50,7 @@ func (ck *ClusterKit) mgmtHandler() http.Handler {
 	r.Get("/health", ck.handleHealth)
 	r.Get("/health/detailed", ck.handleHealthDetailed)
 	r.Get("/cluster", ck.handleCluster)
+	r.Post("/cluster/leave", ck.handleLeave)
 	r.Get("/partitions", ck.handlePartitions)
 	r.Get("/partitions/stats", ck.handlePartitionStats)
 	r.Get("/partitions/key", ck.handlePartitionForKey)
@@ -59,6 +60,7 @@ func (ck *ClusterKit) mgmtHandler() http.Handler {
 	r.Route("/internal/v1", func(r chi.Router) {
 		r.Get("/members", ck.handleMembers)
 		r.Post("/in-sync", ck.handleInSync)
+		r.Post("/drain", ck.handleDrain)
 	})
 	if ck.cfg.Pprof {
 		r.HandleFunc("/debug/pprof/*", pprof.Index)
@@ -135,19 +137,40 @@ type partitionJSON struct {
 	Primary  string   `json:"primary_node"`
 	Replicas []string `json:"replica_nodes"`
 	InSync   []string `json:"in_sync_replicas"`
-	Epoch    uint64   `json:"epoch"`
+	// CatchingUp lists replicas still receiving their copy (a migration
+	// or a returning node in progress).
+	CatchingUp []string `json:"catching_up"`
+	Epoch      uint64   `json:"epoch"`
+	// State is stable, catching-up, under-replicated or unavailable.
+	State string `json:"state"`
 }
 
-func toPartitionJSON(p consensus.Partition) partitionJSON {
-	reps := p.Replicas
-	if reps == nil {
-		reps = []string{}
+func toPartitionJSON(st *consensus.State, p consensus.Partition) partitionJSON {
+	out := partitionJSON{ID: ring.PartitionName(p.ID), Primary: p.Primary, Replicas: []string{}, InSync: []string{},
+		CatchingUp: []string{}, Epoch: p.Epoch, State: "stable"}
+	out.Replicas = append(out.Replicas, p.Replicas...)
+	out.InSync = append(out.InSync, p.InSync...)
+	for _, r := range p.Replicas {
+		if !p.IsInSync(r) {
+			out.CatchingUp = append(out.CatchingUp, r)
+		}
 	}
-	ins := p.InSync
-	if ins == nil {
-		ins = []string{}
+	live := 0
+	for _, n := range st.Nodes {
+		if n.Status == consensus.StatusAlive || n.Status == consensus.StatusSuspect {
+			live++
+		}
 	}
-	return partitionJSON{ID: ring.PartitionName(p.ID), Primary: p.Primary, Replicas: reps, InSync: ins, Epoch: p.Epoch}
+	primary, ok := st.Nodes[p.Primary]
+	switch {
+	case !ok || primary.Status == consensus.StatusDead || primary.Status == consensus.StatusLeft:
+		out.State = "unavailable"
+	case len(out.CatchingUp) > 0:
+		out.State = "catching-up"
+	case 1+len(p.InSync) < min(st.Config.ReplicationFactor, live):
+		out.State = "under-replicated"
+	}
+	return out
 }
 
 func toNodeJSON(n consensus.NodeInfo) nodeJSON {
@@ -165,7 +188,7 @@ func (ck *ClusterKit) handleCluster(w http.ResponseWriter, r *http.Request) {
 	}
 	parts := map[string]partitionJSON{}
 	for _, p := range st.Partitions {
-		parts[ring.PartitionName(p.ID)] = toPartitionJSON(p)
+		parts[ring.PartitionName(p.ID)] = toPartitionJSON(st, p)
 	}
 	name := st.Config.Name
 	if name == "" {
@@ -197,9 +220,14 @@ func (ck *ClusterKit) handlePartitions(w http.ResponseWriter, r *http.Request) {
 	st := ck.raft.State()
 	out := make([]partitionJSON, 0, len(st.Partitions))
 	for _, p := range st.Partitions {
-		out = append(out, toPartitionJSON(p))
+		out = append(out, toPartitionJSON(st, p))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"count": len(out), "partitions": out, "version": st.Version})
+	moving := 0
+	for _, p := range out {
+		moving += len(p.CatchingUp)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"count": len(out), "partitions": out, "version": st.Version,
+		"copies_in_progress": moving})
 }
 
 func (ck *ClusterKit) handlePartitionStats(w http.ResponseWriter, r *http.Request) {
@@ -238,7 +266,7 @@ func (ck *ClusterKit) handlePartitionForKey(w http.ResponseWriter, r *http.Reque
 		return
 	}
 	p, _ := st.Partition(ring.PartitionOf(key, st.Config.Partitions))
-	out := toPartitionJSON(p)
+	out := toPartitionJSON(st, p)
 	writeJSON(w, http.StatusOK, map[string]any{
 		"id": out.ID, "primary_node": out.Primary, "replica_nodes": out.Replicas,
 		"in_sync_replicas": out.InSync, "epoch": out.Epoch, "key": key,

@@ -43,6 +43,8 @@ type ClusterKit struct {
 	peerHTTP       *http.Client
 
 	reconcileCh chan struct{}
+	leaveCh     chan struct{}
+	leaveOnce   sync.Once
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup
 	stopOnce    sync.Once
@@ -66,7 +68,7 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	}
 	logger = logger.With("self", cfg.NodeID)
 	ck = &ClusterKit{cfg: cfg, log: logger, started: time.Now(), reconcileCh: make(chan struct{}, 1),
-		peerHTTP: &http.Client{Timeout: 5 * time.Second}}
+		leaveCh: make(chan struct{}), peerHTTP: &http.Client{Timeout: 5 * time.Second}}
 	var closers []func() error
 	defer func() {
 		if err != nil {
@@ -134,10 +136,14 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 
 	ck.router = &tableRouter{self: cfg.NodeID, fsm: ck.raft.FSM()}
 	ck.control = &raftControl{ck: ck}
-	ck.kv = kvapi.New(kvapi.Options{
+	ck.kv, err = kvapi.New(kvapi.Options{
 		Router: ck.router, Control: ck.control, Storage: ck.db, Info: ck,
 		Logger: logger.With("component", "kv"), RequestTimeout: cfg.RequestTimeout,
 	})
+	if err != nil {
+		_ = ck.raft.Close()
+		return nil, err
+	}
 	ck.metrics = ck.newMetrics()
 	ck.mgmtSrv = &http.Server{Handler: ck.mgmtHandler(), ReadHeaderTimeout: 10 * time.Second}
 	ck.kvSrv = &http.Server{Handler: ck.kv.Handler(), ReadHeaderTimeout: 10 * time.Second}

@@ -8,7 +8,7 @@ import (
 	"github.com/clusterkit/clusterkit/ring"
 )
 
-// eligible reports whether a node may own partitions: alive or suspect, or
+// eligible reports whether a node may keep its partitions: alive or suspect, or
 // dead for less than the failover grace (gossip may be wrong; a node that
 // stays dead loses its partitions, one that comes back loses nothing).
 func eligible(n consensus.NodeInfo, now time.Time, grace time.Duration) bool {
@@ -25,7 +25,8 @@ func eligible(n consensus.NodeInfo, now time.Time, grace time.Duration) bool {
 // current state. It is pure: the leader proposes its result through Raft
 // and the FSM re-checks the safety rules.
 //
-// The ring gives the desired owners over the eligible nodes; each row moves
+// The ring gives the desired owners over the eligible nodes that are not
+// draining; each row moves
 // toward it without ever losing an acknowledged write:
 //   - a primary that is no longer eligible is replaced by an in-sync replica
 //     (with a new epoch); with no in-sync replica left the row stays as it
@@ -39,17 +40,23 @@ func planPartitions(st *consensus.State, now time.Time, grace time.Duration) []c
 	if !st.Initialized() {
 		return nil
 	}
-	var nodes []string
+	// nodes may own partitions in the future; keep may go on owning the
+	// copies they have (a draining node keeps serving until its partitions
+	// have moved).
+	var nodes, keep []string
 	for id, n := range st.Nodes {
 		if eligible(n, now, grace) {
-			nodes = append(nodes, id)
+			keep = append(keep, id)
+			if !n.Draining {
+				nodes = append(nodes, id)
+			}
 		}
 	}
 	if len(nodes) == 0 {
 		return nil
 	}
 	slices.Sort(nodes)
-	ok := func(id string) bool { return slices.Contains(nodes, id) }
+	ok := func(id string) bool { return slices.Contains(keep, id) }
 	rf := min(st.Config.ReplicationFactor, len(nodes))
 	desired := ring.Assign(nodes, st.Config.Partitions, rf)
 	var out []consensus.Partition

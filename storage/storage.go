@@ -292,3 +292,43 @@ func (p pebbleLogger) Fatalf(format string, args ...any) {
 	p.l.Error(fmt.Sprintf(format, args...))
 	os.Exit(1)
 }
+
+// tableVersionKey holds the highest partition-table version this node has
+// acted on (see TableVersion).
+var tableVersionKey = []byte{'v'}
+
+// TableVersion returns the highest partition-table version recorded with
+// SetTableVersion (0 if none). After a restart Raft may replay an older
+// snapshot first; the node must not act on a table older than this.
+func (d *DB) TableVersion() (uint64, error) {
+	v, ok, err := read(d.db, tableVersionKey)
+	if err != nil || !ok || len(v) != 8 {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// SetTableVersion durably records v as the highest table version acted on.
+func (d *DB) SetTableVersion(v uint64) error {
+	return d.db.Set(tableVersionKey, binary.BigEndian.AppendUint64(nil, v), pebble.Sync)
+}
+
+// Drop deletes partition p's copy and metadata, durably.
+func (d *DB) Drop(p int) error {
+	l := d.lock(p)
+	l.Lock()
+	defer l.Unlock()
+	b := d.db.NewBatch()
+	defer b.Close()
+	lo, hi := dataBounds(p)
+	if err := b.DeleteRange(lo, hi, nil); err != nil {
+		return err
+	}
+	if err := b.Delete(metaKey(p), nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("drop partition %d: %w", p, err)
+	}
+	return nil
+}

@@ -1,8 +1,13 @@
 // Package testcluster starts real ClusterKit nodes as separate OS processes
-// on loopback for integration and fault tests: each node has its own
-// process group, ports, data directory and log files, and can be killed,
-// paused, resumed, stopped and restarted. Every process is killed when the
-// test ends.
+// for integration and fault tests: each node has its own process group,
+// ports, data directory and log files, and can be killed, paused, resumed,
+// stopped and restarted. Every process is killed when the test ends (and,
+// through the parent-death signal, when the test process itself dies).
+//
+// By default the nodes share loopback, each on its own ports. With
+// Options.Netns every node runs in its own network namespace on a private
+// network (see Network), on its own IP address with the default ports, and
+// the links between chosen nodes can be cut and healed.
 package testcluster
 
 import (
@@ -83,6 +88,10 @@ type Node struct {
 	DataDir string
 	// Env holds extra environment variables for the process.
 	Env []string
+	// IP and Netns are set when the node runs in its own network
+	// namespace (Options.Netns).
+	IP    string
+	Netns string
 
 	c       *Cluster
 	mu      sync.Mutex
@@ -92,6 +101,7 @@ type Node struct {
 	stderr  *syncBuffer
 	starts  int
 	logFile *os.File
+	paused  bool
 }
 
 // Cluster is a set of nodes of one test.
@@ -100,12 +110,19 @@ type Cluster struct {
 	bin   string
 	dir   string
 	Nodes []*Node
+	// Net is the private network of the nodes' namespaces (nil on
+	// loopback).
+	Net *Network
 }
 
 // Options configures New.
 type Options struct {
 	// Env is added to every node's environment (e.g. FAILOVER_GRACE=1s).
 	Env []string
+	// Netns runs every node in its own network namespace (see Network),
+	// so that links can be cut. It needs root and the ip and nft tools;
+	// check NetnsSupport first, New fails the test without them.
+	Netns bool
 }
 
 // New prepares n nodes (node-1 bootstraps, the others join through
@@ -113,10 +130,23 @@ type Options struct {
 func New(t testing.TB, bin string, n int, opts Options) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, bin: bin, dir: t.TempDir()}
+	if opts.Netns {
+		net, err := NewNetwork()
+		if err != nil {
+			t.Fatalf("network namespaces: %v", err)
+		}
+		c.Net = net
+		// Cleanups run last-in first-out: the processes die first.
+		t.Cleanup(func() {
+			if err := net.Close(); err != nil {
+				t.Errorf("tear down network %s: %v", net, err)
+			}
+		})
+	}
+	t.Cleanup(c.KillAll)
 	for i := 1; i <= n; i++ {
 		c.Nodes = append(c.Nodes, c.newNode(i, opts.Env))
 	}
-	t.Cleanup(c.KillAll)
 	t.Cleanup(func() {
 		if t.Failed() {
 			c.DumpLogs(80)
@@ -126,6 +156,24 @@ func New(t testing.TB, bin string, n int, opts Options) *Cluster {
 }
 
 func (c *Cluster) newNode(i int, env []string) *Node {
+	if c.Net != nil {
+		id := fmt.Sprintf("node-%d", i)
+		ns, ip, err := c.Net.AddHost(id, i)
+		if err != nil {
+			c.t.Fatalf("namespace for %s: %v", id, err)
+		}
+		return &Node{
+			ID: id, Name: fmt.Sprintf("Server-%d", i),
+			HTTP:    ip + ":8080",
+			KV:      ip + ":9080",
+			Raft:    ip + ":9001",
+			Gossip:  ip + ":10001",
+			DataDir: filepath.Join(c.dir, fmt.Sprintf("node%d", i)),
+			Env:     append([]string(nil), env...),
+			IP:      ip, Netns: ns,
+			c: c, stdout: &syncBuffer{}, stderr: &syncBuffer{},
+		}
+	}
 	ports := make([]int, 4)
 	for j := range ports {
 		p, err := FreePort()
@@ -197,6 +245,9 @@ func (n *Node) env() []string {
 		"HTTP_ADDR="+n.HTTP, "KV_ADDR="+n.KV, "RAFT_ADDR="+n.Raft, "GOSSIP_ADDR="+n.Gossip,
 		"DATA_DIR="+n.DataDir, "STATUS_INTERVAL=2s",
 	)
+	if n.IP != "" {
+		env = append(env, "ADVERTISE_HOST="+n.IP)
+	}
 	if n.ID == "node-1" {
 		env = append(env, "BOOTSTRAP=true")
 	} else {
@@ -221,14 +272,21 @@ func (n *Node) Start() {
 	fmt.Fprintf(f, "===== start #%d at %s =====\n", n.starts, time.Now().Format(time.RFC3339Nano))
 	n.logFile = f
 	cmd := exec.Command(n.c.bin)
+	if n.Netns != "" {
+		// ip execs the binary in place: the PID and process group stay.
+		cmd = exec.Command("ip", "netns", "exec", n.Netns, n.c.bin)
+	}
 	cmd.Env = n.env()
 	cmd.Stdout = io.MultiWriter(n.stdout, f)
 	cmd.Stderr = io.MultiWriter(n.stderr, f)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Own process group (signals go to the group), and SIGKILL if the
+	// test process dies without cleaning up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		n.c.t.Fatalf("start %s: %v", n.ID, err)
 	}
 	n.cmd = cmd
+	n.paused = false
 	exited := make(chan struct{})
 	n.exited = exited
 	go func() {
@@ -260,7 +318,7 @@ func (n *Node) reap(timeout time.Duration) bool {
 		return false
 	}
 	n.mu.Lock()
-	n.cmd, n.exited = nil, nil
+	n.cmd, n.exited, n.paused = nil, nil, false
 	if n.logFile != nil {
 		n.logFile.Close()
 		n.logFile = nil
@@ -291,10 +349,49 @@ func (n *Node) Stop(timeout time.Duration) bool {
 }
 
 // Pause stops the process with SIGSTOP; Resume continues it.
-func (n *Node) Pause() { n.signal(syscall.SIGSTOP) }
+func (n *Node) Pause() {
+	if n.signal(syscall.SIGSTOP) {
+		n.mu.Lock()
+		n.paused = true
+		n.mu.Unlock()
+	}
+}
 
 // Resume continues a paused process.
-func (n *Node) Resume() { n.signal(syscall.SIGCONT) }
+func (n *Node) Resume() {
+	n.signal(syscall.SIGCONT)
+	n.mu.Lock()
+	n.paused = false
+	n.mu.Unlock()
+}
+
+// Paused reports whether the node was paused and not resumed since.
+func (n *Node) Paused() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.paused
+}
+
+// Exited reports whether a started node's process has exited by itself
+// (it has not been reaped by Kill or Stop yet).
+func (n *Node) Exited() bool {
+	n.mu.Lock()
+	exited := n.exited
+	n.mu.Unlock()
+	if exited == nil {
+		return false
+	}
+	select {
+	case <-exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// LogPath is the file holding everything the node printed, across
+// restarts.
+func (n *Node) LogPath() string { return filepath.Join(n.c.dir, n.ID+".log") }
 
 // Running reports whether the process has been started and not reaped.
 func (n *Node) Running() bool {
@@ -397,6 +494,10 @@ func (c *Cluster) WaitHealthy(timeout time.Duration, n, rf int) {
 	})
 }
 
+// CheckHealthy reports nil if this node's /cluster shows exactly `nodes`
+// nodes, all active, and every partition with min(rf, nodes) in-sync copies.
+func (n *Node) CheckHealthy(nodes, rf int) error { return n.checkHealthy(nodes, rf) }
+
 func (n *Node) checkHealthy(nodes, rf int) error {
 	r, err := Get(n.HTTP, "/cluster")
 	if err != nil {
@@ -424,8 +525,8 @@ func (n *Node) checkHealthy(nodes, rf int) error {
 			active++
 		}
 	}
-	if active != nodes {
-		return fmt.Errorf("%d active nodes, want %d", active, nodes)
+	if active != nodes || len(out.Cluster.Nodes) != nodes {
+		return fmt.Errorf("%d active nodes of %d, want %d", active, len(out.Cluster.Nodes), nodes)
 	}
 	if len(out.Cluster.PartitionMap.Partitions) == 0 {
 		return fmt.Errorf("no partitions yet")
@@ -477,3 +578,7 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// WaitExit waits up to timeout for the process to exit by itself (without
+// signalling it) and reports whether it did.
+func (n *Node) WaitExit(timeout time.Duration) bool { return n.reap(timeout) }

@@ -1,0 +1,157 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/clusterkit/clusterkit/consensus"
+)
+
+// DefaultDrainTimeout bounds how long a graceful leave waits for this
+// node's partitions to move elsewhere.
+const DefaultDrainTimeout = 30 * time.Second
+
+// Drain hands this node's partitions to the other nodes before it leaves:
+// it asks the Raft leader to mark it draining, so the leader stops choosing
+// it as an owner, moves each partition's primary role to an in-sync copy
+// elsewhere, adds replacement replicas (copied while this node keeps
+// serving), and releases this node once they are in sync. Drain returns when
+// no partition names this node any more, or with ctx's error. With no other
+// live node to take over, there is nothing to hand over and it returns at
+// once.
+func (ck *ClusterKit) Drain(ctx context.Context) error {
+	if !ck.othersAlive() || !referenced(ck.raft.State(), ck.cfg.NodeID) {
+		return nil
+	}
+	ck.log.Info("draining: handing partitions over before leaving")
+	for {
+		err := ck.requestDrain(ctx)
+		if err == nil {
+			break
+		}
+		ck.log.Warn("could not ask the leader to drain this node; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain: %w", ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	start := time.Now()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	lastLog := time.Now()
+	for {
+		left := ownedCount(ck.raft.State(), ck.cfg.NodeID)
+		if left == 0 {
+			ck.log.Info("drained: no partition left on this node", "took", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		if time.Since(lastLog) > 2*time.Second {
+			ck.log.Info("draining", "partitions_left", left)
+			lastLog = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain: %d partitions still on this node: %w", left, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func ownedCount(st *consensus.State, id string) int {
+	n := 0
+	for _, p := range st.Partitions {
+		if p.Owns(id) {
+			n++
+		}
+	}
+	return n
+}
+
+// othersAlive reports whether any other node is up to take partitions.
+func (ck *ClusterKit) othersAlive() bool {
+	for id, n := range ck.raft.State().Nodes {
+		if id != ck.cfg.NodeID && n.Status == consensus.StatusAlive && !n.Draining {
+			return true
+		}
+	}
+	return false
+}
+
+type drainRequest struct {
+	Node string `json:"node"`
+}
+
+// requestDrain marks this node draining through the leader.
+func (ck *ClusterKit) requestDrain(ctx context.Context) error {
+	if ck.raft.IsLeader() {
+		return ck.markDraining(ctx, ck.cfg.NodeID)
+	}
+	leaderID, _ := ck.raft.Leader()
+	leader, ok := ck.raft.State().Nodes[leaderID]
+	if leaderID == "" || !ok {
+		return consensus.ErrNotLeader
+	}
+	body, _ := json.Marshal(drainRequest{Node: ck.cfg.NodeID})
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return ck.postJSON(rctx, leader.MgmtAddr, "/internal/v1/drain", body, nil)
+}
+
+// markDraining records a node as draining; only the leader can.
+func (ck *ClusterKit) markDraining(ctx context.Context, id string) error {
+	n, ok := ck.raft.State().Nodes[id]
+	if !ok {
+		return fmt.Errorf("unknown node %q", id)
+	}
+	if n.Draining {
+		return nil
+	}
+	n.Draining = true
+	cmd, err := consensus.Encode(consensus.CmdUpsertNode, consensus.UpsertNodeCmd{Node: n})
+	if err != nil {
+		return err
+	}
+	if _, err := ck.raft.Apply(ctx, cmd); err != nil {
+		return err
+	}
+	ck.log.Info("node is draining", "node", id)
+	ck.nudgeReconcile()
+	return nil
+}
+
+func (ck *ClusterKit) handleDrain(w http.ResponseWriter, r *http.Request) {
+	var req drainRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_json", err)
+		return
+	}
+	err := ck.markDraining(r.Context(), req.Node)
+	switch {
+	case errors.Is(err, consensus.ErrNotLeader):
+		writeError(w, http.StatusServiceUnavailable, codeNotLeader, err)
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, "apply_failed", err)
+	default:
+		writeJSON(w, http.StatusOK, map[string]string{"status": "draining", "node_id": req.Node})
+	}
+}
+
+// LeaveRequested is closed when POST /cluster/leave asked this node to
+// leave the cluster; the program should then Drain and Shutdown.
+func (ck *ClusterKit) LeaveRequested() <-chan struct{} { return ck.leaveCh }
+
+// handleLeave serves POST /cluster/leave: the node drains its partitions,
+// leaves the cluster and stops (the process exits).
+func (ck *ClusterKit) handleLeave(w http.ResponseWriter, r *http.Request) {
+	ck.leaveOnce.Do(func() { close(ck.leaveCh) })
+	writeJSON(w, http.StatusAccepted, map[string]any{
+		"status":  "leaving",
+		"node_id": ck.cfg.NodeID,
+		"message": "handing partitions over, then leaving the cluster and stopping",
+	})
+}
