@@ -102,6 +102,8 @@ type FSM struct {
 	// updated is when this replica last changed state (local wall time,
 	// for display only; not part of the replicated state).
 	updated atomic.Int64
+	// applied is the last Raft index this FSM has applied or restored.
+	applied atomic.Uint64
 
 	mu       sync.Mutex
 	watchers []chan struct{}
@@ -163,10 +165,17 @@ func (f *FSM) notify() {
 // an unknown command type is a corrupted log or a version skew, and applying
 // anything else would make replicas diverge, so it panics.
 func (f *FSM) Apply(l *raft.Log) any {
+	defer f.applied.Store(l.Index)
 	if l.Type != raft.LogCommand {
 		return nil
 	}
 	return f.ApplyCommand(Command(l.Data))
+}
+
+// Known reports whether t has a handler.
+func (f *FSM) Known(t CommandType) bool {
+	_, ok := f.handlers[t]
+	return ok
 }
 
 // ApplyCommand applies one encoded command; exported for tests and benchmarks.
@@ -249,6 +258,16 @@ func applySetPartitions(s *State, c SetPartitionsCmd) error {
 				return fmt.Errorf("%w: partition %d: %s is not in sync and cannot become primary", ErrInvalid, p.ID, p.Primary)
 			}
 		}
+		// The in-sync set only grows through ExpandInSync, after the
+		// primary copied the partition to the newcomer; a new epoch may
+		// keep the old primary in sync (it holds every acknowledged write,
+		// and the new primary reconciles every in-sync copy first).
+		for _, n := range p.InSync {
+			if cur.IsInSync(n) || (p.Epoch > cur.Epoch && n == cur.Primary) {
+				continue
+			}
+			return fmt.Errorf("%w: partition %d: %s cannot join the in-sync set without a copy", ErrInvalid, p.ID, n)
+		}
 		if p.Primary != "" && slices.Contains(p.Replicas, p.Primary) {
 			return fmt.Errorf("%w: partition %d lists its primary as a replica", ErrInvalid, p.ID)
 		}
@@ -299,29 +318,44 @@ func applyExpandInSync(s *State, c InSyncCmd) error {
 // Snapshot implements raft.FSM. The state is immutable, so capturing the
 // pointer is the whole snapshot.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &fsmSnapshot{state: f.state.Load()}, nil
+	return &fsmSnapshot{state: f.state.Load(), index: f.applied.Load()}, nil
+}
+
+// AppliedIndex is the last Raft log index this FSM has applied or restored.
+func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
+
+// snapshotDoc is the snapshot format: the State's fields plus the index it
+// reflects (absent, i.e. 0, in snapshots written before it was added).
+type snapshotDoc struct {
+	*State
+	AppliedIndex uint64 `json:"applied_index,omitempty"`
 }
 
 // Restore implements raft.FSM: it replaces the whole state.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	var s State
-	if err := json.NewDecoder(rc).Decode(&s); err != nil {
+	doc := snapshotDoc{State: &s}
+	if err := json.NewDecoder(rc).Decode(&doc); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	if s.Nodes == nil {
 		s.Nodes = map[string]NodeInfo{}
 	}
 	f.state.Store(&s)
+	f.applied.Store(doc.AppliedIndex)
 	f.updated.Store(time.Now().UnixNano())
 	f.notify()
 	return nil
 }
 
-type fsmSnapshot struct{ state *State }
+type fsmSnapshot struct {
+	state *State
+	index uint64
+}
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := json.NewEncoder(sink).Encode(s.state); err != nil {
+	if err := json.NewEncoder(sink).Encode(snapshotDoc{State: s.state, AppliedIndex: s.index}); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("persist snapshot: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -55,6 +56,8 @@ type Store struct {
 
 	leaderSince atomic.Int64 // unix nanos when the current leader was observed
 	obsDone     chan struct{}
+	closeOnce   sync.Once
+	closeErr    error
 	obsCh       chan raft.Observation
 	observer    *raft.Observer
 }
@@ -177,6 +180,11 @@ func (s *Store) Leader() (id, addr string) {
 // Apply proposes cmd and waits for it to be committed and applied here. It
 // returns the log index, or the FSM's refusal, or ErrNotLeader.
 func (s *Store) Apply(ctx context.Context, cmd Command) (uint64, error) {
+	// A command every replica would refuse to apply (panicking) must never
+	// reach the log.
+	if len(cmd) == 0 || !s.fsm.Known(CommandType(cmd[0])) {
+		return 0, fmt.Errorf("%w: empty or unknown command", ErrInvalid)
+	}
 	if !s.IsLeader() {
 		return 0, ErrNotLeader
 	}
@@ -206,10 +214,12 @@ func (s *Store) Barrier(ctx context.Context) error {
 func (s *Store) WaitApplied(ctx context.Context, idx uint64) error {
 	t := time.NewTicker(2 * time.Millisecond)
 	defer t.Stop()
-	for s.raft.AppliedIndex() < idx {
+	// raft.AppliedIndex counts entries handed to the FSM goroutine, not
+	// entries it has applied; ask the FSM itself.
+	for s.fsm.AppliedIndex() < idx {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("wait for raft index %d (applied %d): %w", idx, s.raft.AppliedIndex(), ctx.Err())
+			return fmt.Errorf("wait for raft index %d (applied %d): %w", idx, s.fsm.AppliedIndex(), ctx.Err())
 		case <-t.C:
 		}
 	}
@@ -316,8 +326,14 @@ func (s *Store) LeaderSince() time.Time {
 	return time.Unix(0, n)
 }
 
-// Close shuts Raft down and closes the log store.
+// Close shuts Raft down and closes the log store. It may be called more
+// than once.
 func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.close() })
+	return s.closeErr
+}
+
+func (s *Store) close() error {
 	err := s.raft.Shutdown().Error()
 	s.raft.DeregisterObserver(s.observer)
 	close(s.obsCh)

@@ -137,7 +137,9 @@ func (c *peerClient) replicate(ctx context.Context, addr string, r replicateReq)
 // out of one storage snapshot, then a zero-length key as the end mark.
 func (c *peerClient) install(ctx context.Context, addr, from string, p int, epoch uint64, st Storage) error {
 	pr, pw := io.Pipe()
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		bw := bufio.NewWriterSize(pw, 64<<10)
 		var hdr [binary.MaxVarintLen64 * 2]byte
 		err := st.Snapshot(p, func(m storage.Meta) error {
@@ -165,8 +167,10 @@ func (c *peerClient) install(ctx context.Context, addr, from string, p int, epoc
 	}()
 	q := url.Values{"partition": {strconv.Itoa(p)}, "epoch": {strconv.FormatUint(epoch, 10)}, "from": {from}}
 	err := c.do(ctx, http.MethodPost, addr, "/install", q, pr, nil)
-	// Unblock the snapshot goroutine if the request ended early.
+	// Unblock the snapshot goroutine if the request ended early, and wait
+	// for it: it reads the store, which may be closed after we return.
 	pr.CloseWithError(errors.New("install request finished"))
+	<-done
 	return err
 }
 

@@ -36,7 +36,7 @@ type fakeTable struct {
 	routes   []Route
 	addrs    map[string]string
 	alive    map[string]bool
-	frozen   map[string][]Route // node → the stale rows it still sees
+	frozen   map[string]frozenTable // node → the stale table it still sees
 	watchers []chan struct{}
 	version  uint64
 }
@@ -47,7 +47,7 @@ func newFakeTable(parts int, row func(p int) Route) *fakeTable {
 		routes: make([]Route, parts),
 		addrs:  map[string]string{},
 		alive:  map[string]bool{},
-		frozen: map[string][]Route{},
+		frozen: map[string]frozenTable{},
 	}
 	for p := range parts {
 		r := row(p)
@@ -100,18 +100,20 @@ func (f *fakeTable) updateAll(fn func(r *Route)) {
 	})
 }
 
+// bumpVersion advances the table's version by n without changing a row,
+// as unrelated Raft entries (node health, say) do.
+func (f *fakeTable) bumpVersion(n uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.version += n - 1
+	f.notifyLocked()
+}
+
 // route returns the current (unfrozen) row of p.
 func (f *fakeTable) route(p int) Route {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return cloneRoute(f.routes[p])
-}
-
-func (f *fakeTable) setAddr(node, addr string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.addrs[node] = addr
-	f.notifyLocked()
 }
 
 func (f *fakeTable) setAlive(node string, alive bool) {
@@ -121,11 +123,17 @@ func (f *fakeTable) setAlive(node string, alive bool) {
 	f.notifyLocked()
 }
 
+// frozenTable is an old copy of the table, as a lagging node sees it.
+type frozenTable struct {
+	routes  []Route
+	version uint64
+}
+
 // freeze makes node keep seeing the table as it is now.
 func (f *fakeTable) freeze(node string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.frozen[node] = cloneRoutes(f.routes)
+	f.frozen[node] = frozenTable{routes: cloneRoutes(f.routes), version: f.version}
 }
 
 // unfreeze lets node see the current table again.
@@ -182,7 +190,7 @@ func (v *tableView) Route(p int) (Route, bool) {
 	defer v.f.mu.Unlock()
 	rows := v.f.routes
 	if fr, ok := v.f.frozen[v.self]; ok {
-		rows = fr
+		rows = fr.routes
 	}
 	if p < 0 || p >= len(rows) {
 		return Route{}, false
@@ -201,6 +209,15 @@ func (v *tableView) Alive(node string) bool {
 	v.f.mu.Lock()
 	defer v.f.mu.Unlock()
 	return v.f.alive[node]
+}
+
+func (v *tableView) Version() uint64 {
+	v.f.mu.Lock()
+	defer v.f.mu.Unlock()
+	if fr, ok := v.f.frozen[v.self]; ok {
+		return fr.version
+	}
+	return v.f.version
 }
 
 func (v *tableView) Changed() (<-chan struct{}, func()) {
@@ -381,7 +398,13 @@ func (c *callRecorder) wrap(h http.Handler) http.Handler {
 		stalled := c.stall[path]
 		c.mu.Unlock()
 		if stalled {
-			<-r.Context().Done()
+			// The server notices the caller hanging up only once the body
+			// has been read; the timer is a backstop so Close never hangs.
+			_, _ = io.Copy(io.Discard, r.Body)
+			select {
+			case <-r.Context().Done():
+			case <-time.After(10 * time.Second):
+			}
 			return
 		}
 		rw := &recordingWriter{ResponseWriter: w, status: http.StatusOK}
@@ -427,9 +450,13 @@ type clusterConfig struct {
 	// from catching them up until the test says so.
 	notAlive []string
 	// noRun nodes do not start the sync loop.
-	noRun       []string
-	replTimeout time.Duration
-	info        Info
+	noRun          []string
+	replTimeout    time.Duration
+	requestTimeout time.Duration
+	// prepare runs on a node's fresh store before its Server is built,
+	// to simulate what an earlier run left on disk.
+	prepare func(id string, db *storage.DB)
+	info    Info
 }
 
 // cluster is a set of nodes sharing one table and one Control.
@@ -465,10 +492,18 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 		if err != nil {
 			tb.Fatalf("open storage for %s: %v", id, err)
 		}
-		srv := New(Options{
+		if cfg.prepare != nil {
+			cfg.prepare(id, db)
+		}
+		srv, err := New(Options{
 			Router: table.view(id), Control: c.ctl, Storage: db, Info: info,
 			Logger: log.With("node", id), ReplicationTimeout: cfg.replTimeout,
+			RequestTimeout: cfg.requestTimeout,
 		})
+		if err != nil {
+			_ = db.Close()
+			tb.Fatalf("new server %s: %v", id, err)
+		}
 		rec := &callRecorder{}
 		ts := httptest.NewServer(rec.wrap(srv.Handler()))
 		n := &testNode{id: id, srv: srv, db: db, ts: ts, rec: rec, url: ts.URL, stop: func() {}}
@@ -578,7 +613,9 @@ func (r apiResp) object(tb testing.TB) map[string]any {
 	return m
 }
 
-func (r apiResp) String() string { return fmt.Sprintf("%d %s %s", r.status, r.ctype, bytes.TrimSpace(r.body)) }
+func (r apiResp) String() string {
+	return fmt.Sprintf("%d %s %s", r.status, r.ctype, bytes.TrimSpace(r.body))
+}
 
 func doReq(tb testing.TB, c *http.Client, method, u string, body []byte) apiResp {
 	tb.Helper()

@@ -20,13 +20,13 @@ func (s *Server) primaryWrite(ctx context.Context, p int, epoch uint64, op opMsg
 	l := s.lock(p)
 	l.Lock()
 	defer l.Unlock()
-	if err := s.checkPrimary(p, epoch); err != nil {
+	rt, err := s.checkPrimary(p, epoch)
+	if err != nil {
 		return err
 	}
 	if ctx.Err() != nil {
 		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "deadline passed before the write started")
 	}
-	rt, _ := s.router.Route(p)
 	m, err := s.store.Meta(p)
 	if err != nil {
 		return fmt.Errorf("partition %d meta: %w", p, err)

@@ -446,6 +446,8 @@ func TestStalePrimary(t *testing.T) {
 	c := newCluster(t, clusterConfig{
 		parts: parts, ids: []string{"n1", "n2", "n3"},
 		row: primaryWithReplicas(1, []string{"n2"}, []string{"n2"}),
+		// The stale primary's refusals are retried until this runs out.
+		requestTimeout: time.Second,
 	})
 	c.waitReady(t)
 	n1, n2, n3 := c.nodes["n1"], c.nodes["n2"], c.nodes["n3"]
@@ -473,12 +475,14 @@ func TestStalePrimary(t *testing.T) {
 	}{
 		{"linearizable read on the stale primary", func(t *testing.T) {
 			r := kvGet(t, c.client, n1.url, key, "")
+			t.Logf("stale primary answered %s", r)
 			if r.status == http.StatusOK && r.object(t)["value"] == "v1" {
 				t.Errorf("stale primary answered a linearizable read with the overwritten value v1 (current value is v2)")
 			}
 		}},
 		{"write on the stale primary is not acknowledged", func(t *testing.T) {
 			r := kvSet(t, c.client, n1.url, key, "v3")
+			t.Logf("stale primary answered %s", r)
 			if r.status == http.StatusOK {
 				t.Errorf("stale primary acknowledged a write")
 			}
@@ -535,6 +539,11 @@ func TestReplicaDown(t *testing.T) {
 				t.Fatalf("warm-up set: %s", r)
 			}
 			tt.failure(c)
+			// The read-lease loop may notice a closed replica first and
+			// remove it itself; either way the removal must precede the
+			// ack. The stalling replica still grants leases, so that case
+			// always exercises the write path's removal.
+			//
 			// A slow Control makes an implementation that acknowledges
 			// first and removes later visibly wrong.
 			c.ctl.setDelay(100 * time.Millisecond)
@@ -630,12 +639,19 @@ func TestReads(t *testing.T) {
 			mustValue(t, kvGet(t, c.client, tt.via.url, key, tt.consistency), key, tt.want)
 			for _, n := range c.nodes {
 				got := n.rec.matching("/read")[reads[n.id]:]
-				wantN := 0
-				if n == tt.servedBy {
-					wantN = 1
+				// A refused attempt (say, while a read lease is renewed)
+				// may be retried, so count the answered ones.
+				answered := 0
+				for _, x := range got {
+					if x.Status == http.StatusOK {
+						answered++
+					}
 				}
-				if len(got) != wantN {
-					t.Errorf("%s served %d forwarded reads, want %d", n.id, len(got), wantN)
+				switch {
+				case n == tt.servedBy && answered != 1:
+					t.Errorf("%s answered %d forwarded reads (%+v), want 1", n.id, answered, got)
+				case n != tt.servedBy && len(got) != 0:
+					t.Errorf("%s got forwarded reads %+v, want none", n.id, got)
 				}
 				for _, x := range got {
 					if stale := strings.Contains(x.Query, "consistency=stale"); stale != (tt.consistency == "stale") {

@@ -1,6 +1,7 @@
 package kvapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -161,6 +163,15 @@ type setBody struct {
 	Value *string `json:"value"`
 }
 
+// replaced reports whether encoding/json substituted U+FFFD into s for an
+// invalid escape: s holds U+FFFD although the body never spells it.
+func replaced(body []byte, s string) bool {
+	if !strings.ContainsRune(s, utf8.RuneError) {
+		return false
+	}
+	return !bytes.Contains(body, []byte("\uFFFD")) && !bytes.Contains(bytes.ToLower(body), []byte(`\ufffd`))
+}
+
 func validateKey(key string) error {
 	switch {
 	case key == "":
@@ -184,6 +195,10 @@ func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "read body: %v", err))
 		return
 	}
+	if !utf8.Valid(body) {
+		writeError(w, errorf(http.StatusBadRequest, CodeInvalidKey, "request body must be valid UTF-8"))
+		return
+	}
 	var in setBody
 	if err := json.Unmarshal(body, &in); err != nil {
 		writeError(w, errorf(http.StatusBadRequest, CodeInvalidJSON, "body must be a JSON object {\"key\": string, \"value\": string}: %v", err))
@@ -197,12 +212,20 @@ func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if replaced(body, *in.Key) {
+		writeError(w, errorf(http.StatusBadRequest, CodeInvalidKey, "key contains an invalid \\u escape (a lone surrogate)"))
+		return
+	}
 	if in.Value == nil {
 		writeError(w, errorf(http.StatusBadRequest, CodeMissingValue, "value is required (use \"\" for an empty value)"))
 		return
 	}
 	if len(*in.Value) > MaxValueBytes {
 		writeError(w, errorf(http.StatusRequestEntityTooLarge, CodeValueTooLarge, "value is %d bytes; the limit is %d", len(*in.Value), MaxValueBytes))
+		return
+	}
+	if replaced(body, *in.Value) {
+		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "value contains an invalid \\u escape (a lone surrogate)"))
 		return
 	}
 	if err := s.Write(r.Context(), opMsg{Key: *in.Key, Value: *in.Value}); err != nil {
@@ -451,10 +474,10 @@ func (s *Server) leasedRead(p int, epoch uint64, key string) (string, error) {
 	l := s.lock(p)
 	l.RLock()
 	defer l.RUnlock()
-	if err := s.checkPrimary(p, epoch); err != nil {
+	rt, err := s.checkPrimary(p, epoch)
+	if err != nil {
 		return "", err
 	}
-	rt, _ := s.router.Route(p)
 	v, err := s.get(p, key)
 	if !s.leases.valid(p, rt.Epoch, rt.InSync, time.Now()) {
 		return "", errNoLease
@@ -476,27 +499,29 @@ func (s *Server) get(p int, key string) (string, error) {
 // checkPrimary verifies, under the partition lock, that this node is the
 // primary of p at epoch (if epoch is not zero) and has reconciled its
 // replicas for that epoch.
-func (s *Server) checkPrimary(p int, epoch uint64) error {
+// It returns the route it checked, which the caller must use: the table
+// may change again right after.
+func (s *Server) checkPrimary(p int, epoch uint64) (Route, error) {
 	if err := s.checkTable(); err != nil {
-		return err
+		return Route{}, err
 	}
 	rt, ok := s.router.Route(p)
 	if !ok || rt.Primary != s.router.Self() {
-		return errorf(http.StatusConflict, CodeEpochMismatch, "%s is not the primary of partition %d", s.router.Self(), p)
+		return Route{}, errorf(http.StatusConflict, CodeEpochMismatch, "%s is not the primary of partition %d", s.router.Self(), p)
 	}
 	if epoch != 0 && rt.Epoch != epoch {
-		return errorf(http.StatusConflict, CodeEpochMismatch, "partition %d is at epoch %d here, request used %d", p, rt.Epoch, epoch)
+		return Route{}, errorf(http.StatusConflict, CodeEpochMismatch, "partition %d is at epoch %d here, request used %d", p, rt.Epoch, epoch)
 	}
 	m, err := s.store.Meta(p)
 	if err != nil {
-		return fmt.Errorf("partition %d meta: %w", p, err)
+		return Route{}, fmt.Errorf("partition %d meta: %w", p, err)
 	}
 	if m.Epoch != rt.Epoch {
 		s.Kick()
-		return errorf(http.StatusServiceUnavailable, CodeNotReady, "partition %d is being reconciled for epoch %d", p, rt.Epoch)
+		return Route{}, errorf(http.StatusServiceUnavailable, CodeNotReady, "partition %d is being reconciled for epoch %d", p, rt.Epoch)
 	}
 	if until := s.leases.primaryBlockedUntil(p); time.Now().Before(until) {
-		return errorf(http.StatusServiceUnavailable, CodeNotReady, "partition %d: waiting %s for the previous primary's read lease to run out", p, time.Until(until).Round(time.Millisecond))
+		return Route{}, errorf(http.StatusServiceUnavailable, CodeNotReady, "partition %d: waiting %s for the previous primary's read lease to run out", p, time.Until(until).Round(time.Millisecond))
 	}
-	return nil
+	return rt, nil
 }

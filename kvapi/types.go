@@ -15,8 +15,9 @@ const (
 	// MaxValueBytes is the longest value accepted, in bytes (after JSON
 	// decoding).
 	MaxValueBytes = 1 << 20
-	// MaxBodyBytes caps a request body; it leaves room for JSON escaping.
-	MaxBodyBytes = 2 << 20
+	// MaxBodyBytes caps a request body. A value of MaxValueBytes written
+	// entirely as \uXXXX escapes takes six times its size.
+	MaxBodyBytes = 7 << 20
 	// DefaultListLimit and MaxListLimit bound /kv/list.
 	DefaultListLimit = 1000
 	MaxListLimit     = 10000

@@ -153,14 +153,23 @@ func fsmFrom(t *testing.T, st *consensus.State) *consensus.FSM {
 	for _, id := range slices.Sorted(maps.Keys(st.Nodes)) {
 		mustApply(t, f, consensus.CmdUpsertNode, consensus.UpsertNodeCmd{Node: st.Nodes[id]})
 	}
+	// Rows first without their in-sync sets, which only grow through
+	// ExpandInSync (as when a primary has copied a partition to a replica).
 	var rows []consensus.Partition
 	for _, p := range st.Partitions {
 		if p.Primary != "" || len(p.Replicas) > 0 || p.Epoch > 0 {
-			rows = append(rows, p)
+			row := p
+			row.InSync = nil
+			rows = append(rows, row)
 		}
 	}
 	if len(rows) > 0 {
 		mustApply(t, f, consensus.CmdSetPartition, consensus.SetPartitionsCmd{ExpectVersion: f.State().Version, Partitions: rows})
+	}
+	for _, p := range st.Partitions {
+		for _, n := range p.InSync {
+			mustApply(t, f, consensus.CmdExpandInSync, consensus.InSyncCmd{Partition: p.ID, Epoch: p.Epoch, Node: n})
+		}
 	}
 	return f
 }

@@ -113,7 +113,7 @@ func Open(dir string, logger *slog.Logger) (*DB, error) {
 // Close closes the store.
 func (d *DB) Close() error { return d.db.Close() }
 
-func (d *DB) lock(p int) *sync.Mutex { return &d.locks[p%stripes] }
+func (d *DB) lock(p int) *sync.Mutex { return &d.locks[uint(p)%stripes] }
 
 // read returns a copy of key's value from r (the DB or a snapshot).
 func read(r pebble.Reader, key []byte) ([]byte, bool, error) {
@@ -207,7 +207,8 @@ func (d *DB) SetEpoch(p int, epoch uint64) error {
 
 // Snapshot calls begin with partition p's metadata and then fn for every
 // pair in key order, all from one consistent snapshot, so the pairs are
-// exactly the state the metadata describes.
+// exactly the state the metadata describes. The slices passed to fn are
+// valid only during the call.
 func (d *DB) Snapshot(p int, begin func(Meta) error, fn func(k, v []byte) error) error {
 	snap := d.db.NewSnapshot()
 	defer snap.Close()
@@ -235,9 +236,6 @@ func (d *DB) Snapshot(p int, begin func(Meta) error, fn func(k, v []byte) error)
 // Install replaces partition p's copy with the pairs next yields (until it
 // returns ok=false) and records epoch and seq, atomically and durably.
 func (d *DB) Install(p int, epoch, seq uint64, next func() (KV, bool, error)) error {
-	l := d.lock(p)
-	l.Lock()
-	defer l.Unlock()
 	b := d.db.NewBatch()
 	defer b.Close()
 	lo, hi := dataBounds(p)
@@ -261,6 +259,12 @@ func (d *DB) Install(p int, epoch, seq uint64, next func() (KV, bool, error)) er
 	if err := b.Set(metaKey(p), Meta{Epoch: epoch, Seq: seq, Keys: n}.encode(), nil); err != nil {
 		return err
 	}
+	// The stream is read without the metadata lock (it may be slow, and
+	// the lock is shared by partitions p mod 64); the batch replaces the
+	// whole partition, metadata included, in one atomic commit.
+	l := d.lock(p)
+	l.Lock()
+	defer l.Unlock()
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("install partition %d: %w", p, err)
 	}

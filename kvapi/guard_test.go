@@ -1,0 +1,155 @@
+package kvapi
+
+// Tests for the node-lifecycle parts of the data plane: the table-version
+// guard after a restart, releasing copies a node no longer owns, and the
+// per-partition digests used to compare copies.
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/clusterkit/clusterkit/storage"
+)
+
+// TestTableGuard: after a restart Raft may first restore a table older than
+// one this node already acted on; until the table catches up the node must
+// serve nothing, and the version it acts on is recorded before use.
+func TestTableGuard(t *testing.T) {
+	const recorded = 50
+	c := newCluster(t, clusterConfig{
+		parts: 2, ids: []string{"n1"},
+		row:            func(int) Route { return Route{Primary: "n1", Epoch: 1} },
+		requestTimeout: 300 * time.Millisecond,
+		prepare: func(_ string, db *storage.DB) {
+			if err := db.SetTableVersion(recorded); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
+	c.waitReady(t)
+	n1 := c.nodes["n1"]
+	steps := []struct {
+		name  string
+		check func(t *testing.T)
+	}{
+		{"refuses writes and reads while the table is older", func(t *testing.T) {
+			checkError(t, kvSet(t, c.client, n1.url, "k", "v"), http.StatusServiceUnavailable, CodeUnavailable)
+			checkError(t, kvGet(t, c.client, n1.url, "k", ""), http.StatusServiceUnavailable, CodeUnavailable)
+			for p := range 2 {
+				if m := meta(t, n1.db, p); m.Seq != 0 {
+					t.Errorf("partition %d applied a write under an old table: %+v", p, m)
+				}
+			}
+		}},
+		{"serves once the table catches up", func(t *testing.T) {
+			c.table.bumpVersion(recorded + 10)
+			if r := kvSet(t, c.client, n1.url, "k", "v"); r.status != http.StatusOK {
+				t.Fatalf("set: %s", r)
+			}
+			mustValue(t, kvGet(t, c.client, n1.url, "k", ""), "k", "v")
+			v, err := n1.db.TableVersion()
+			if err != nil || v < recorded+10 {
+				t.Errorf("recorded table version = %d, %v; want >= %d", v, err, recorded+10)
+			}
+		}},
+	}
+	for _, s := range steps {
+		if !t.Run(s.name, s.check) {
+			t.FailNow()
+		}
+	}
+}
+
+// TestReleaseDropsUnownedCopy: once the table no longer lists a node as an
+// owner of a partition, its sync loop deletes its copy; the owners keep
+// serving.
+func TestReleaseDropsUnownedCopy(t *testing.T) {
+	const parts = 2
+	c := newCluster(t, clusterConfig{
+		parts: parts, ids: []string{"n1", "n2"},
+		row: primaryWithReplicas(1, []string{"n2"}, []string{"n2"}),
+	})
+	c.waitReady(t)
+	n1, n2 := c.nodes["n1"], c.nodes["n2"]
+	for i := range 10 {
+		if r := kvSet(t, c.client, n1.url, fmt.Sprintf("k%d", i), "v"); r.status != http.StatusOK {
+			t.Fatalf("set: %s", r)
+		}
+	}
+	if n2.srv.LocalKeys() != 10 {
+		t.Fatalf("replica holds %d keys before the move, want 10", n2.srv.LocalKeys())
+	}
+	c.table.updateAll(func(r *Route) { r.Replicas, r.InSync = nil, nil })
+	waitFor(t, 10*time.Second, "n2 dropped both partitions", func() bool {
+		for p := range parts {
+			if m := meta(t, n2.db, p); m != (storage.Meta{}) {
+				return false
+			}
+		}
+		return true
+	})
+	for p := range parts {
+		if keys, err := n2.db.Keys(p, 0); err != nil || len(keys) != 0 {
+			t.Errorf("partition %d still has keys %q on n2 (%v)", p, keys, err)
+		}
+	}
+	for i := range 10 {
+		mustValue(t, kvGet(t, c.client, n2.url, fmt.Sprintf("k%d", i), ""), fmt.Sprintf("k%d", i), "v")
+	}
+	if n1.srv.LocalKeys() != 10 {
+		t.Errorf("the primary holds %d keys, want 10", n1.srv.LocalKeys())
+	}
+}
+
+// TestDigest: the digests of the primary and an in-sync replica are equal
+// after replicated writes, and each node reports its role.
+func TestDigest(t *testing.T) {
+	const parts = 2
+	c := newCluster(t, clusterConfig{
+		parts: parts, ids: []string{"n1", "n2", "n3", "n4"},
+		row: primaryWithReplicas(1, []string{"n2", "n3"}, []string{"n2"}),
+		// n3 stays a replica that is catching up.
+		notAlive: []string{"n3"},
+	})
+	c.waitReady(t)
+	for i := range 20 {
+		if r := kvSet(t, c.client, c.nodes["n4"].url, fmt.Sprintf("d%d", i), fmt.Sprint(i)); r.status != http.StatusOK {
+			t.Fatalf("set: %s", r)
+		}
+	}
+	digests := map[string][]PartitionDigest{}
+	for id, n := range c.nodes {
+		r := doReq(t, c.client, http.MethodGet, n.url+internalPrefix+"/digest", nil)
+		if r.status != http.StatusOK {
+			t.Fatalf("digest on %s: %s", id, r)
+		}
+		var ds []PartitionDigest
+		if err := json.Unmarshal(r.body, &ds); err != nil || len(ds) != parts {
+			t.Fatalf("digest on %s: %q (%v)", id, r.body, err)
+		}
+		digests[id] = ds
+	}
+	tests := []struct {
+		node string
+		role string
+	}{
+		{"n1", "primary"}, {"n2", "in-sync"}, {"n3", "catching-up"}, {"n4", "none"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.node, func(t *testing.T) {
+			for p, d := range digests[tt.node] {
+				if d.Partition != p || d.Role != tt.role {
+					t.Errorf("partition %d: got partition %d role %q, want role %q", p, d.Partition, d.Role, tt.role)
+				}
+				primary := digests["n1"][p]
+				same := d.SHA256 == primary.SHA256 && d.Seq == primary.Seq && d.Keys == primary.Keys && d.Epoch == primary.Epoch
+				if wantSame := tt.role == "primary" || tt.role == "in-sync"; same != wantSame {
+					t.Errorf("partition %d: digest %+v vs primary %+v; want equal = %v", p, d, primary, wantSame)
+				}
+			}
+		})
+	}
+}
