@@ -109,6 +109,7 @@ type Cluster struct {
 	t     testing.TB
 	bin   string
 	dir   string
+	opts  Options
 	Nodes []*Node
 	// Net is the private network of the nodes' namespaces (nil on
 	// loopback).
@@ -123,13 +124,17 @@ type Options struct {
 	// so that links can be cut. It needs root and the ip and nft tools;
 	// check NetnsSupport first, New fails the test without them.
 	Netns bool
+	// JoinAll gives node-1 (which bootstraps) a JOIN_ADDR too, as
+	// deploy/docker-compose.yml does; by default it has none, as in the
+	// README's quick start.
+	JoinAll bool
 }
 
 // New prepares n nodes (node-1 bootstraps, the others join through
 // node-1's and node-2's management addresses) without starting them.
 func New(t testing.TB, bin string, n int, opts Options) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t, bin: bin, dir: t.TempDir()}
+	c := &Cluster{t: t, bin: bin, dir: t.TempDir(), opts: opts}
 	if opts.Netns {
 		net, err := NewNetwork()
 		if err != nil {
@@ -250,6 +255,9 @@ func (n *Node) env() []string {
 	}
 	if n.ID == "node-1" {
 		env = append(env, "BOOTSTRAP=true")
+		if n.c.opts.JoinAll && len(join) > 0 {
+			env = append(env, "JOIN_ADDR="+strings.Join(join, ","))
+		}
 	} else {
 		env = append(env, "BOOTSTRAP=false", "JOIN_ADDR="+strings.Join(join, ","))
 	}
