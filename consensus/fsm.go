@@ -263,7 +263,7 @@ func applySetPartitions(s *State, c SetPartitionsCmd) error {
 		// keep the old primary in sync (it holds every acknowledged write,
 		// and the new primary reconciles every in-sync copy first).
 		for _, n := range p.InSync {
-			if cur.IsInSync(n) || (p.Epoch > cur.Epoch && n == cur.Primary) {
+			if cur.IsInSync(n) || (p.Epoch > cur.Epoch && cur.Primary != "" && n == cur.Primary) {
 				continue
 			}
 			return fmt.Errorf("%w: partition %d: %s cannot join the in-sync set without a copy", ErrInvalid, p.ID, n)
