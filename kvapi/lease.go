@@ -243,3 +243,34 @@ func (s *Server) runLeases(ctx context.Context) {
 		}
 	}
 }
+
+// confirm asks every in-sync replica of p, now, whether this node is still
+// its primary at rt's epoch (a lease request for this one partition), for
+// ReadMode "confirm".
+func (s *Server) confirm(p int, rt Route) bool {
+	if len(rt.InSync) == 0 {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
+	defer cancel()
+	req := leaseReq{From: s.router.Self(), Partitions: []leasePartEpoch{{Partition: p, Epoch: rt.Epoch}}}
+	var ok sync.WaitGroup
+	var mu sync.Mutex
+	all := true
+	for _, n := range rt.InSync {
+		addr, found := s.router.KVAddr(n)
+		if !found {
+			return false
+		}
+		ok.Go(func() {
+			resp, err := s.peers.lease(ctx, addr, req)
+			if err != nil || !slices.Contains(resp.Granted, p) {
+				mu.Lock()
+				all = false
+				mu.Unlock()
+			}
+		})
+	}
+	ok.Wait()
+	return all
+}

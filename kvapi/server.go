@@ -34,6 +34,10 @@ type Options struct {
 	// ReplicationTimeout bounds one replica's answer before it is dropped
 	// from the in-sync set. Default 1s.
 	ReplicationTimeout time.Duration
+	// ReadMode is "lease" (default: reads are answered under a read lease)
+	// or "confirm" (every read asks the in-sync replicas first). Both are
+	// linearizable; confirm exists to measure what the lease saves.
+	ReadMode string
 }
 
 // Server serves the KV API and the internal data-plane routes.
@@ -55,9 +59,10 @@ type Server struct {
 	requests atomic.Uint64
 	errors   atomic.Uint64
 
-	kick   chan struct{}
-	leases *leases
-	guard  *tableGuard
+	kick        chan struct{}
+	leases      *leases
+	guard       *tableGuard
+	confirmRead bool
 }
 
 // New builds a Server. Call Run to start its background replica sync.
@@ -73,6 +78,7 @@ func New(o Options) (*Server, error) {
 		locks:       map[int]*sync.RWMutex{},
 		kick:        make(chan struct{}, 1),
 		leases:      newLeases(time.Now()),
+		confirmRead: o.ReadMode == "confirm",
 	}
 	g, err := newTableGuard(o.Storage)
 	if err != nil {
@@ -479,6 +485,12 @@ func (s *Server) leasedRead(p int, epoch uint64, key string) (string, error) {
 		return "", err
 	}
 	v, err := s.get(p, key)
+	if s.confirmRead {
+		if !s.confirm(p, rt) {
+			return "", errNoLease
+		}
+		return v, err
+	}
 	if !s.leases.valid(p, rt.Epoch, rt.InSync, time.Now()) {
 		return "", errNoLease
 	}

@@ -51,6 +51,9 @@ type Config struct {
 	LogLevel string
 	// Pprof mounts /debug/pprof on the management API.
 	Pprof bool
+	// ReadMode is how the primary proves it may answer a linearizable
+	// read: "lease" (default) or "confirm" (a round trip per read).
+	ReadMode string
 }
 
 // nodeNumber extracts N from "node-N" (1 when the ID has no number).
@@ -80,6 +83,7 @@ func DefaultConfig(id string) Config {
 		RequestTimeout:    DefaultRequestTimeout,
 		StatusInterval:    DefaultStatusInterval,
 		LogLevel:          "info",
+		ReadMode:          "lease",
 	}
 }
 
@@ -107,6 +111,7 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	str("DATA_DIR", &c.DataDir)
 	str("CLUSTER_NAME", &c.ClusterName)
 	str("LOG_LEVEL", &c.LogLevel)
+	str("READ_MODE", &c.ReadMode)
 	for _, a := range strings.Split(get("JOIN_ADDR"), ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			c.JoinAddrs = append(c.JoinAddrs, a)
@@ -271,6 +276,9 @@ func (c *Config) Validate() error {
 	}
 	if c.StatusInterval < 0 {
 		return fmt.Errorf("STATUS_INTERVAL=%s: must not be negative", c.StatusInterval)
+	}
+	if c.ReadMode != "lease" && c.ReadMode != "confirm" {
+		return fmt.Errorf("READ_MODE=%q: want lease or confirm", c.ReadMode)
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":

@@ -48,6 +48,7 @@ func wantDefaults(mod func(*Config)) Config {
 		RequestTimeout:    5 * time.Second,
 		StatusInterval:    15 * time.Second,
 		LogLevel:          "info",
+		ReadMode:          "lease",
 	}
 	if mod != nil {
 		mod(&c)
@@ -272,6 +273,7 @@ func TestFromEnvValidateErrors(t *testing.T) {
 			want: []string{"JOIN_ADDR", "node-1"},
 		},
 		{"LOG_LEVEL unknown", map[string]string{"LOG_LEVEL": "loud"}, []string{"LOG_LEVEL", "loud"}},
+		{"READ_MODE unknown", map[string]string{"READ_MODE": "fast"}, []string{"READ_MODE", "fast"}},
 		{"NODE_ID with a space", map[string]string{"NODE_ID": "node 1"}, []string{"NODE_ID"}},
 		{"NODE_ID with a slash", map[string]string{"NODE_ID": "a/b"}, []string{"NODE_ID"}},
 		{"ADVERTISE_HOST with a port", map[string]string{"ADVERTISE_HOST": "example.com:80"}, []string{"ADVERTISE_HOST"}},

@@ -139,6 +139,7 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	ck.kv, err = kvapi.New(kvapi.Options{
 		Router: ck.router, Control: ck.control, Storage: ck.db, Info: ck,
 		Logger: logger.With("component", "kv"), RequestTimeout: cfg.RequestTimeout,
+		ReadMode: cfg.ReadMode,
 	})
 	if err != nil {
 		_ = ck.raft.Close()
