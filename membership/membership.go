@@ -27,6 +27,15 @@ import (
 // leaveIntentPrefix starts the user message a node sends before leaving.
 const leaveIntentPrefix = "clusterkit-leave:"
 
+// leaveIntentGrace is how long a departure memberlist reports without a
+// leave intent waits for one before it is recorded as a death. The intent
+// travels on its own TCP stream and may be processed just after the
+// gossiped dead message of the same leave.
+const leaveIntentGrace = 500 * time.Millisecond
+
+// leaveIntentTTL bounds how long a leave intent stays valid.
+const leaveIntentTTL = time.Minute
+
 // Meta is what every node advertises about itself through gossip.
 type Meta struct {
 	ID         string `json:"id"`
@@ -96,6 +105,10 @@ type Membership struct {
 	// keep the public Node.State field up to date, so (like Serf) we send
 	// our own leave intent before leaving.
 	leaving map[string]time.Time
+	// departures counts memberlist's join and leave notifications per
+	// node, so that a death decided after leaveIntentGrace is dropped if
+	// the node came back meanwhile.
+	departures map[string]uint64
 }
 
 // New starts gossip on cfg.Bind. It does not join anyone yet.
@@ -312,8 +325,27 @@ func (m *Membership) Shutdown() error {
 
 // transition records a new state for a member and emits an event.
 func (m *Membership) transition(meta Meta, st State) {
-	now := time.Now()
 	m.mu.Lock()
+	m.transitionLocked(meta, st)
+}
+
+// transitionFrom moves member id from state from to state to, keeping its
+// metadata; the check and the change are one atomic step, so a concurrent
+// callback (a death) cannot be overwritten by a decision taken on a state
+// that no longer holds.
+func (m *Membership) transitionFrom(id string, from, to State) {
+	m.mu.Lock()
+	cur, ok := m.members[id]
+	if !ok || cur.State != from {
+		m.mu.Unlock()
+		return
+	}
+	m.transitionLocked(cur.Meta, to)
+}
+
+// transitionLocked is called with m.mu held and releases it.
+func (m *Membership) transitionLocked(meta Meta, st State) {
+	now := time.Now()
 	cur, ok := m.members[meta.ID]
 	var prev State
 	var since time.Time
@@ -336,6 +368,7 @@ func (m *Membership) transition(meta Meta, st State) {
 		mem.LastAck = cur.LastAck
 	}
 	m.members[meta.ID] = mem
+	snapshot := *mem // mem is shared: read it only under m.mu
 	m.mu.Unlock()
 
 	if meta.ID != m.self {
@@ -345,8 +378,8 @@ func (m *Membership) transition(meta Meta, st State) {
 		}
 		// How long the node has been silent: the time failure detection
 		// took, measured from the last answer it gave us.
-		if (st == Suspect || st == Dead) && !mem.LastAck.IsZero() {
-			attrs = append(attrs, "after", now.Sub(mem.LastAck).Round(time.Millisecond).String())
+		if (st == Suspect || st == Dead) && !snapshot.LastAck.IsZero() {
+			attrs = append(attrs, "after", now.Sub(snapshot.LastAck).Round(time.Millisecond).String())
 		}
 		msg := "member " + string(st)
 		if st == Alive && !ok {
@@ -358,7 +391,7 @@ func (m *Membership) transition(meta Meta, st State) {
 			m.log.Warn(msg, attrs...)
 		}
 	}
-	m.emit(Event{Member: *mem, Previous: prev})
+	m.emit(Event{Member: snapshot, Previous: prev})
 }
 
 func (m *Membership) emit(ev Event) {
@@ -379,17 +412,7 @@ func (m *Membership) observeLogLine(line string) {
 		return
 	}
 	name := line[i+len(pre) : len(line)-len(post)]
-	m.mu.Lock()
-	cur, ok := m.members[name]
-	var meta Meta
-	if ok {
-		meta = cur.Meta
-	}
-	alive := ok && cur.State == Alive
-	m.mu.Unlock()
-	if alive {
-		m.transition(meta, Suspect)
-	}
+	m.transitionFrom(name, Alive, Suspect)
 }
 
 // pingDelegate clears suspicion: a node that answers our probe is alive.
@@ -399,17 +422,11 @@ func (p *pingDelegate) AckPayload() []byte { return nil }
 
 func (p *pingDelegate) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, payload []byte) {
 	p.m.mu.Lock()
-	cur, ok := p.m.members[other.Name]
-	var meta Meta
-	if ok {
-		meta = cur.Meta
+	if cur, ok := p.m.members[other.Name]; ok {
 		cur.LastAck = time.Now()
 	}
-	suspect := ok && cur.State == Suspect
 	p.m.mu.Unlock()
-	if suspect {
-		p.m.transition(meta, Alive)
-	}
+	p.m.transitionFrom(other.Name, Suspect, Alive)
 }
 
 func decodeMeta(n *memberlist.Node) (Meta, error) {
@@ -431,11 +448,20 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return d.m.meta
 }
 func (d *delegate) NotifyMsg(b []byte) {
-	if id, ok := strings.CutPrefix(string(b), leaveIntentPrefix); ok {
-		d.m.mu.Lock()
-		d.m.leaving[id] = time.Now()
-		d.m.mu.Unlock()
+	id, ok := strings.CutPrefix(string(b), leaveIntentPrefix)
+	if !ok {
+		return
 	}
+	now := time.Now()
+	d.m.mu.Lock()
+	if cur, ok := d.m.members[id]; ok && cur.State == Dead && now.Sub(cur.Since) < leaveIntentTTL {
+		// The intent lost the race even against the grace period: the
+		// node did leave.
+		d.m.transitionLocked(cur.Meta, Left)
+		return
+	}
+	d.m.leaving[id] = now
+	d.m.mu.Unlock()
 }
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
@@ -449,19 +475,43 @@ func (e *eventDelegate) handle(n *memberlist.Node, st State) {
 		e.m.log.Warn("ignoring member with unreadable metadata", "node", n.Name, "err", err)
 		return
 	}
-	e.m.transition(meta, st)
+	e.m.mu.Lock()
+	if e.m.departures == nil {
+		e.m.departures = map[string]uint64{}
+	}
+	e.m.departures[n.Name]++
+	gen := e.m.departures[n.Name]
+	if st != Dead {
+		e.m.transitionLocked(meta, st)
+		return
+	}
+	if e.m.takeIntentLocked(n.Name) {
+		e.m.transitionLocked(meta, Left)
+		return
+	}
+	e.m.mu.Unlock()
+	// No intent yet: give one in flight a chance before calling it a death.
+	time.AfterFunc(leaveIntentGrace, func() {
+		e.m.mu.Lock()
+		if e.m.departures[n.Name] != gen {
+			e.m.mu.Unlock() // the node rejoined meanwhile
+			return
+		}
+		st := Dead
+		if e.m.takeIntentLocked(n.Name) {
+			st = Left
+		}
+		e.m.transitionLocked(meta, st)
+	})
+}
+
+// takeIntentLocked consumes a valid leave intent of node id.
+func (m *Membership) takeIntentLocked(id string) bool {
+	at, ok := m.leaving[id]
+	delete(m.leaving, id)
+	return ok && time.Since(at) < leaveIntentTTL
 }
 
 func (e *eventDelegate) NotifyJoin(n *memberlist.Node)   { e.handle(n, Alive) }
 func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) { e.handle(n, Alive) }
-func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
-	e.m.mu.Lock()
-	at, announced := e.m.leaving[n.Name]
-	delete(e.m.leaving, n.Name)
-	e.m.mu.Unlock()
-	if announced && time.Since(at) < time.Minute {
-		e.handle(n, Left)
-		return
-	}
-	e.handle(n, Dead)
-}
+func (e *eventDelegate) NotifyLeave(n *memberlist.Node)  { e.handle(n, Dead) }
