@@ -231,3 +231,18 @@ func TestGracefulLeave(t *testing.T) {
 	c.WaitHealthy(30*time.Second, 3, 3)
 	readAll(t, n3.KV, data, true, 10*time.Second)
 }
+
+// TestAnyStartOrder starts the joining nodes before the bootstrap node:
+// they must wait for a working cluster rather than form one of their own.
+func TestAnyStartOrder(t *testing.T) {
+	t.Parallel()
+	c := tc.New(t, binary, 3, tc.Options{})
+	c.Nodes[2].Start()
+	c.Nodes[1].Start()
+	time.Sleep(2 * time.Second)
+	c.Nodes[0].Start()
+	c.WaitHealthy(40*time.Second, 3, 3)
+	data := keys("order", 10, "v")
+	writeAll(t, c.Nodes[2].KV, data, 5*time.Second)
+	readAll(t, c.Nodes[1].KV, data, false, 5*time.Second)
+}

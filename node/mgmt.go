@@ -322,7 +322,15 @@ func (ck *ClusterKit) handleConsensusStats(w http.ResponseWriter, r *http.Reques
 	})
 }
 
+// handleMembers tells a joining node whom to gossip with. Only a node that
+// is part of a working cluster (it knows a Raft leader and the cluster is
+// initialised) answers: two nodes started before the bootstrap node must not
+// join each other and form a cluster of their own.
 func (ck *ClusterKit) handleMembers(w http.ResponseWriter, r *http.Request) {
+	if !ck.healthy() {
+		writeError(w, http.StatusServiceUnavailable, "not_ready", errors.New("this node is not part of a working cluster yet"))
+		return
+	}
 	out := []gossipPeer{}
 	for _, m := range ck.members.Members() {
 		out = append(out, gossipPeer{ID: m.Meta.ID, Gossip: m.Meta.GossipAddr, State: string(m.State)})

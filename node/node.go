@@ -188,16 +188,46 @@ func (ck *ClusterKit) Start(ctx context.Context) error {
 		ck.wg.Go(func() { ck.printStatus(ctx) })
 	}
 	if len(ck.cfg.JoinAddrs) > 0 {
-		ck.wg.Go(func() {
-			if err := ck.members.Join(ctx, ck.cfg.JoinAddrs, ck.resolveGossipAddrs); err != nil && ctx.Err() == nil {
-				ck.log.Error("could not join the cluster", "err", err)
-			}
-		})
+		ck.wg.Go(func() { ck.keepJoined(ctx) })
 	}
 	ck.log.Info("node started",
 		"name", ck.cfg.NodeName, "mgmt", ck.adv.mgmt, "kv", ck.adv.kv, "raft", ck.adv.raft,
 		"gossip", ck.adv.gossip, "data_dir", ck.cfg.DataDir, "bootstrap", ck.cfg.Bootstrap, "join", ck.cfg.JoinAddrs)
 	return nil
+}
+
+// keepJoined joins through JOIN_ADDR, and joins again whenever this node has
+// been outside a working cluster (no Raft leader known) for a while: gossip
+// can end up split if seeds came up in an unlucky order.
+func (ck *ClusterKit) keepJoined(ctx context.Context) {
+	const recheck = 5 * time.Second
+	for {
+		if err := ck.members.Join(ctx, ck.cfg.JoinAddrs, ck.resolveGossipAddrs); err != nil {
+			if ctx.Err() == nil {
+				ck.log.Error("could not join the cluster", "err", err)
+			}
+			return
+		}
+		unhealthySince := time.Time{}
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			if ck.healthy() {
+				unhealthySince = time.Time{}
+				continue
+			}
+			if unhealthySince.IsZero() {
+				unhealthySince = time.Now()
+			}
+			if time.Since(unhealthySince) > recheck {
+				ck.log.Warn("no raft leader known for a while; joining again through JOIN_ADDR", "seeds", ck.cfg.JoinAddrs)
+				break
+			}
+		}
+	}
 }
 
 // drainMemberEvents always reads gossip events (memberlist must never wait
