@@ -220,12 +220,17 @@ func TestGracefulLeave(t *testing.T) {
 		}
 		return r.Map()["applied_index"].(float64)
 	}
-	time.Sleep(time.Second)
-	before := idx()
-	time.Sleep(3 * time.Second)
-	if after := idx(); after != before {
-		t.Fatalf("raft log grew from %v to %v while the cluster was idle", before, after)
-	}
+	// A health flap under CPU load may legitimately add an entry or two, so
+	// ask for one quiet two-second window; a reconcile loop that churns
+	// (as one did, re-adding the departed node every pass) never has one.
+	tc.Eventually(t, 15*time.Second, "a quiet raft log while the cluster is idle", func() error {
+		before := idx()
+		time.Sleep(2 * time.Second)
+		if after := idx(); after != before {
+			return fmt.Errorf("raft log grew from %v to %v", before, after)
+		}
+		return nil
+	})
 
 	n3.Start()
 	c.WaitHealthy(30*time.Second, 3, 3)
