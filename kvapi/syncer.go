@@ -30,9 +30,9 @@ func (s *Server) Run(ctx context.Context) {
 	defer s.peers.close()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	b := &backoffs{until: map[string]time.Time{}}
+	w := &syncWork{busy: map[string]bool{}, until: map[string]time.Time{}, copies: make(chan struct{}, syncWorkers)}
 	for {
-		s.syncPass(ctx, b)
+		s.syncPass(ctx, w, &wg)
 		select {
 		case <-ctx.Done():
 			return
@@ -43,39 +43,50 @@ func (s *Server) Run(ctx context.Context) {
 	}
 }
 
-// syncWorkers bounds how many partitions are reconciled or copied at once.
+// syncWorkers bounds how many partition copies to replicas run at once.
 const syncWorkers = 4
 
-// backoffs remembers (partition, replica) pairs whose catch-up failed.
-type backoffs struct {
-	mu    sync.Mutex
-	until map[string]time.Time
+// syncWork tracks the background jobs: which (partition, target) jobs are
+// running, so that a pass never waits for a slow one (a copy to a replica
+// that is cut off must not hold up the reconcile of another partition),
+// and which failed recently.
+type syncWork struct {
+	mu     sync.Mutex
+	busy   map[string]bool
+	until  map[string]time.Time
+	copies chan struct{} // semaphore for catch-up copies
 }
 
-func (b *backoffs) active(key string) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return time.Now().Before(b.until[key])
-}
-
-func (b *backoffs) set(key string, d time.Duration) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if d == 0 {
-		delete(b.until, key)
-		return
+// start reserves job key, unless it is running or backing off.
+func (w *syncWork) start(key string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.busy[key] || time.Now().Before(w.until[key]) {
+		return false
 	}
-	b.until[key] = time.Now().Add(d)
+	w.busy[key] = true
+	return true
 }
 
-// syncPass looks at every partition this node leads, a few at a time.
-func (s *Server) syncPass(ctx context.Context, b *backoffs) {
+// done releases job key; a failed job backs off for a while.
+func (w *syncWork) done(key string, failed bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.busy, key)
+	if failed {
+		w.until[key] = time.Now().Add(2 * time.Second)
+	} else {
+		delete(w.until, key)
+	}
+}
+
+// syncPass starts whatever each partition this node leads needs, without
+// waiting for jobs to finish.
+func (s *Server) syncPass(ctx context.Context, w *syncWork, wg *sync.WaitGroup) {
 	self := s.router.Self()
-	sem := make(chan struct{}, syncWorkers)
-	var wg sync.WaitGroup
 	for p := range s.router.Partitions() {
 		if ctx.Err() != nil {
-			break
+			return
 		}
 		rt, ok := s.router.Route(p)
 		if !ok {
@@ -88,69 +99,88 @@ func (s *Server) syncPass(ctx context.Context, b *backoffs) {
 		if rt.Primary != self {
 			continue
 		}
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			s.syncPartition(ctx, rt, b)
-		})
+		m, err := s.store.Meta(p)
+		if err != nil {
+			s.log.Error("read partition meta", "partition", p, "err", err)
+			continue
+		}
+		if m.Epoch != rt.Epoch {
+			if key := rt.Key(""); w.start(key) {
+				wg.Go(func() {
+					w.done(key, !s.reconcile(ctx, p, rt.Epoch))
+				})
+			}
+			continue
+		}
+		for _, r := range rt.Replicas {
+			if rt.IsInSync(r) || !s.router.Alive(r) {
+				continue
+			}
+			key := rt.Key(r)
+			if !w.start(key) {
+				continue
+			}
+			wg.Go(func() {
+				select {
+				case w.copies <- struct{}{}:
+				case <-ctx.Done():
+					w.done(key, false)
+					return
+				}
+				err := s.catchUp(ctx, p, rt.Epoch, r)
+				<-w.copies
+				if err != nil {
+					s.log.Warn("replica catch-up failed; will retry", "partition", p, "epoch", rt.Epoch, "replica", r, "err", err)
+				}
+				w.done(key, err != nil)
+			})
+		}
 	}
-	wg.Wait()
 }
 
-func (s *Server) syncPartition(ctx context.Context, rt Route, b *backoffs) {
-	p := rt.Partition
-	m, err := s.store.Meta(p)
-	if err != nil {
-		s.log.Error("read partition meta", "partition", p, "err", err)
-		return
-	}
-	if m.Epoch != rt.Epoch {
-		s.reconcile(ctx, p, rt.Epoch)
-		return
-	}
-	for _, r := range rt.Replicas {
-		if slices.Contains(rt.InSync, r) || !s.router.Alive(r) {
-			continue
-		}
-		key := rt.Key(r)
-		if b.active(key) {
-			continue
-		}
-		if err := s.catchUp(ctx, p, rt.Epoch, r); err != nil {
-			s.log.Warn("replica catch-up failed; will retry", "partition", p, "epoch", rt.Epoch, "replica", r, "err", err)
-			b.set(key, 2*time.Second)
-			continue
-		}
-		b.set(key, 0)
-	}
-}
+// reconcileTimeout bounds the copy of a partition to one in-sync replica
+// when this node becomes primary; a replica that cannot take it in time is
+// dropped from the in-sync set (and caught up later) rather than keep the
+// partition unavailable.
+const reconcileTimeout = 5 * time.Second
 
 // reconcile makes this node's copy the truth for a new epoch: every in-sync
 // replica gets a fresh copy (dropping any write of the old epoch that was
 // never acknowledged) or leaves the in-sync set, and only then does the
-// primary mark itself ready.
-func (s *Server) reconcile(ctx context.Context, p int, epoch uint64) {
+// primary mark itself ready. It reports whether the partition is ready.
+func (s *Server) reconcile(ctx context.Context, p int, epoch uint64) bool {
 	l := s.lock(p)
 	l.Lock()
 	defer l.Unlock()
 	rt, ok := s.router.Route(p)
 	if !ok || rt.Primary != s.router.Self() || rt.Epoch != epoch {
-		return
+		return true
 	}
 	start := time.Now()
+	var mu sync.Mutex
+	var failed []string
+	var wg sync.WaitGroup
 	for _, r := range rt.InSync {
-		err := s.installOn(ctx, p, epoch, r)
-		if err == nil {
-			continue
-		}
-		s.log.Warn("could not reconcile replica for new epoch; removing it from the in-sync set",
-			"partition", p, "epoch", epoch, "replica", r, "err", err)
+		wg.Go(func() {
+			ictx, cancel := context.WithTimeout(ctx, reconcileTimeout)
+			defer cancel()
+			if err := s.installOn(ictx, p, epoch, r); err != nil {
+				s.log.Warn("could not reconcile replica for new epoch; removing it from the in-sync set",
+					"partition", p, "epoch", epoch, "replica", r, "err", err)
+				mu.Lock()
+				failed = append(failed, r)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	for _, r := range failed {
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err = s.control.SetInSync(cctx, p, epoch, r, false)
+		err := s.control.SetInSync(cctx, p, epoch, r, false)
 		cancel()
 		if err != nil {
 			s.log.Warn("partition stays not ready", "partition", p, "epoch", epoch, "err", err)
-			return
+			return false
 		}
 	}
 	// The previous primary may still hold a read lease this node granted:
@@ -158,36 +188,57 @@ func (s *Server) reconcile(ctx context.Context, p int, epoch uint64) {
 	if d := time.Until(s.leases.primaryBlockedUntil(p)); d > 0 {
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-time.After(d):
 		}
 	}
 	if err := s.store.SetEpoch(p, epoch); err != nil {
 		s.log.Error("record partition epoch", "partition", p, "err", err)
-		return
+		return false
 	}
 	lvl := slog.LevelInfo
 	if len(rt.InSync) == 0 {
 		lvl = slog.LevelDebug
 	}
 	s.log.Log(ctx, lvl, "partition ready as primary", "partition", p, "epoch", epoch,
-		"in_sync", rt.InSync, "took", time.Since(start).Round(time.Millisecond))
+		"in_sync", rt.InSync, "dropped", failed, "took", time.Since(start).Round(time.Millisecond))
+	return true
 }
+
+// catchUpTimeout bounds one partition copy to a replica.
+const catchUpTimeout = 15 * time.Second
 
 func (s *Server) installOn(ctx context.Context, p int, epoch uint64, node string) error {
 	addr, ok := s.router.KVAddr(node)
 	if !ok {
 		return errorf(503, CodeUnavailable, "no address for %s", node)
 	}
-	ictx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	return s.peers.install(ctx, addr, s.router.Self(), p, epoch, s.store)
+}
+
+// probe checks within a second that node's data plane answers (an empty
+// lease request).
+func (s *Server) probe(ctx context.Context, node string) error {
+	addr, ok := s.router.KVAddr(node)
+	if !ok {
+		return errorf(503, CodeUnavailable, "no address for %s", node)
+	}
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	return s.peers.install(ictx, addr, s.router.Self(), p, epoch, s.store)
+	_, err := s.peers.lease(pctx, addr, leaseReq{From: s.router.Self()})
+	return err
 }
 
 // catchUp copies the partition to a replica and adds it to the in-sync set.
 // The partition lock is held from the copy until the table shows the replica
 // in sync, so no write can slip between the two.
 func (s *Server) catchUp(ctx context.Context, p int, epoch uint64, node string) error {
+	// Writes to the partition wait while the copy runs, so first make sure
+	// the replica answers at all: a node behind a cut link would hold the
+	// lock until the copy times out.
+	if err := s.probe(ctx, node); err != nil {
+		return err
+	}
 	l := s.lock(p)
 	l.Lock()
 	defer l.Unlock()
@@ -196,7 +247,9 @@ func (s *Server) catchUp(ctx context.Context, p int, epoch uint64, node string) 
 		return nil
 	}
 	start := time.Now()
-	if err := s.installOn(ctx, p, epoch, node); err != nil {
+	ictx, cancel := context.WithTimeout(ctx, catchUpTimeout)
+	defer cancel()
+	if err := s.installOn(ictx, p, epoch, node); err != nil {
 		return err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -295,6 +295,16 @@ func (m *Membership) Join(ctx context.Context, seeds []string, resolve func(cont
 	}
 }
 
+// TryJoin makes one attempt to contact the given gossip addresses and
+// returns how many answered.
+func (m *Membership) TryJoin(addrs []string) (int, error) {
+	n, err := m.ml.Join(addrs)
+	if err != nil {
+		return n, fmt.Errorf("gossip join %v: %w", addrs, err)
+	}
+	return n, nil
+}
+
 // NumAlive is the number of members currently alive or suspect.
 func (m *Membership) NumAlive() int { return m.ml.NumMembers() }
 

@@ -184,6 +184,7 @@ func (ck *ClusterKit) Start(ctx context.Context) error {
 	ck.wg.Go(func() { ck.kv.Run(ctx) })
 	ck.wg.Go(func() { ck.drainMemberEvents(ctx) })
 	ck.wg.Go(func() { ck.monitorLeadership(ctx) })
+	ck.wg.Go(func() { ck.reconnectLoop(ctx) })
 	if ck.cfg.StatusInterval > 0 {
 		ck.wg.Go(func() { ck.printStatus(ctx) })
 	}
@@ -226,6 +227,42 @@ func (ck *ClusterKit) keepJoined(ctx context.Context) {
 				ck.log.Warn("no raft leader known for a while; joining again through JOIN_ADDR", "seeds", ck.cfg.JoinAddrs)
 				break
 			}
+		}
+	}
+}
+
+// reconnectLoop gossips again with members the cluster state knows but
+// gossip does not see alive: a node restarted without JOIN_ADDR (the
+// bootstrap node of the quick start) learns its peers from its Raft state
+// this way, and gossip heals after a long network cut (Serf's reconnect).
+func (ck *ClusterKit) reconnectLoop(ctx context.Context) {
+	t := time.NewTicker(3 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		seen := map[string]bool{}
+		for _, m := range ck.members.Members() {
+			if m.State == membership.Alive || m.State == membership.Suspect {
+				seen[m.Meta.ID] = true
+			}
+		}
+		var addrs []string
+		for id, n := range ck.raft.State().Nodes {
+			if id != ck.cfg.NodeID && !seen[id] && n.Status != consensus.StatusLeft && n.GossipAddr != "" {
+				addrs = append(addrs, n.GossipAddr)
+			}
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		if n, err := ck.members.TryJoin(addrs); n > 0 {
+			ck.log.Info("gossip reconnected with members known to the cluster state", "contacted", n)
+		} else {
+			ck.log.Debug("gossip reconnect attempt failed", "addrs", addrs, "err", err)
 		}
 	}
 }
