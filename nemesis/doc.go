@@ -1,0 +1,41 @@
+// Package nemesis is ClusterKit's fault-injection test suite. It has no
+// library code: everything is in its tests.
+//
+// Each scenario starts a real cluster of 3 or 5 nodes as OS processes
+// (internal/testcluster), runs concurrent clients on a few keys that record
+// every operation (internal/history), injects one kind of fault while they
+// run — SIGKILL, SIGSTOP/SIGCONT, network cuts, a node joining or leaving,
+// a crash right after acknowledged writes — heals everything and then
+// checks:
+//
+//   - linearizability of every key's history with porcupine (a checker
+//     timeout counts as a failure; the HTML visualisation is saved);
+//   - no acknowledged write lost (the final read of each key shows the last
+//     acknowledged write or a later one);
+//   - a final write to every key succeeds within 10 s of healing;
+//   - the cluster converges (every node active, every partition fully in
+//     sync, all nodes agree on the table), and every in-sync copy of every
+//     partition is identical to its primary's (GET /internal/v1/digest).
+//
+// The nodes run with FAILOVER_GRACE=1s (failover 1 s after gossip declares
+// a node dead) and REQUEST_TIMEOUT=2s (below the clients' 3 s timeout), and
+// every node, node-1 included, lists the others in JOIN_ADDR, as
+// deploy/docker-compose.yml does (-nemesis.readme-join starts node-1 as the
+// README's quick start does, without one; TestRestartBootstrapNodeREADME
+// covers that setting on its own).
+//
+// Network cuts need network namespaces (root, ip, nft): every node then
+// runs in its own namespace on a private bridge, and links are cut with
+// nftables rules inside the namespaces. Without them the cut scenarios are
+// skipped with a loud message and the others run on loopback.
+//
+// Running:
+//
+//	go test -race -count=1 ./nemesis/                 # short pass (CI)
+//	go test -count=1 -timeout 0 ./nemesis/ -nemesis.soak   # soak (or CLUSTERKIT_SOAK=1)
+//	go test -count=1 ./nemesis/ -run 'TestNemesis/n3/kill-leader$' -nemesis.seed=42 -v
+//
+// See nemesis_test.go for every flag. On failure the history, the
+// visualisation, the node logs and a summary are kept in a directory named
+// in the failure message (under $CLUSTERKIT_ARTIFACTS if it is set).
+package nemesis

@@ -1,0 +1,486 @@
+package nemesis
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/clusterkit/clusterkit/internal/history"
+	tc "github.com/clusterkit/clusterkit/internal/testcluster"
+)
+
+// finalDeadline is how soon after healing a final write (and the final
+// read before it) must succeed on every key.
+const finalDeadline = 10 * time.Second
+
+// run is one scenario on one cluster.
+type run struct {
+	t      *testing.T
+	seed   int64
+	rng    *rand.Rand
+	p      params
+	c      *tc.Cluster
+	rec    *history.Recorder
+	kv     *kvClient
+	w      *workload
+	keys   []string // the workload's keys
+	values atomic.Int64
+
+	// extraKeys are written by the scenario itself (durability); they
+	// get final reads and checks like the workload's keys.
+	extraKeys []string
+
+	mu      sync.Mutex
+	targets []*tc.Node // nodes clients send requests to
+	// expect are the nodes that must be members once everything is
+	// healed; left are nodes that left the cluster for good.
+	expect []*tc.Node
+	left   []*tc.Node
+	joined *tc.Node
+
+	lastHeal int64 // recorder time of the last healing action
+	failures []string
+	// post are scenario checks run once the cluster has converged.
+	post []func()
+}
+
+func runScenario(t *testing.T, size int, sc scenario, seed int64, netns bool) {
+	start := time.Now()
+	rng := rand.New(rand.NewPCG(uint64(seed), 0x6e656d65736973))
+	p := shortParams()
+	if soak() {
+		p = soakParams(rng)
+	}
+	t.Logf("seed=%d scenario=%s nodes=%d (re-run: go test ./nemesis/ -count=1 -v -run '^%s$' -nemesis.seed=%d)",
+		seed, sc.name, size, t.Name(), seed)
+	r := &run{t: t, seed: seed, rng: rng, p: p, rec: history.NewRecorder()}
+	r.kv = newKVClient(r.rec, func(msg string) { r.fail("harness: %s", msg) })
+	defer r.kv.close()
+	for i := range p.keys {
+		r.keys = append(r.keys, fmt.Sprintf("nemesis-%d-k%d", seed%100000, i))
+	}
+
+	r.c = tc.New(t, binary, size, tc.Options{Env: nodeEnv, Netns: netns, JoinAll: !*flagReadmeJoin})
+	where := "loopback"
+	if r.c.Net != nil {
+		where = "network " + r.c.Net.String()
+	}
+	r.c.Start()
+	r.expect = slices.Clone(r.c.Nodes)
+	r.targets = slices.Clone(r.c.Nodes)
+	if err := tc.WaitConverged(r.expect, replicationFactor, 60*time.Second); err != nil {
+		t.Fatalf("the fresh cluster did not settle (before any fault): %v", err)
+	}
+	t.Logf("%d nodes up on %s after %s; workload: %d clients on keys %v; %s",
+		size, where, time.Since(start).Round(time.Millisecond), p.clients, r.keys, p)
+
+	r.w = &workload{kv: r.kv, keys: r.keys, targets: r.clientTargets, values: &r.values}
+	r.w.start(p.clients, seed)
+	defer r.w.halt()
+	r.sleep(p.warmup)
+	for round := range p.rounds {
+		if p.rounds > 1 {
+			r.logf("round %d of %d", round+1, p.rounds)
+		}
+		sc.run(r)
+		r.sleep(p.recovery)
+	}
+	r.finish()
+	t.Logf("done in %s", time.Since(start).Round(time.Millisecond))
+}
+
+func (r *run) clientTargets() []*tc.Node {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.targets
+}
+
+// fail records a failed check (the test goes on to run the other checks).
+func (r *run) fail(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.mu.Lock()
+	r.failures = append(r.failures, msg)
+	r.mu.Unlock()
+	r.t.Error(msg)
+}
+
+func (r *run) logf(format string, args ...any) {
+	r.t.Helper()
+	r.t.Logf("[%7s] %s", time.Duration(r.rec.Now()).Round(time.Millisecond), fmt.Sprintf(format, args...))
+}
+
+func (r *run) sleep(d time.Duration) { time.Sleep(d) }
+
+// action runs a fault or heal, logs it and records it as a history event.
+func (r *run) action(heal bool, desc string, f func()) {
+	r.t.Helper()
+	start := r.rec.Now()
+	f()
+	end := r.rec.Now()
+	r.rec.Event(start, end, "%s", desc)
+	r.logf("nemesis: %s (%s)", desc, time.Duration(end-start).Round(time.Millisecond))
+	if heal {
+		r.mu.Lock()
+		r.lastHeal = end
+		r.mu.Unlock()
+	}
+}
+
+func (r *run) kill(n *tc.Node) { r.action(false, "SIGKILL "+n.ID, n.Kill) }
+
+func (r *run) restart(n *tc.Node) { r.action(true, "restart "+n.ID, n.Start) }
+
+func (r *run) pause(n *tc.Node) { r.action(false, "SIGSTOP "+n.ID, n.Pause) }
+
+func (r *run) resume(n *tc.Node) { r.action(true, "SIGCONT "+n.ID, n.Resume) }
+
+func (r *run) isolate(n *tc.Node) {
+	r.action(false, "cut "+n.ID+" off from every other node", func() {
+		if err := r.c.Isolate(n); err != nil {
+			r.t.Fatalf("isolate %s: %v", n.ID, err)
+		}
+	})
+}
+
+func (r *run) healNet() {
+	r.action(true, "heal every link", func() {
+		if err := r.c.HealAll(); err != nil {
+			r.t.Fatalf("heal: %v", err)
+		}
+	})
+}
+
+// running returns the expected nodes (members that should be up).
+func (r *run) members() []*tc.Node {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.expect)
+}
+
+// pick returns a random member.
+func (r *run) pick() *tc.Node {
+	m := r.members()
+	return m[r.rng.IntN(len(m))]
+}
+
+// ask retries f through random members for up to 10 s.
+func (r *run) ask(what string, f func(via *tc.Node) (*tc.Node, error)) *tc.Node {
+	r.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, err := f(r.pick())
+		if err == nil && n != nil {
+			return n
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// leader returns the Raft leader.
+func (r *run) leader() *tc.Node {
+	return r.ask("find the Raft leader", func(via *tc.Node) (*tc.Node, error) { return r.c.Leader(via) })
+}
+
+// primaryOf returns the primary of key's partition.
+func (r *run) primaryOf(key string) *tc.Node {
+	return r.ask("find the primary of "+key, func(via *tc.Node) (*tc.Node, error) {
+		p, err := tc.PartitionOf(via, key)
+		if err != nil {
+			return nil, err
+		}
+		if n := r.c.Node(p.Primary); n != nil {
+			return n, nil
+		}
+		return nil, fmt.Errorf("%s has no known primary (%+v)", key, p)
+	})
+}
+
+// busyPrimary is the primary of the partition of the first workload key.
+func (r *run) busyPrimary() *tc.Node { return r.primaryOf(r.keys[0]) }
+
+// healAll undoes every fault still in place: resumes paused nodes, heals
+// links and restarts expected members that are down.
+func (r *run) healAll() {
+	for _, n := range r.c.Nodes {
+		if n.Paused() {
+			r.resume(n)
+		}
+	}
+	if r.c.Net != nil && len(r.c.Net.Cuts()) > 0 {
+		r.healNet()
+	}
+	for _, n := range r.members() {
+		if n.Exited() {
+			r.fail("%s exited by itself (crash?); last lines of its log:\n%s", n.ID, tail(n.Stderr(), 30))
+			n.Kill() // reap it
+		}
+		if !n.Running() {
+			r.restart(n)
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// finalOp retries op through random members until it succeeds (OK) or the
+// recorder clock passes deadline.
+func (r *run) finalOp(kind history.Kind, key string, deadline int64) (history.Op, error) {
+	client := r.rec.NewClient()
+	members := r.members()
+	var op history.Op
+	for attempt := 0; ; attempt++ {
+		value := ""
+		if kind == history.Write {
+			value = fmt.Sprintf("final-%d-%d", r.values.Add(1), attempt)
+		}
+		// The global source: final operations run concurrently.
+		op = r.kv.do(client, members[rand.IntN(len(members))], kind, key, value)
+		if op.Outcome == history.OK {
+			return op, nil
+		}
+		if op.Outcome == history.Unknown {
+			client = r.rec.NewClient()
+		}
+		if r.rec.Now() > deadline {
+			return op, fmt.Errorf("last attempt: %s", op)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// finish heals everything, stops the workload and runs every check.
+func (r *run) finish() {
+	t := r.t
+	r.healAll()
+	r.w.halt()
+	h := r.rec.History()
+	r.logf("workload stopped: %s", h.Counts())
+
+	// A final read of every key (the lost-write check), then a final
+	// write to every workload key, each within 10 s of the last healing
+	// action.
+	r.mu.Lock()
+	deadline := r.lastHeal + int64(finalDeadline)
+	r.mu.Unlock()
+	all := append(slices.Clone(r.keys), r.extraKeys...)
+	finals := make([]history.Op, len(all))
+	var wg sync.WaitGroup
+	for i, key := range all {
+		wg.Go(func() {
+			op, err := r.finalOp(history.Read, key, deadline)
+			finals[i] = op
+			if err != nil {
+				r.fail("final read of %s did not succeed within %s of healing: %v", key, finalDeadline, err)
+				return
+			}
+			if i < len(r.keys) {
+				if _, err := r.finalOp(history.Write, key, deadline); err != nil {
+					r.fail("final write to %s did not succeed within %s of healing: %v", key, finalDeadline, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	r.logf("final reads and writes done")
+
+	converged := true
+	if err := tc.WaitConverged(r.members(), replicationFactor, r.p.converge); err != nil {
+		converged = false
+		r.fail("the healed cluster did not converge: %v", err)
+	} else {
+		r.logf("cluster converged: %d nodes active, every partition fully in sync", len(r.members()))
+	}
+
+	// Read every key again once settled: the final writes (and the
+	// durability scenarios' writes) must be there.
+	finals2 := make([]history.Op, len(all))
+	deadline2 := r.rec.Now() + int64(finalDeadline)
+	for i, key := range all {
+		wg.Go(func() {
+			op, err := r.finalOp(history.Read, key, deadline2)
+			finals2[i] = op
+			if err != nil {
+				r.fail("read of %s after convergence failed: %v", key, err)
+			}
+		})
+	}
+	wg.Wait()
+
+	h = r.rec.History()
+	var okFinals []history.Op
+	for _, f := range append(finals, finals2...) {
+		if f.Outcome == history.OK {
+			okFinals = append(okFinals, f)
+		}
+	}
+	if lost := history.LostWrites(h, okFinals); len(lost) > 0 {
+		for _, l := range lost {
+			r.fail("%s", l)
+		}
+	} else {
+		r.logf("no acknowledged write lost (%d final reads)", len(okFinals))
+	}
+
+	if converged {
+		if err := r.checkReplicas(); err != nil {
+			r.fail("replicas differ: %v", err)
+		} else {
+			r.logf("every in-sync copy of every partition equals its primary's")
+		}
+		for _, f := range r.post {
+			f()
+		}
+	}
+	for _, n := range r.c.Nodes {
+		if n.Exited() {
+			r.fail("%s exited by itself (crash?); last lines of its log:\n%s", n.ID, tail(n.Stderr(), 30))
+		}
+	}
+
+	start := time.Now()
+	rep := history.Check(h, r.p.checkTimeout)
+	if !rep.OK() {
+		r.fail("linearizability check failed:\n%s", rep)
+	} else {
+		r.logf("linearizable: %d keys, %d operations, checked in %s", len(rep.Keys), len(h.Ops), time.Since(start).Round(time.Millisecond))
+	}
+
+	if t.Failed() {
+		dir := r.saveArtifacts(h, &rep)
+		t.Errorf("seed=%d: artifacts (history, visualisation, node logs, summary) in %s", r.seed, dir)
+	}
+}
+
+// checkReplicas compares, for every partition, the digest of every
+// in-sync replica with the primary's, retrying for a while (a table
+// change may still be on its way to a node).
+func (r *run) checkReplicas() error {
+	deadline := time.Now().Add(15 * time.Second)
+	for first := true; ; first = false {
+		err := r.compareDigests()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		if first {
+			r.logf("replica digests differ on the first comparison, retrying: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func (r *run) compareDigests() error {
+	members := r.members()
+	st, err := members[0].State()
+	if err != nil {
+		return err
+	}
+	digests := map[string]map[int]tc.Digest{}
+	for _, n := range members {
+		d, err := n.Digests()
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.ID, err)
+		}
+		digests[n.ID] = d
+	}
+	desc := func(node string, d tc.Digest) string {
+		sha := d.SHA256
+		if len(sha) > 12 {
+			sha = sha[:12]
+		}
+		return fmt.Sprintf("%s (%s, epoch %d, seq %d, %d keys, sha256 %s)", node, d.Role, d.Epoch, d.Seq, d.Keys, sha)
+	}
+	var errs []error
+	for _, id := range slices.Sorted(maps.Keys(st.Partitions)) {
+		p := st.Partitions[id]
+		num, err := strconv.Atoi(strings.TrimPrefix(id, "partition-"))
+		if err != nil {
+			return fmt.Errorf("partition id %q", id)
+		}
+		pd, ok := digests[p.Primary][num]
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s: primary %s has no digest", id, p.Primary))
+			continue
+		}
+		if pd.Role != "primary" {
+			errs = append(errs, fmt.Errorf("%s: %s is primary in the table but reports role %q", id, p.Primary, pd.Role))
+		}
+		for _, rep := range p.InSync {
+			d, ok := digests[rep][num]
+			switch {
+			case !ok:
+				errs = append(errs, fmt.Errorf("%s: in-sync replica %s has no digest", id, rep))
+			case d.Role != "in-sync":
+				errs = append(errs, fmt.Errorf("%s: %s is in sync in the table but reports role %q", id, rep, d.Role))
+			case d.SHA256 != pd.SHA256 || d.Keys != pd.Keys:
+				errs = append(errs, fmt.Errorf("%s: copy of %s differs from primary %s", id, desc(rep, d), desc(p.Primary, pd)))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// saveArtifacts keeps everything needed to study a failure and returns
+// the directory.
+func (r *run) saveArtifacts(h history.History, rep *history.Report) string {
+	dir, err := artifactDir(r.t.Name(), r.seed)
+	if err != nil {
+		r.t.Errorf("artifact directory: %v", err)
+		return "(none)"
+	}
+	if _, err := history.SaveAll(dir, h, rep); err != nil {
+		r.t.Errorf("save history: %v", err)
+	}
+	for _, n := range r.c.Nodes {
+		if err := copyFile(filepath.Join(dir, n.ID+".log"), n.LogPath()); err != nil {
+			r.t.Errorf("copy log of %s: %v", n.ID, err)
+		}
+		if !n.Running() || n.Paused() {
+			continue
+		}
+		// Each live node's view of the cluster and digests of its copies.
+		for file, get := range map[string]func() (tc.Response, error){
+			"cluster":   func() (tc.Response, error) { return tc.Get(n.HTTP, "/cluster") },
+			"consensus": func() (tc.Response, error) { return tc.Get(n.HTTP, "/consensus/stats") },
+			"digest":    func() (tc.Response, error) { return tc.Get(n.KV, "/internal/v1/digest") },
+		} {
+			if resp, err := get(); err == nil {
+				_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%s.json", n.ID, file)), resp.Body, 0o644)
+			}
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "test: %s\nseed: %d\nre-run: go test ./nemesis/ -count=1 -v -run '^%s$' -nemesis.seed=%d\nsoak: %v\nparams: %s\nkeys: %v extra keys: %v\n\n",
+		r.t.Name(), r.seed, r.t.Name(), r.seed, soak(), r.p, r.keys, r.extraKeys)
+	fmt.Fprintf(&b, "failures:\n")
+	for _, f := range r.failures {
+		fmt.Fprintf(&b, "- %s\n", f)
+	}
+	fmt.Fprintf(&b, "\nnemesis events (times since the workload's clock started):\n")
+	for _, e := range h.Events {
+		fmt.Fprintf(&b, "- [%s .. %s] %s\n", time.Duration(e.Start), time.Duration(e.End), e.Description)
+	}
+	fmt.Fprintf(&b, "\noperations: %s\n\nlinearizability:\n%s", h.Counts(), rep)
+	if err := os.WriteFile(filepath.Join(dir, "summary.txt"), []byte(b.String()), 0o644); err != nil {
+		r.t.Errorf("write summary: %v", err)
+	}
+	return dir
+}
