@@ -43,7 +43,10 @@ type replicateReq struct {
 	Epoch     uint64 `json:"epoch"`
 	Seq       uint64 `json:"seq"`
 	From      string `json:"from"`
-	Op        opMsg  `json:"op"`
+	// Version is the sender's partition-table version; the replica acts
+	// only once its own table has reached it.
+	Version uint64 `json:"version"`
+	Op      opMsg  `json:"op"`
 }
 
 type readResp struct {
@@ -135,7 +138,7 @@ func (c *peerClient) replicate(ctx context.Context, addr string, r replicateReq)
 // install streams a whole partition to a replica: the sequence number the
 // copy corresponds to, then length-prefixed key and value pairs read straight
 // out of one storage snapshot, then a zero-length key as the end mark.
-func (c *peerClient) install(ctx context.Context, addr, from string, p int, epoch uint64, st Storage) error {
+func (c *peerClient) install(ctx context.Context, addr, from string, p int, epoch, version uint64, st Storage) error {
 	pr, pw := io.Pipe()
 	done := make(chan struct{})
 	go func() {
@@ -165,7 +168,8 @@ func (c *peerClient) install(ctx context.Context, addr, from string, p int, epoc
 		}
 		pw.CloseWithError(err)
 	}()
-	q := url.Values{"partition": {strconv.Itoa(p)}, "epoch": {strconv.FormatUint(epoch, 10)}, "from": {from}}
+	q := url.Values{"partition": {strconv.Itoa(p)}, "epoch": {strconv.FormatUint(epoch, 10)}, "from": {from},
+		"version": {strconv.FormatUint(version, 10)}}
 	err := c.do(ctx, http.MethodPost, addr, "/install", q, pr, nil)
 	// Unblock the snapshot goroutine if the request ended early, and wait
 	// for it: it reads the store, which may be closed after we return.

@@ -39,7 +39,7 @@ func captureInstall(t *testing.T, src Storage, p int, epoch uint64) []byte {
 	defer ts.Close()
 	peers := newPeerClient()
 	defer peers.close()
-	if err := peers.install(context.Background(), ts.Listener.Addr().String(), "n1", p, epoch, src); err != nil {
+	if err := peers.install(context.Background(), ts.Listener.Addr().String(), "n1", p, epoch, 0, src); err != nil {
 		t.Fatalf("install: %v", err)
 	}
 	return <-bodies
@@ -284,7 +284,7 @@ func TestInstallEndpoint(t *testing.T) {
 	}
 
 	t.Run("good copy replaces the old one", func(t *testing.T) {
-		if err := peers.install(context.Background(), n2.addr(), "n1", 0, 3, src); err != nil {
+		if err := peers.install(context.Background(), n2.addr(), "n1", 0, 3, 0, src); err != nil {
 			t.Fatalf("install: %v", err)
 		}
 		want := dumpPartition(t, src, 0)

@@ -38,7 +38,7 @@ func (s *Server) primaryWrite(ctx context.Context, p int, epoch uint64, op opMsg
 		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "persist write: %v", err)
 	}
 
-	req := replicateReq{Partition: p, Epoch: rt.Epoch, Seq: seq, From: s.router.Self(), Op: op}
+	req := replicateReq{Partition: p, Epoch: rt.Epoch, Seq: seq, From: s.router.Self(), Version: s.router.Version(), Op: op}
 	failed := s.fanOut(ctx, rt.InSync, req)
 	// From here on the write is on this node's disk: any failure leaves its
 	// outcome unknown to the client, never "not applied".
@@ -148,9 +148,31 @@ func (s *Server) awaitEpoch(ctx context.Context, p int, epoch uint64) (Route, er
 	}
 }
 
+// awaitVersion waits briefly for this node's table to reach version.
+func (s *Server) awaitVersion(ctx context.Context, version uint64) error {
+	deadline := time.Now().Add(2 * time.Second)
+	for s.router.Version() < version {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return errorf(http.StatusServiceUnavailable, CodeNotReady, "partition table at version %d here, sender is at %d", s.router.Version(), version)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return nil
+}
+
 // checkReplica validates that this node may accept data for p at epoch from
 // the node claiming to be its primary.
-func (s *Server) checkReplica(ctx context.Context, p int, epoch uint64, from string) error {
+//
+// The replica first waits until its table has reached the sender's version:
+// a replica that was cut off may still hold a table from before it was
+// dropped from the partition and added back, with the same epoch (removing
+// a replica does not change the epoch). Acting on that table, it would take
+// the copy and later, on applying its removal, delete it while the current
+// table lists it as in sync.
+func (s *Server) checkReplica(ctx context.Context, p int, epoch uint64, from string, version uint64) error {
+	if err := s.awaitVersion(ctx, version); err != nil {
+		return err
+	}
 	if err := s.checkTable(); err != nil {
 		return err
 	}
@@ -176,7 +198,7 @@ func (s *Server) handleReplicate(w http.ResponseWriter, r *http.Request) {
 	l := s.lock(req.Partition)
 	l.Lock()
 	defer l.Unlock()
-	if err := s.checkReplica(r.Context(), req.Partition, req.Epoch, req.From); err != nil {
+	if err := s.checkReplica(r.Context(), req.Partition, req.Epoch, req.From, req.Version); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -217,7 +239,8 @@ func (s *Server) handleInstall(w http.ResponseWriter, r *http.Request) {
 	l := s.lock(p)
 	l.Lock()
 	defer l.Unlock()
-	if err := s.checkReplica(r.Context(), p, epoch, q.Get("from")); err != nil {
+	version, _ := strconv.ParseUint(q.Get("version"), 10, 64)
+	if err := s.checkReplica(r.Context(), p, epoch, q.Get("from"), version); err != nil {
 		writeError(w, err)
 		return
 	}

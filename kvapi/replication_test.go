@@ -252,7 +252,7 @@ func TestReplicateFencing(t *testing.T) {
 	}
 	peers := newPeerClient()
 	defer peers.close()
-	if err := peers.install(context.Background(), n2.addr(), "n1", 0, 5, src); err != nil {
+	if err := peers.install(context.Background(), n2.addr(), "n1", 0, 5, 0, src); err != nil {
 		t.Fatalf("install: %v", err)
 	}
 	if m := meta(t, n2.db, 0); m != (storage.Meta{Epoch: 5, Seq: 10, Keys: 1}) {
@@ -281,6 +281,16 @@ func TestReplicateFencing(t *testing.T) {
 		{name: "sender is not the primary", body: req(0, 5, 12, "n3", set("rogue")), wantStatus: 409, wantCode: CodeEpochMismatch, wantSeq: 11, wantA: "v11"},
 		{name: "this node is not a replica", body: req(1, 5, 1, "n1", set("x")), wantStatus: 409, wantCode: CodeEpochMismatch, wantSeq: 11, wantA: "v11"},
 		{name: "epoch not known here yet", body: req(0, 6, 12, "n1", set("future")), wantStatus: 503, wantCode: CodeNotReady, wantSeq: 11, wantA: "v11"},
+		{
+			// A replica whose table is behind the sender's must not act on
+			// it: membership may have changed without a new epoch.
+			name: "table behind the sender's refused",
+			body: func() []byte {
+				b, _ := json.Marshal(replicateReq{Partition: 0, Epoch: 5, Seq: 12, From: "n1", Version: 1 << 40, Op: set("ahead")})
+				return b
+			}(),
+			wantStatus: 503, wantCode: CodeNotReady, wantSeq: 11, wantA: "v11",
+		},
 		{name: "malformed", body: []byte(`{"partition":`), wantStatus: 400, wantCode: CodeInvalidJSON, wantSeq: 11, wantA: "v11"},
 		{name: "in order again", body: req(0, 5, 12, "n1", opMsg{Delete: true, Key: "a"}), wantStatus: 200, wantSeq: 12},
 		{

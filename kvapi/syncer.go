@@ -213,7 +213,7 @@ func (s *Server) installOn(ctx context.Context, p int, epoch uint64, node string
 	if !ok {
 		return errorf(503, CodeUnavailable, "no address for %s", node)
 	}
-	return s.peers.install(ctx, addr, s.router.Self(), p, epoch, s.store)
+	return s.peers.install(ctx, addr, s.router.Self(), p, epoch, s.router.Version(), s.store)
 }
 
 // probe checks within a second that node's data plane answers (an empty

@@ -273,9 +273,20 @@ func (r *reconciler) reconcileRaft(ctx context.Context) error {
 			if !in || n.ID == ck.cfg.NodeID {
 				continue
 			}
+			// Never shrink the voters below three on a leave: when a whole
+			// cluster is stopped (every node leaves at once) removing them
+			// would leave one voter, and if that node did not come back no
+			// leader could ever be elected. A left voter counts against the
+			// quorum until it returns.
+			if s.Voter && voters <= 3 {
+				continue
+			}
 			if err := ck.raft.RemoveServer(ctx, n.ID); err != nil {
 				errs = append(errs, err)
 				continue
+			}
+			if s.Voter {
+				voters--
 			}
 			ck.log.Info("raft server removed", "node", n.ID)
 		}
