@@ -377,16 +377,6 @@ func (c *callRecorder) setStall(path string) {
 	c.stall[path] = true
 }
 
-type recordingWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *recordingWriter) WriteHeader(code int) {
-	w.status = code
-	w.ResponseWriter.WriteHeader(code)
-}
-
 func (c *callRecorder) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(r.URL.Path, internalPrefix) {
@@ -407,7 +397,7 @@ func (c *callRecorder) wrap(h http.Handler) http.Handler {
 			}
 			return
 		}
-		rw := &recordingWriter{ResponseWriter: w, status: http.StatusOK}
+		rw := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		h.ServeHTTP(rw, r)
 		c.mu.Lock()
 		c.calls = append(c.calls, internalCall{Method: r.Method, Path: path, Query: r.URL.RawQuery, Status: rw.status})
