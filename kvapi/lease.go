@@ -254,7 +254,7 @@ func (s *Server) confirm(p int, rt Route) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
 	defer cancel()
 	req := leaseReq{From: s.router.Self(), Partitions: []leasePartEpoch{{Partition: p, Epoch: rt.Epoch}}}
-	var ok sync.WaitGroup
+	var wg sync.WaitGroup
 	var mu sync.Mutex
 	all := true
 	for _, n := range rt.InSync {
@@ -262,7 +262,7 @@ func (s *Server) confirm(p int, rt Route) bool {
 		if !found {
 			return false
 		}
-		ok.Go(func() {
+		wg.Go(func() {
 			resp, err := s.peers.lease(ctx, addr, req)
 			if err != nil || !slices.Contains(resp.Granted, p) {
 				mu.Lock()
@@ -271,6 +271,6 @@ func (s *Server) confirm(p int, rt Route) bool {
 			}
 		})
 	}
-	ok.Wait()
+	wg.Wait()
 	return all
 }

@@ -213,7 +213,7 @@ func (r *reconciler) pass(ctx context.Context) error {
 	// 4. Forget nodes that left once no partition names them.
 	st = ck.raft.State()
 	for id, n := range st.Nodes {
-		if n.Status != consensus.StatusLeft || referenced(st, id) {
+		if n.Status != consensus.StatusLeft || ownedCount(st, id) > 0 {
 			continue
 		}
 		if err := r.apply(ctx, consensus.CmdRemoveNode, consensus.RemoveNodeCmd{ID: id}); err != nil {
@@ -223,15 +223,6 @@ func (r *reconciler) pass(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func referenced(st *consensus.State, id string) bool {
-	for _, p := range st.Partitions {
-		if p.Owns(id) {
-			return true
-		}
-	}
-	return false
 }
 
 // reconcileRaft adds live nodes to the Raft configuration (voters up to

@@ -24,7 +24,7 @@ const DefaultDrainTimeout = 30 * time.Second
 // live node to take over, there is nothing to hand over and it returns at
 // once.
 func (ck *ClusterKit) Drain(ctx context.Context) error {
-	if !ck.othersAlive() || !referenced(ck.raft.State(), ck.cfg.NodeID) {
+	if !ck.othersAlive() || ownedCount(ck.raft.State(), ck.cfg.NodeID) == 0 {
 		return nil
 	}
 	ck.log.Info("draining: handing partitions over before leaving")
