@@ -2,6 +2,10 @@
 // the KV API of one or more nodes with concurrent JSON-over-HTTP sets and
 // gets, shows live progress, and reports throughput, latency percentiles and
 // wrong answers.
+//
+// The measurement (workers, preload, progress, percentiles, summary) runs
+// against the Target interface, so other stores can be driven by the same
+// code: bench/compare uses it to measure etcd next to ClusterKit.
 package loadgen
 
 import (
@@ -13,9 +17,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
-	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -25,15 +26,15 @@ import (
 
 // Config is one load run.
 type Config struct {
-	Addrs       []string      // KV API addresses (host:port)
+	Addrs       []string      // KV API addresses (host:port) for Run
 	Concurrency int           // concurrent clients
 	Duration    time.Duration // length of the measured run
 	Keys        int           // key space size
 	ValueSize   int           // bytes per value
 	ReadRatio   float64       // fraction of operations that are gets
 	Preload     bool          // write every key before the run
-	Stale       bool          // use consistency=stale for gets
-	Timeout     time.Duration // per request
+	Stale       bool          // consistency=stale gets (HTTP target)
+	Timeout     time.Duration // per request, applied by the target
 	Seed        uint64
 }
 
@@ -52,7 +53,8 @@ type Result struct {
 	P99Ms     float64       `json:"p99_ms"`
 	P999Ms    float64       `json:"p999_ms"`
 	MaxMs     float64       `json:"max_ms"`
-	// ErrorKinds counts errors by HTTP status or transport failure.
+	// ErrorKinds counts errors by kind: HTTP status (http_503), transport
+	// failure, or whatever kind a Target gives (see KindError).
 	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`
 	Preloaded  int              `json:"preloaded"`
 }
@@ -109,9 +111,15 @@ func Main(args []string, stdout, stderr io.Writer) int {
 }
 
 func (c Config) validate() error {
-	switch {
-	case len(c.Addrs) == 0:
+	if len(c.Addrs) == 0 {
 		return errors.New("-addrs is empty")
+	}
+	return c.validateLoad()
+}
+
+// validateLoad checks the workload settings, which every target shares.
+func (c Config) validateLoad() error {
+	switch {
 	case c.Concurrency < 1:
 		return errors.New("-c must be >= 1")
 	case c.Duration <= 0:
@@ -144,88 +152,37 @@ func (r Result) String(c Config) string {
 		slices.Sort(kinds)
 		fmt.Fprintf(&b, " (%s)", strings.Join(kinds, " "))
 	}
-	fmt.Fprintf(&b, "\nmisses       %d (404 for a preloaded key: wrong answers)\n", r.Misses)
+	fmt.Fprintf(&b, "\nmisses       %d (a preloaded key not found, e.g. a 404: wrong answers)\n", r.Misses)
 	return b.String()
 }
 
-type client struct {
-	hc    *http.Client
-	cfg   Config
-	value []byte
-}
-
-func newClient(c Config) *client {
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        c.Concurrency * len(c.Addrs) * 2,
-		MaxIdleConnsPerHost: c.Concurrency * 2,
-		IdleConnTimeout:     time.Minute,
-	}
-	v := bytes.Repeat([]byte("x"), c.ValueSize)
-	return &client{hc: &http.Client{Transport: tr, Timeout: c.Timeout}, cfg: c, value: v}
-}
-
-func key(i int) string { return fmt.Sprintf("bench:%08d", i) }
-
-// outcome of one request.
-type outcome int
-
-const (
-	ok outcome = iota
-	miss
-	failed
-)
-
-func (cl *client) set(ctx context.Context, addr, k string) (outcome, string) {
-	body, _ := json.Marshal(map[string]string{"key": k, "value": string(cl.value)})
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/kv/set", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	return cl.do(req, false)
-}
-
-func (cl *client) get(ctx context.Context, addr, k string, preloaded bool) (outcome, string) {
-	u := "http://" + addr + "/kv/get?key=" + url.QueryEscape(k)
-	if cl.cfg.Stale {
-		u += "&consistency=stale"
-	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	return cl.do(req, preloaded)
-}
-
-func (cl *client) do(req *http.Request, preloaded bool) (outcome, string) {
-	resp, err := cl.hc.Do(req)
-	if err != nil {
-		return failed, "transport"
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusOK:
-		return ok, ""
-	case resp.StatusCode == http.StatusNotFound && req.Method == http.MethodGet:
-		if preloaded {
-			return miss, ""
-		}
-		return ok, ""
-	}
-	return failed, fmt.Sprintf("http_%d", resp.StatusCode)
-}
-
-// Run executes the workload and returns its summary. progress, if not nil,
-// gets a live line every second.
+// Run executes the workload against the KV API at c.Addrs over HTTP (see
+// HTTPTarget) and returns its summary. progress, if not nil, gets a live
+// line every second.
 func Run(ctx context.Context, c Config, progress io.Writer) (Result, error) {
 	if err := c.validate(); err != nil {
 		return Result{}, err
 	}
-	cl := newClient(c)
-	defer cl.hc.CloseIdleConnections()
+	t := NewHTTPTarget(c)
+	defer t.Close()
+	return RunTarget(ctx, c, t, progress)
+}
+
+// RunTarget executes the workload in c (all but Addrs, Stale and Timeout,
+// which belong to the target) against t and returns its summary. progress,
+// if not nil, gets a live line every second. It does not close t.
+func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Result, error) {
+	if err := c.validateLoad(); err != nil {
+		return Result{}, err
+	}
 	var res Result
 	if c.Preload {
-		if err := preload(ctx, cl, progress); err != nil {
+		if err := preload(ctx, c, t, progress); err != nil {
 			return Result{}, err
 		}
 		res.Preloaded = c.Keys
 	}
+	value := bytes.Repeat([]byte("x"), c.ValueSize)
 
 	var ops, errs, misses atomic.Int64
 	lat := make([][]time.Duration, c.Concurrency)
@@ -240,28 +197,30 @@ func Run(ctx context.Context, c Config, progress io.Writer) (Result, error) {
 		kinds[w] = map[string]int64{}
 		rng := rand.New(rand.NewPCG(c.Seed, uint64(w)))
 		wg.Go(func() {
-			for i := 0; runCtx.Err() == nil; i++ {
-				addr := c.Addrs[(w+i)%len(c.Addrs)]
-				k := key(rng.IntN(c.Keys))
+			var kb [32]byte
+			for runCtx.Err() == nil {
+				k := string(appendKey(kb[:0], rng.IntN(c.Keys)))
 				isRead := rng.Float64() < c.ReadRatio
 				t0 := time.Now()
-				var out outcome
-				var kind string
+				var err error
+				found := true
+				// Requests use ctx, not runCtx: one in flight at the end
+				// of the run completes and is counted.
 				if isRead {
-					out, kind = cl.get(ctx, addr, k, c.Preload)
+					found, err = t.Get(ctx, w, k)
 					reads[w]++
 				} else {
-					out, kind = cl.set(ctx, addr, k)
+					err = t.Set(ctx, w, k, value)
 					writes[w]++
 				}
 				lat[w] = append(lat[w], time.Since(t0))
 				ops.Add(1)
-				switch out {
-				case miss:
-					misses.Add(1)
-				case failed:
+				switch {
+				case err != nil:
 					errs.Add(1)
-					kinds[w][kind]++
+					kinds[w][ErrorKind(err)]++
+				case !found && c.Preload:
+					misses.Add(1)
 				}
 			}
 		})
@@ -326,8 +285,8 @@ func pct(sorted []time.Duration, q float64) float64 {
 
 // preload writes every key once, concurrently, and fails if any write
 // fails: a run whose preload is incomplete would report false misses.
-func preload(ctx context.Context, cl *client, progress io.Writer) error {
-	c := cl.cfg
+func preload(ctx context.Context, c Config, t Target, progress io.Writer) error {
+	value := bytes.Repeat([]byte("x"), c.ValueSize)
 	next := atomic.Int64{}
 	var failures atomic.Int64
 	var firstErr atomic.Value
@@ -339,18 +298,17 @@ func preload(ctx context.Context, cl *client, progress io.Writer) error {
 				if i >= c.Keys {
 					return
 				}
-				addr := c.Addrs[(w+i)%len(c.Addrs)]
-				var out outcome
-				var kind string
+				k := Key(i)
+				var err error
 				for attempt := 0; attempt < 5; attempt++ {
-					if out, kind = cl.set(ctx, addr, key(i)); out == ok {
+					if err = t.Set(ctx, w, k, value); err == nil {
 						break
 					}
 					time.Sleep(100 * time.Millisecond)
 				}
-				if out != ok {
+				if err != nil {
 					failures.Add(1)
-					firstErr.CompareAndSwap(nil, fmt.Sprintf("preload %s via %s: %s", key(i), addr, kind))
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("preload %s: %v", k, err))
 				}
 			}
 		})

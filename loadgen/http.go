@@ -1,0 +1,184 @@
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// HTTPTarget drives ClusterKit's JSON-over-HTTP KV API (POST /kv/set,
+// GET /kv/get). Worker w sends its requests to the addresses in turn,
+// starting at Addrs[w mod len(Addrs)].
+//
+// The load tool shares the machine's cores with the servers it measures, so
+// a request costs as little as net/http allows: no reflection or maps for
+// the body, prebuilt URL prefixes, and one exact-size allocation for the
+// body. The body is deliberately not a buffer reused across requests: the
+// Transport may still read a request body after Do returns (net/http's
+// RoundTripper contract), so reusing it could send one request's bytes in
+// another's place.
+type HTTPTarget struct {
+	hc      *http.Client
+	addrs   []string
+	setURL  []string // "http://ADDR/kv/set" for each address
+	getURL  []string // "http://ADDR/kv/get?key=" for each address
+	suffix  string   // appended to a get URL ("&consistency=stale")
+	workers []httpWorker
+	spare   atomic.Uint64 // round robin for worker numbers past len(workers)
+}
+
+type httpWorker struct {
+	next int    // requests sent so far
+	url  []byte // scratch for building a get URL
+	_    [64]byte
+}
+
+var _ Target = (*HTTPTarget)(nil)
+
+// NewHTTPTarget returns the HTTP target for c.Addrs, c.Concurrency workers,
+// c.Timeout per request and c.Stale reads.
+func NewHTTPTarget(c Config) *HTTPTarget {
+	n := max(c.Concurrency, 1)
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        n * max(len(c.Addrs), 1) * 2,
+		MaxIdleConnsPerHost: n * 2,
+		IdleConnTimeout:     time.Minute,
+	}
+	t := &HTTPTarget{
+		hc:      &http.Client{Transport: tr, Timeout: c.Timeout},
+		addrs:   c.Addrs,
+		workers: make([]httpWorker, n),
+	}
+	for _, a := range c.Addrs {
+		t.setURL = append(t.setURL, "http://"+a+"/kv/set")
+		t.getURL = append(t.getURL, "http://"+a+"/kv/get?key=")
+	}
+	if c.Stale {
+		t.suffix = "&consistency=stale"
+	}
+	return t
+}
+
+// pick returns the index of the address for worker's next request, and the
+// worker's scratch state (nil for a worker number past Concurrency).
+func (t *HTTPTarget) pick(worker int) (int, *httpWorker) {
+	if worker >= 0 && worker < len(t.workers) {
+		w := &t.workers[worker]
+		i := (worker + w.next) % len(t.addrs)
+		w.next++
+		return i, w
+	}
+	return int(t.spare.Add(1) % uint64(len(t.addrs))), nil
+}
+
+// Set POSTs {"key":key,"value":value} to /kv/set.
+func (t *HTTPTarget) Set(ctx context.Context, worker int, key string, value []byte) error {
+	i, _ := t.pick(worker)
+	body := make([]byte, 0, len(`{"key":"","value":""}`)+len(key)+len(value))
+	body = append(body, `{"key":`...)
+	body = appendJSONString(body, key)
+	body = append(body, `,"value":`...)
+	body = appendJSONString(body, value)
+	body = append(body, '}')
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.setURL[i], bytes.NewReader(body))
+	if err != nil {
+		return &KindError{Kind: "request", Err: err}
+	}
+	req.Header["Content-Type"] = jsonContentType
+	_, err = t.do(req, t.addrs[i])
+	return err
+}
+
+var jsonContentType = []string{"application/json"}
+
+// Get GETs /kv/get?key=key; a 404 is found=false.
+func (t *HTTPTarget) Get(ctx context.Context, worker int, key string) (bool, error) {
+	i, w := t.pick(worker)
+	var scratch []byte
+	if w != nil {
+		scratch = w.url[:0]
+	}
+	scratch = append(scratch, t.getURL[i]...)
+	scratch = appendQueryEscape(scratch, key)
+	scratch = append(scratch, t.suffix...)
+	if w != nil {
+		w.url = scratch
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, string(scratch), nil)
+	if err != nil {
+		return false, &KindError{Kind: "request", Err: err}
+	}
+	status, err := t.do(req, t.addrs[i])
+	if status == http.StatusNotFound {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// do sends req and drains the response. Any status but 200 is an error of
+// kind http_STATUS, except that a 404 for a get is left to the caller.
+func (t *HTTPTarget) do(req *http.Request, addr string) (int, error) {
+	resp, err := t.hc.Do(req)
+	if err != nil {
+		return 0, &KindError{Kind: "transport", Err: err}
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return resp.StatusCode, nil
+	case resp.StatusCode == http.StatusNotFound && req.Method == http.MethodGet:
+		return resp.StatusCode, nil
+	}
+	return resp.StatusCode, &KindError{
+		Kind: "http_" + strconv.Itoa(resp.StatusCode),
+		Err:  fmt.Errorf("%s %s%s", req.Method, addr, req.URL.Path),
+	}
+}
+
+// Close closes idle connections.
+func (t *HTTPTarget) Close() error {
+	t.hc.CloseIdleConnections()
+	return nil
+}
+
+// appendJSONString appends s as a JSON string. Plain ASCII (the bench keys
+// and values) is copied as it is; anything else goes through encoding/json.
+func appendJSONString[S string | []byte](dst []byte, s S) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
+			b, _ := json.Marshal(string(s))
+			return append(dst, b...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
+}
+
+// appendQueryEscape appends url.QueryEscape(s) without allocating for the
+// characters the bench keys use.
+func appendQueryEscape(dst []byte, s string) []byte {
+	const hex = "0123456789ABCDEF"
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			c == '-', c == '_', c == '.', c == '~':
+			dst = append(dst, c)
+		case c == ' ':
+			dst = append(dst, '+')
+		default:
+			dst = append(dst, '%', hex[c>>4], hex[c&15])
+		}
+	}
+	return dst
+}

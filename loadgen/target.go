@@ -1,0 +1,74 @@
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"strconv"
+)
+
+// Target is a KV store under load. RunTarget calls it from Config.Concurrency
+// workers numbered from 0; calls with the same worker number never overlap,
+// so an implementation may keep unsynchronised per-worker state.
+type Target interface {
+	// Set writes value under key.
+	Set(ctx context.Context, worker int, key string, value []byte) error
+	// Get reads key. It reports found=false, with a nil error, for a key the
+	// store does not have.
+	Get(ctx context.Context, worker int, key string) (found bool, err error)
+	// Close releases the target's connections.
+	Close() error
+}
+
+// KindError is an error with a short kind ("http_503", "transport", ...)
+// under which the summary counts it. A Target returns one, possibly
+// wrapped, to choose the kind; other errors are counted by ErrorKind.
+type KindError struct {
+	Kind string
+	Err  error // optional detail
+}
+
+func (e *KindError) Error() string {
+	if e.Err == nil {
+		return e.Kind
+	}
+	return e.Kind + ": " + e.Err.Error()
+}
+
+func (e *KindError) Unwrap() error { return e.Err }
+
+// ErrorKind names the kind of err for the summary: the Kind of the first
+// KindError in its chain, else "timeout" for a passed deadline, "canceled"
+// for a canceled context, and "other" for anything else.
+func ErrorKind(err error) string {
+	var ke *KindError
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &ke):
+		return ke.Kind
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	}
+	return "other"
+}
+
+// Key returns the i-th key of the key space, "bench:%08d", without fmt.
+func Key(i int) string {
+	var b [32]byte
+	return string(appendKey(b[:0], i))
+}
+
+func appendKey(dst []byte, i int) []byte {
+	dst = append(dst, "bench:"...)
+	if i < 0 {
+		return strconv.AppendInt(dst, int64(i), 10)
+	}
+	var digits [20]byte
+	d := strconv.AppendInt(digits[:0], int64(i), 10)
+	for n := len(d); n < 8; n++ {
+		dst = append(dst, '0')
+	}
+	return append(dst, d...)
+}
