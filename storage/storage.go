@@ -93,6 +93,12 @@ const stripes = 64
 type DB struct {
 	db    *pebble.DB
 	locks [stripes]sync.Mutex
+
+	// metas caches every partition's metadata read or written so far:
+	// the primary consults it on every read and write. Entries change
+	// only under the partition's stripe lock, after the commit.
+	metaMu sync.RWMutex
+	metas  map[int]Meta
 }
 
 // Open opens (creating if needed) the store in dir.
@@ -107,7 +113,7 @@ func Open(dir string, logger *slog.Logger) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
-	return &DB{db: db}, nil
+	return &DB{db: db, metas: map[int]Meta{}}, nil
 }
 
 // Close closes the store.
@@ -137,7 +143,41 @@ func (d *DB) meta(r pebble.Reader, p int) (Meta, error) {
 }
 
 // Meta returns partition p's metadata (zero if it holds nothing).
-func (d *DB) Meta(p int) (Meta, error) { return d.meta(d.db, p) }
+func (d *DB) Meta(p int) (Meta, error) {
+	d.metaMu.RLock()
+	m, ok := d.metas[p]
+	d.metaMu.RUnlock()
+	if ok {
+		return m, nil
+	}
+	l := d.lock(p)
+	l.Lock()
+	defer l.Unlock()
+	return d.cachedMeta(p)
+}
+
+// cachedMeta returns p's metadata from the cache, filling it from disk;
+// the caller holds p's stripe lock.
+func (d *DB) cachedMeta(p int) (Meta, error) {
+	d.metaMu.RLock()
+	m, ok := d.metas[p]
+	d.metaMu.RUnlock()
+	if ok {
+		return m, nil
+	}
+	m, err := d.meta(d.db, p)
+	if err != nil {
+		return Meta{}, err
+	}
+	d.setCached(p, m)
+	return m, nil
+}
+
+func (d *DB) setCached(p int, m Meta) {
+	d.metaMu.Lock()
+	d.metas[p] = m
+	d.metaMu.Unlock()
+}
 
 // Get returns the value of key in partition p.
 func (d *DB) Get(p int, key []byte) ([]byte, bool, error) {
@@ -150,45 +190,73 @@ func (d *DB) Get(p int, key []byte) ([]byte, bool, error) {
 
 // Apply applies op to partition p as write number seq of epoch, durably.
 func (d *DB) Apply(p int, epoch, seq uint64, op Op) error {
-	if len(op.Key) == 0 {
-		return errors.New("storage: empty key")
+	return d.ApplyBatch(p, epoch, seq, []Op{op})
+}
+
+// ApplyBatch applies ops to partition p as writes number first,
+// first+1, ... of epoch, in one atomic and durable commit: a primary
+// commits the writes that queued up while its previous round was in
+// flight together, so they share one fsync here and on every replica.
+func (d *DB) ApplyBatch(p int, epoch, first uint64, ops []Op) error {
+	if len(ops) == 0 {
+		return errors.New("storage: empty batch")
+	}
+	for _, op := range ops {
+		if len(op.Key) == 0 {
+			return errors.New("storage: empty key")
+		}
 	}
 	l := d.lock(p)
 	l.Lock()
 	defer l.Unlock()
-	m, err := d.meta(d.db, p)
+	m, err := d.cachedMeta(p)
 	if err != nil {
 		return err
 	}
-	k := dataKey(p, op.Key)
-	_, existed, err := read(d.db, k)
-	if err != nil {
-		return fmt.Errorf("apply to partition %d: %w", p, err)
-	}
 	b := d.db.NewBatch()
 	defer b.Close()
-	if op.Delete {
-		if existed {
-			if err := b.Delete(k, nil); err != nil {
+	// present tracks keys this batch already wrote, so a key set twice in
+	// one batch is counted once.
+	var present map[string]bool
+	if len(ops) > 1 {
+		present = make(map[string]bool, len(ops))
+	}
+	for _, op := range ops {
+		k := dataKey(p, op.Key)
+		existed, seen := present[string(op.Key)]
+		if !seen {
+			_, existed, err = read(d.db, k)
+			if err != nil {
+				return fmt.Errorf("apply to partition %d: %w", p, err)
+			}
+		}
+		if op.Delete {
+			if existed {
+				if err := b.Delete(k, nil); err != nil {
+					return err
+				}
+				m.Keys--
+			}
+		} else {
+			if err := b.Set(k, op.Value, nil); err != nil {
 				return err
 			}
-			m.Keys--
+			if !existed {
+				m.Keys++
+			}
 		}
-	} else {
-		if err := b.Set(k, op.Value, nil); err != nil {
-			return err
-		}
-		if !existed {
-			m.Keys++
+		if present != nil {
+			present[string(op.Key)] = !op.Delete
 		}
 	}
-	m.Epoch, m.Seq = epoch, seq
+	m.Epoch, m.Seq = epoch, first+uint64(len(ops))-1
 	if err := b.Set(metaKey(p), m.encode(), nil); err != nil {
 		return err
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("commit to partition %d: %w", p, err)
 	}
+	d.setCached(p, m)
 	return nil
 }
 
@@ -197,12 +265,16 @@ func (d *DB) SetEpoch(p int, epoch uint64) error {
 	l := d.lock(p)
 	l.Lock()
 	defer l.Unlock()
-	m, err := d.meta(d.db, p)
+	m, err := d.cachedMeta(p)
 	if err != nil {
 		return err
 	}
 	m.Epoch = epoch
-	return d.db.Set(metaKey(p), m.encode(), pebble.Sync)
+	if err := d.db.Set(metaKey(p), m.encode(), pebble.Sync); err != nil {
+		return err
+	}
+	d.setCached(p, m)
+	return nil
 }
 
 // Snapshot calls begin with partition p's metadata and then fn for every
@@ -256,7 +328,8 @@ func (d *DB) Install(p int, epoch, seq uint64, next func() (KV, bool, error)) er
 		}
 		n++
 	}
-	if err := b.Set(metaKey(p), Meta{Epoch: epoch, Seq: seq, Keys: n}.encode(), nil); err != nil {
+	m := Meta{Epoch: epoch, Seq: seq, Keys: n}
+	if err := b.Set(metaKey(p), m.encode(), nil); err != nil {
 		return err
 	}
 	// The stream is read without the metadata lock (it may be slow, and
@@ -268,6 +341,7 @@ func (d *DB) Install(p int, epoch, seq uint64, next func() (KV, bool, error)) er
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("install partition %d: %w", p, err)
 	}
+	d.setCached(p, m)
 	return nil
 }
 
@@ -334,5 +408,6 @@ func (d *DB) Drop(p int) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("drop partition %d: %w", p, err)
 	}
+	d.setCached(p, Meta{})
 	return nil
 }

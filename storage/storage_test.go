@@ -820,3 +820,68 @@ func BenchmarkGetParallel(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 }
+
+func TestApplyBatch(t *testing.T) {
+	cases := []struct {
+		name     string
+		before   []Op // applied one by one first, as writes 1..n
+		batch    []Op
+		want     map[string]string
+		absent   []string
+		wantKeys uint64
+	}{
+		{name: "new keys", batch: []Op{put("a", "1"), put("b", "2")}, want: map[string]string{"a": "1", "b": "2"}, wantKeys: 2},
+		{name: "same key twice counts once", batch: []Op{put("a", "1"), put("a", "2")}, want: map[string]string{"a": "2"}, wantKeys: 1},
+		{name: "set then delete in one batch", batch: []Op{put("a", "1"), del("a")}, absent: []string{"a"}, wantKeys: 0},
+		{name: "delete then set in one batch", before: []Op{put("a", "0")}, batch: []Op{del("a"), put("a", "1")}, want: map[string]string{"a": "1"}, wantKeys: 1},
+		{name: "delete of a missing key", before: []Op{put("b", "0")}, batch: []Op{del("a"), del("a")}, want: map[string]string{"b": "0"}, wantKeys: 1},
+		{name: "overwrite of an existing key", before: []Op{put("a", "0"), put("b", "0")}, batch: []Op{put("a", "1"), del("b"), put("c", "3")}, want: map[string]string{"a": "1", "c": "3"}, absent: []string{"b"}, wantKeys: 2},
+	}
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			db := openDB(t, t.TempDir())
+			for i, op := range tt.before {
+				if err := db.Apply(3, 1, uint64(i+1), op); err != nil {
+					t.Fatal(err)
+				}
+			}
+			first := uint64(len(tt.before) + 1)
+			if err := db.ApplyBatch(3, 2, first, tt.batch); err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tt.want {
+				got, ok, err := db.Get(3, []byte(k))
+				if err != nil || !ok || string(got) != v {
+					t.Errorf("get %s = %q, %v, %v; want %q", k, got, ok, err, v)
+				}
+			}
+			for _, k := range tt.absent {
+				if _, ok, _ := db.Get(3, []byte(k)); ok {
+					t.Errorf("%s still present", k)
+				}
+			}
+			m, err := db.Meta(3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := Meta{Epoch: 2, Seq: first + uint64(len(tt.batch)) - 1, Keys: tt.wantKeys}
+			if m != want {
+				t.Errorf("meta = %+v, want %+v", m, want)
+			}
+		})
+	}
+}
+
+func TestApplyBatchRefusesEmpty(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	if err := db.ApplyBatch(0, 1, 1, nil); err == nil {
+		t.Error("empty batch accepted")
+	}
+	if err := db.ApplyBatch(0, 1, 1, []Op{put("a", "1"), {Key: nil}}); err == nil {
+		t.Error("batch with an empty key accepted")
+	}
+	if _, ok, _ := db.Get(0, []byte("a")); ok {
+		t.Error("a batch that was refused was partly applied")
+	}
+}
