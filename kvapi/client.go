@@ -38,6 +38,8 @@ type forwardReq struct {
 	Op        opMsg  `json:"op"`
 }
 
+// replicateReq carries a batch of consecutive writes: Ops[i] is write
+// number Seq+i of the partition.
 type replicateReq struct {
 	Partition int    `json:"partition"`
 	Epoch     uint64 `json:"epoch"`
@@ -45,18 +47,19 @@ type replicateReq struct {
 	From      string `json:"from"`
 	// Version is the sender's partition-table version; the replica acts
 	// only once its own table has reached it.
-	Version uint64 `json:"version"`
-	Op      opMsg  `json:"op"`
+	Version uint64  `json:"version"`
+	Ops     []opMsg `json:"ops"`
 }
 
 type readResp struct {
 	Value string `json:"value"`
 }
 
-// peerClient talks to other nodes' internal routes over pooled keep-alive
-// connections.
+// peerClient talks to other nodes: the hot calls over multiplexed RPC
+// connections (rpc.go), the rare ones over pooled keep-alive HTTP.
 type peerClient struct {
-	hc *http.Client
+	hc  *http.Client
+	rpc *rpcClient
 }
 
 func newPeerClient() *peerClient {
@@ -66,10 +69,13 @@ func newPeerClient() *peerClient {
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     60 * time.Second,
 	}
-	return &peerClient{hc: &http.Client{Transport: tr}}
+	return &peerClient{hc: &http.Client{Transport: tr}, rpc: newRPCClient()}
 }
 
-func (c *peerClient) close() { c.hc.CloseIdleConnections() }
+func (c *peerClient) close() {
+	c.hc.CloseIdleConnections()
+	c.rpc.close()
+}
 
 // do sends a request and decodes a JSON answer into out (if not nil). A
 // failure to connect is ErrUnavailable (nothing was sent); a failure after
@@ -116,23 +122,18 @@ func isDialError(err error) bool {
 }
 
 func (c *peerClient) forward(ctx context.Context, addr string, r forwardReq) error {
-	b, _ := json.Marshal(r)
-	return c.do(ctx, http.MethodPost, addr, "/write", nil, bytes.NewReader(b), nil)
+	_, err := c.rpc.call(ctx, addr, kindForward, encodeForward(r))
+	return err
 }
 
 func (c *peerClient) read(ctx context.Context, addr string, p int, epoch uint64, key string, stale bool) (string, error) {
-	q := url.Values{"partition": {strconv.Itoa(p)}, "epoch": {strconv.FormatUint(epoch, 10)}, "key": {key}}
-	if stale {
-		q.Set("consistency", "stale")
-	}
-	var out readResp
-	err := c.do(ctx, http.MethodGet, addr, "/read", q, nil, &out)
-	return out.Value, err
+	b, err := c.rpc.call(ctx, addr, kindRead, encodeRead(readReq{Partition: p, Epoch: epoch, Stale: stale, Key: key}))
+	return string(b), err
 }
 
 func (c *peerClient) replicate(ctx context.Context, addr string, r replicateReq) error {
-	b, _ := json.Marshal(r)
-	return c.do(ctx, http.MethodPost, addr, "/replicate", nil, bytes.NewReader(b), nil)
+	_, err := c.rpc.call(ctx, addr, kindReplicate, encodeReplicate(r))
+	return err
 }
 
 // install streams a whole partition to a replica: the sequence number the

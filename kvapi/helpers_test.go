@@ -405,6 +405,38 @@ func (c *callRecorder) wrap(h http.Handler) http.Handler {
 	})
 }
 
+// intercept is the RPC counterpart of wrap: Server.intercept runs it for
+// every request served over a node-to-node connection.
+func (c *callRecorder) intercept(ctx context.Context, path string, req any, h rpcHandler) ([]byte, error) {
+	c.mu.Lock()
+	stalled := c.stall[path]
+	c.mu.Unlock()
+	if stalled {
+		// The request's deadline is the caller's; answer well after
+		// it, as a peer that is up but stuck would.
+		<-ctx.Done()
+		time.Sleep(time.Second)
+		return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "stalled by the test")
+	}
+	body, err := h(ctx)
+	status := http.StatusOK
+	if err != nil {
+		status = http.StatusInternalServerError
+		var e *Error
+		if errors.As(err, &e) {
+			status = e.Status
+		}
+	}
+	c.mu.Lock()
+	query := ""
+	if r, ok := req.(readReq); ok && r.Stale {
+		query = "consistency=stale"
+	}
+	c.calls = append(c.calls, internalCall{Method: "RPC", Path: path, Query: query, Status: status})
+	c.mu.Unlock()
+	return body, err
+}
+
 // matching returns the recorded calls to path (e.g. "/write").
 func (c *callRecorder) matching(path string) []internalCall {
 	c.mu.Lock()
@@ -495,6 +527,7 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 			tb.Fatalf("new server %s: %v", id, err)
 		}
 		rec := &callRecorder{}
+		srv.intercept = rec.intercept
 		ts := httptest.NewServer(rec.wrap(srv.Handler()))
 		n := &testNode{id: id, srv: srv, db: db, ts: ts, rec: rec, url: ts.URL, stop: func() {}}
 		c.nodes[id] = n
@@ -527,6 +560,11 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 	tb.Cleanup(func() {
 		for _, n := range c.nodes {
 			n.stop()
+		}
+		// Nodes without a Run still serve and hold RPC connections.
+		for _, n := range c.nodes {
+			n.srv.peers.close()
+			n.srv.stopRPC()
 		}
 		for _, n := range c.nodes {
 			n.ts.Close()

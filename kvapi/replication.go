@@ -11,40 +11,171 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/clusterkit/clusterkit/storage"
 )
 
-// primaryWrite orders, persists and replicates one write. The partition lock
-// is held throughout, so writes reach replicas in sequence order and no read
-// sees a write before it is acknowledged.
+// Batching bounds: a round commits at most this many writes and bytes.
+const (
+	maxBatchOps   = 512
+	maxBatchBytes = 4 << 20
+)
+
+// writeQueue collects a partition's writes while a round is in flight.
+// The goroutine holding token commits everything queued as one round: one
+// local commit (one fsync) and one replication message per in-sync
+// replica, so the cost of a round is shared by every write in it.
+type writeQueue struct {
+	mu    sync.Mutex
+	items []*pendingWrite
+	token chan struct{}
+}
+
+type pendingWrite struct {
+	epoch uint64
+	op    opMsg
+	done  chan error // buffered; gets exactly one result
+}
+
+func (s *Server) queue(p int) *writeQueue {
+	s.queuesMu.Lock()
+	defer s.queuesMu.Unlock()
+	q, ok := s.queues[p]
+	if !ok {
+		q = &writeQueue{token: make(chan struct{}, 1)}
+		s.queues[p] = q
+	}
+	return q
+}
+
+// take removes the next round's writes from the queue.
+func (q *writeQueue) take() []*pendingWrite {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n, size := 0, 0
+	for n < len(q.items) && n < maxBatchOps {
+		size += len(q.items[n].op.Key) + len(q.items[n].op.Value)
+		if n > 0 && size > maxBatchBytes {
+			break
+		}
+		n++
+	}
+	batch := q.items[:n:n]
+	q.items = append([]*pendingWrite(nil), q.items[n:]...)
+	return batch
+}
+
+// withdraw removes w if no round has taken it yet.
+func (q *writeQueue) withdraw(w *pendingWrite) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, x := range q.items {
+		if x == w {
+			q.items = append(q.items[:i], q.items[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// primaryWrite orders, persists and replicates one write, as part of the
+// next round of partition p. It returns once the round is acknowledged by
+// every in-sync replica (or failed).
 func (s *Server) primaryWrite(ctx context.Context, p int, epoch uint64, op opMsg) error {
+	q := s.queue(p)
+	w := &pendingWrite{epoch: epoch, op: op, done: make(chan error, 1)}
+	q.mu.Lock()
+	q.items = append(q.items, w)
+	q.mu.Unlock()
+	for {
+		select {
+		case err := <-w.done:
+			return err
+		case <-ctx.Done():
+			if q.withdraw(w) {
+				return errorf(http.StatusServiceUnavailable, CodeUnavailable, "deadline passed before the write started")
+			}
+			// A round has it: its outcome is coming, and soon (the
+			// round's replication is bounded).
+			return <-w.done
+		case q.token <- struct{}{}:
+			// Rounds run until our write is done: it may not be in the
+			// first if the queue was longer than a round.
+			for {
+				select {
+				case err := <-w.done:
+					<-q.token
+					return err
+				default:
+				}
+				batch := q.take()
+				if len(batch) == 0 {
+					break
+				}
+				s.commitRound(p, batch)
+			}
+			<-q.token
+		}
+	}
+}
+
+// commitRound persists and replicates batch as consecutive writes of p and
+// delivers each write's result. The partition lock is held throughout, so
+// rounds reach replicas in sequence order and no read sees a write before
+// it is acknowledged.
+func (s *Server) commitRound(p int, batch []*pendingWrite) {
 	l := s.lock(p)
 	l.Lock()
 	defer l.Unlock()
-	rt, err := s.checkPrimary(p, epoch)
+	rt, err := s.checkPrimary(p, 0)
 	if err != nil {
-		return err
+		for _, w := range batch {
+			w.done <- err
+		}
+		return
 	}
-	if ctx.Err() != nil {
-		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "deadline passed before the write started")
+	ops := make([]opMsg, 0, len(batch))
+	writes := batch[:0:0]
+	for _, w := range batch {
+		if w.epoch != 0 && w.epoch != rt.Epoch {
+			w.done <- errorf(http.StatusConflict, CodeEpochMismatch, "partition %d is at epoch %d here, request used %d", p, rt.Epoch, w.epoch)
+			continue
+		}
+		ops = append(ops, w.op)
+		writes = append(writes, w)
 	}
+	if len(ops) == 0 {
+		return
+	}
+	err = s.replicateRound(p, rt, ops)
+	for _, w := range writes {
+		w.done <- err
+	}
+}
+
+func (s *Server) replicateRound(p int, rt Route, ops []opMsg) error {
 	m, err := s.store.Meta(p)
 	if err != nil {
 		return fmt.Errorf("partition %d meta: %w", p, err)
 	}
 	seq := m.Seq + 1
-	if err := s.store.Apply(p, rt.Epoch, seq, op.storageOp()); err != nil {
-		// Storage failed before anything was replicated; bbolt rolled the
-		// transaction back, so nothing was applied.
+	sops := make([]storage.Op, len(ops))
+	for i, op := range ops {
+		sops[i] = op.storageOp()
+	}
+	if err := s.store.ApplyBatch(p, rt.Epoch, seq, sops); err != nil {
+		// Storage failed before anything was replicated; the batch is
+		// atomic, so nothing was applied.
 		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "persist write: %v", err)
 	}
 
-	req := replicateReq{Partition: p, Epoch: rt.Epoch, Seq: seq, From: s.router.Self(), Version: s.router.Version(), Op: op}
-	failed := s.fanOut(ctx, rt.InSync, req)
-	// From here on the write is on this node's disk: any failure leaves its
-	// outcome unknown to the client, never "not applied".
+	req := replicateReq{Partition: p, Epoch: rt.Epoch, Seq: seq, From: s.router.Self(), Version: s.router.Version(), Ops: ops}
+	failed := s.fanOut(context.Background(), rt.InSync, req)
+	// From here on the writes are on this node's disk: any failure leaves
+	// their outcome unknown to the clients, never "not applied".
 	for node, ferr := range failed {
-		s.log.Warn("replica missed a write; removing it from the in-sync set",
-			"partition", p, "epoch", rt.Epoch, "replica", node, "seq", seq, "err", ferr)
+		s.log.Warn("replica missed writes; removing it from the in-sync set",
+			"partition", p, "epoch", rt.Epoch, "replica", node, "seq", seq, "writes", len(ops), "err", ferr)
 		cctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		err := s.control.SetInSync(cctx, p, rt.Epoch, node, false)
 		cancel()
@@ -189,41 +320,60 @@ func (s *Server) checkReplica(ctx context.Context, p int, epoch uint64, from str
 	return nil
 }
 
-// handleReplicate applies one write on a replica, in sequence order.
+// handleReplicate is the JSON form of a replication call (the hot path
+// uses RPC).
 func (s *Server) handleReplicate(w http.ResponseWriter, r *http.Request) {
 	var req replicateReq
 	if !decodeJSON(w, r, &req) {
 		return
 	}
-	l := s.lock(req.Partition)
-	l.Lock()
-	defer l.Unlock()
-	if err := s.checkReplica(r.Context(), req.Partition, req.Epoch, req.From, req.Version); err != nil {
+	if err := s.applyReplicate(r.Context(), req); err != nil {
 		writeError(w, err)
-		return
-	}
-	m, err := s.store.Meta(req.Partition)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	switch {
-	case m.Epoch != req.Epoch:
-		writeError(w, errorf(http.StatusConflict, CodeNotReady, "partition %d copy is from epoch %d; it needs a sync for epoch %d", req.Partition, m.Epoch, req.Epoch))
-		return
-	case req.Seq <= m.Seq:
-		// A duplicate of a write already applied (the primary retried).
-		writeJSON(w, http.StatusOK, struct{}{})
-		return
-	case req.Seq != m.Seq+1:
-		writeError(w, errorf(http.StatusConflict, CodeNotReady, "partition %d: got write %d after %d; it needs a sync", req.Partition, req.Seq, m.Seq))
-		return
-	}
-	if err := s.store.Apply(req.Partition, req.Epoch, req.Seq, req.Op.storageOp()); err != nil {
-		writeError(w, fmt.Errorf("apply replicated write: %w", err))
 		return
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// applyReplicate applies a primary's round on this replica, in sequence
+// order. A round that overlaps what is already applied (the primary
+// retried) is applied from the first write this copy lacks.
+func (s *Server) applyReplicate(ctx context.Context, req replicateReq) error {
+	if len(req.Ops) == 0 {
+		return errorf(http.StatusBadRequest, CodeBadRequest, "replication round without writes")
+	}
+	for _, op := range req.Ops {
+		if op.Key == "" {
+			return errorf(http.StatusBadRequest, CodeBadRequest, "replicated write without a key")
+		}
+	}
+	l := s.lock(req.Partition)
+	l.Lock()
+	defer l.Unlock()
+	if err := s.checkReplica(ctx, req.Partition, req.Epoch, req.From, req.Version); err != nil {
+		return err
+	}
+	m, err := s.store.Meta(req.Partition)
+	if err != nil {
+		return err
+	}
+	last := req.Seq + uint64(len(req.Ops)) - 1
+	switch {
+	case m.Epoch != req.Epoch:
+		return errorf(http.StatusConflict, CodeNotReady, "partition %d copy is from epoch %d; it needs a sync for epoch %d", req.Partition, m.Epoch, req.Epoch)
+	case last <= m.Seq:
+		return nil // already applied
+	case req.Seq > m.Seq+1:
+		return errorf(http.StatusConflict, CodeNotReady, "partition %d: got write %d after %d; it needs a sync", req.Partition, req.Seq, m.Seq)
+	}
+	ops := req.Ops[m.Seq+1-req.Seq:]
+	sops := make([]storage.Op, len(ops))
+	for i, op := range ops {
+		sops[i] = op.storageOp()
+	}
+	if err := s.store.ApplyBatch(req.Partition, req.Epoch, m.Seq+1, sops); err != nil {
+		return fmt.Errorf("apply replicated writes: %w", err)
+	}
+	return nil
 }
 
 // handleInstall replaces this replica's copy of a partition with the

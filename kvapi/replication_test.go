@@ -259,10 +259,11 @@ func TestReplicateFencing(t *testing.T) {
 		t.Fatalf("replica meta after install = %+v", m)
 	}
 
-	req := func(p int, epoch, seq uint64, from string, op opMsg) []byte {
-		b, _ := json.Marshal(replicateReq{Partition: p, Epoch: epoch, Seq: seq, From: from, Op: op})
+	reqN := func(p int, epoch, seq uint64, from string, ops ...opMsg) []byte {
+		b, _ := json.Marshal(replicateReq{Partition: p, Epoch: epoch, Seq: seq, From: from, Ops: ops})
 		return b
 	}
+	req := func(p int, epoch, seq uint64, from string, op opMsg) []byte { return reqN(p, epoch, seq, from, op) }
 	set := func(v string) opMsg { return opMsg{Key: "a", Value: v} }
 	steps := []struct {
 		name       string
@@ -286,7 +287,7 @@ func TestReplicateFencing(t *testing.T) {
 			// it: membership may have changed without a new epoch.
 			name: "table behind the sender's refused",
 			body: func() []byte {
-				b, _ := json.Marshal(replicateReq{Partition: 0, Epoch: 5, Seq: 12, From: "n1", Version: 1 << 40, Op: set("ahead")})
+				b, _ := json.Marshal(replicateReq{Partition: 0, Epoch: 5, Seq: 12, From: "n1", Version: 1 << 40, Ops: []opMsg{set("ahead")}})
 				return b
 			}(),
 			wantStatus: 503, wantCode: CodeNotReady, wantSeq: 11, wantA: "v11",
@@ -294,9 +295,17 @@ func TestReplicateFencing(t *testing.T) {
 		{name: "malformed", body: []byte(`{"partition":`), wantStatus: 400, wantCode: CodeInvalidJSON, wantSeq: 11, wantA: "v11"},
 		{name: "in order again", body: req(0, 5, 12, "n1", opMsg{Delete: true, Key: "a"}), wantStatus: 200, wantSeq: 12},
 		{
+			name:       "round overlapping what is applied applies only the new writes",
+			body:       reqN(0, 5, 11, "n1", set("dup11"), opMsg{Delete: true, Key: "a"}, set("v13"), set("v14")),
+			wantStatus: 200, wantSeq: 14, wantA: "v14",
+		},
+		{name: "round with a gap refused whole", body: reqN(0, 5, 16, "n1", set("v16"), set("v17")), wantStatus: 409, wantCode: CodeNotReady, wantSeq: 14, wantA: "v14"},
+		{name: "empty round refused", body: reqN(0, 5, 15, "n1"), wantStatus: 400, wantCode: CodeBadRequest, wantSeq: 14, wantA: "v14"},
+		{name: "round with an empty key refused whole", body: reqN(0, 5, 15, "n1", set("v15"), opMsg{Key: ""}), wantStatus: 400, wantCode: CodeBadRequest, wantSeq: 14, wantA: "v14"},
+		{
 			name:   "copy from an older epoch needs a sync",
 			before: func() { c.table.updateAll(func(r *Route) { r.Epoch = 6 }) },
-			body:   req(0, 6, 13, "n1", set("v13")), wantStatus: 409, wantCode: CodeNotReady, wantSeq: 12,
+			body:   req(0, 6, 15, "n1", set("v15")), wantStatus: 409, wantCode: CodeNotReady, wantSeq: 14, wantA: "v14",
 		},
 	}
 	for _, s := range steps {
@@ -587,7 +596,12 @@ func TestReplicaDown(t *testing.T) {
 	}
 }
 
-func closeN3(c *cluster) { c.nodes["n3"].ts.Close() }
+// closeN3 makes n3 go away as a crashed process would: its listener and
+// every connection to it close.
+func closeN3(c *cluster) {
+	c.nodes["n3"].ts.Close()
+	c.nodes["n3"].srv.stopRPC()
+}
 
 // stallN3 makes n3 accept replicate requests and never answer them.
 func stallN3(c *cluster) { c.nodes["n3"].rec.setStall("/replicate") }

@@ -59,6 +59,17 @@ type Server struct {
 	requests atomic.Uint64
 	errors   atomic.Uint64
 
+	queuesMu sync.Mutex
+	queues   map[int]*writeQueue
+
+	// Served RPC connections and their in-flight requests.
+	connMu      sync.Mutex
+	conns       map[*rpcConn]struct{}
+	connsClosed bool
+	rpcWG       sync.WaitGroup
+	// intercept, if set (by tests), wraps every request served over RPC.
+	intercept func(ctx context.Context, path string, req any, h rpcHandler) ([]byte, error)
+
 	kick        chan struct{}
 	leases      *leases
 	guard       *tableGuard
@@ -76,6 +87,8 @@ func New(o Options) (*Server, error) {
 		reqTimeout:  cmpOr(o.RequestTimeout, 5*time.Second),
 		replTimeout: cmpOr(o.ReplicationTimeout, time.Second),
 		locks:       map[int]*sync.RWMutex{},
+		queues:      map[int]*writeQueue{},
+		conns:       map[*rpcConn]struct{}{},
 		kick:        make(chan struct{}, 1),
 		leases:      newLeases(time.Now()),
 		confirmRead: o.ReadMode == "confirm",
@@ -131,6 +144,7 @@ func (s *Server) Handler() http.Handler {
 		r.Get("/stats", s.handleStats)
 	})
 	r.Route(internalPrefix, func(r chi.Router) {
+		r.Get(rpcPath, s.handleRPC)
 		r.Post("/write", s.handleForwardedWrite)
 		r.Get("/read", s.handleForwardedRead)
 		r.Post("/replicate", s.handleReplicate)
@@ -147,6 +161,9 @@ type statusRecorder struct {
 	status int
 }
 
+// Unwrap lets http.ResponseController reach the connection.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
 func (r *statusRecorder) WriteHeader(code int) {
 	r.status = code
 	r.ResponseWriter.WriteHeader(code)
@@ -162,6 +179,18 @@ func (s *Server) count(next http.Handler) http.Handler {
 			s.errors.Add(1)
 		}
 	})
+}
+
+// Response bodies of the hot routes, as structs: encoding a map costs a
+// sort and more allocations on every request.
+type keyStatus struct {
+	Key    string `json:"key"`
+	Status string `json:"status"`
+}
+
+type keyValue struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
 }
 
 type setBody struct {
@@ -238,7 +267,7 @@ func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "success", "key": *in.Key})
+	writeJSON(w, http.StatusOK, keyStatus{Key: *in.Key, Status: "success"})
 }
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
@@ -251,7 +280,7 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "deleted", "key": key})
+	writeJSON(w, http.StatusOK, keyStatus{Key: key, Status: "deleted"})
 }
 
 func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
@@ -275,7 +304,7 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"key": key, "value": v})
+	writeJSON(w, http.StatusOK, keyValue{Key: key, Value: v})
 }
 
 // ownedPartitions lists the partitions this node holds a copy of according

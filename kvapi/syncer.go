@@ -28,6 +28,7 @@ func (s *Server) Run(ctx context.Context) {
 	changed, stop := s.router.Changed()
 	defer stop()
 	defer s.peers.close()
+	defer s.stopRPC()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	w := &syncWork{busy: map[string]bool{}, until: map[string]time.Time{}, copies: make(chan struct{}, syncWorkers)}
