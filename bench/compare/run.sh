@@ -11,6 +11,7 @@
 #   KEYS=100000       key space
 #   VALUE=100         value size in bytes
 #   SYSTEMS="etcd clusterkit"   which systems to run, in this order
+#   CLUSTERKIT_BIN=path         run this clusterkit binary instead of building HEAD
 #   WORKLOADS="write read90"    write: 100% sets; read90: 90% gets after a preload
 #   ETCD_CLIENTS=1    clientv3 clients the etcd workers share (see README.md)
 #   KEEP=1            keep the temporary directory (data and logs)
@@ -109,7 +110,12 @@ fi
 
 log "building clusterkit and the compare tool in $WORK"
 mkdir -p "$WORK/bin"
-(cd "$ROOT" && go build -o "$WORK/bin/clusterkit" .)
+if [[ -n ${CLUSTERKIT_BIN:-} ]]; then
+	# A prebuilt binary, e.g. an older commit's, to measure a change.
+	cp "$CLUSTERKIT_BIN" "$WORK/bin/clusterkit"
+else
+	(cd "$ROOT" && go build -o "$WORK/bin/clusterkit" .)
+fi
 (cd "$ROOT/bench/compare" && go build -o "$WORK/bin/compare" .)
 
 # ---- clusters ------------------------------------------------------------
@@ -265,6 +271,7 @@ echo "ClusterKit vs etcd, 3 members each on loopback, same load code (loadgen.Ru
 echo "date:     $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo "machine:  nproc=$(nproc), the load tool and the three servers under test share it"
 echo "commit:   $(cd "$ROOT" && git rev-parse --short HEAD)$dirty"
+[[ -z ${CLUSTERKIT_BIN:-} ]] || echo "clusterkit binary: $CLUSTERKIT_BIN (not built from this commit)"
 echo "etcd:     $(etcd --version 2>/dev/null | head -n1 | sed 's/etcd Version: //') server, clientv3 $(cd "$ROOT/bench/compare" && go list -m -f '{{.Version}}' go.etcd.io/etcd/client/v3), $ETCD_CLIENTS client(s), linearizable gets"
 echo "workload: c=$C, $DURATION per run, keys=$KEYS, value=${VALUE}B; write = 100% sets; read90 = 90% gets, 10% sets, keys preloaded"
 echo
