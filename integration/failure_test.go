@@ -251,3 +251,31 @@ func TestAnyStartOrder(t *testing.T) {
 	writeAll(t, c.Nodes[2].KV, data, 5*time.Second)
 	readAll(t, c.Nodes[1].KV, data, false, 5*time.Second)
 }
+
+// TestStopWholeCluster stops every node at once, as `docker compose down`
+// does: no node can hand its partitions to another, so none may sit out
+// its drain timeout, and everything acknowledged is there after a restart.
+func TestStopWholeCluster(t *testing.T) {
+	t.Parallel()
+	c := tc.New(t, binary, 3, tc.Options{})
+	c.Start()
+	c.WaitHealthy(30*time.Second, 3, 3)
+	data := keys("stop", 30, "v")
+	writeAll(t, c.Nodes[1].KV, data, 5*time.Second)
+
+	start := time.Now()
+	exited := make(chan bool, len(c.Nodes))
+	for _, n := range c.Nodes {
+		go func() { exited <- n.Stop(20 * time.Second) }()
+	}
+	for range c.Nodes {
+		if !<-exited {
+			t.Fatal("a node did not exit within 20s of SIGTERM while the whole cluster stopped")
+		}
+	}
+	t.Logf("whole cluster stopped in %s", time.Since(start).Round(time.Millisecond))
+
+	c.Start()
+	c.WaitHealthy(30*time.Second, 3, 3)
+	readAll(t, c.Nodes[2].KV, data, false, 15*time.Second)
+}

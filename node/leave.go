@@ -50,6 +50,13 @@ func (ck *ClusterKit) Drain(ctx context.Context) error {
 			ck.log.Info("drained: no partition left on this node", "took", time.Since(start).Round(time.Millisecond))
 			return nil
 		}
+		if !ck.othersAlive() {
+			// Every other node is leaving too (a whole cluster being
+			// stopped): nobody can take the partitions, and waiting
+			// would only delay the stop. Every write is already on disk.
+			ck.log.Info("not draining further: every other node is leaving or down", "partitions_left", left)
+			return nil
+		}
 		if time.Since(lastLog) > 2*time.Second {
 			ck.log.Info("draining", "partitions_left", left)
 			lastLog = time.Now()
