@@ -61,11 +61,6 @@ var errConnClosed = errors.New("connection closed")
 // ---------------------------------------------------------------------------
 // encoding
 
-func appendBytes(b, s []byte) []byte {
-	b = binary.AppendUvarint(b, uint64(len(s)))
-	return append(b, s...)
-}
-
 func appendString(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
 	return append(b, s...)
