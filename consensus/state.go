@@ -28,6 +28,9 @@ type NodeInfo struct {
 	// Draining marks a node that is leaving gracefully: it keeps serving
 	// its partitions until each has moved to other nodes.
 	Draining bool `json:"draining,omitempty"`
+	// Incarnation is the node's process incarnation (membership.Meta):
+	// a drain belongs to the process that asked for it.
+	Incarnation string `json:"incarnation,omitempty"`
 	// Since is when Status last changed, as stamped by the leader that
 	// proposed the change (so every replica of the FSM stores the same value).
 	Since time.Time `json:"since"`

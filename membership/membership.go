@@ -44,6 +44,9 @@ type Meta struct {
 	KVAddr     string `json:"kv"`
 	RaftAddr   string `json:"raft"`
 	GossipAddr string `json:"gossip"`
+	// Incarnation is different for every start of the node's process, so
+	// the cluster can tell a restarted node from one that never went away.
+	Incarnation string `json:"inc,omitempty"`
 }
 
 // State is a member's health as seen by this node.

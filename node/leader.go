@@ -139,7 +139,8 @@ func (r *reconciler) pass(ctx context.Context) error {
 	for _, m := range ck.members.Members() {
 		seen[m.Meta.ID] = true
 		want := consensus.NodeInfo{ID: m.Meta.ID, Name: m.Meta.Name, MgmtAddr: m.Meta.MgmtAddr,
-			KVAddr: m.Meta.KVAddr, RaftAddr: m.Meta.RaftAddr, GossipAddr: m.Meta.GossipAddr, Status: statusOf(m.State)}
+			KVAddr: m.Meta.KVAddr, RaftAddr: m.Meta.RaftAddr, GossipAddr: m.Meta.GossipAddr, Status: statusOf(m.State),
+			Incarnation: m.Meta.Incarnation}
 		have, ok := ck.raft.State().Nodes[want.ID]
 		if !ok && (want.Status == consensus.StatusLeft || want.Status == consensus.StatusDead) {
 			continue // already forgotten (or never known): nothing to record
@@ -150,9 +151,12 @@ func (r *reconciler) pass(ctx context.Context) error {
 			want.Since = now
 		}
 		// A drain outlives gossip noise, but not a restart: a node that
-		// comes back after being down is a new process that did not ask
-		// to leave.
-		want.Draining = ok && have.Draining && !(have.Status != consensus.StatusAlive && want.Status == consensus.StatusAlive)
+		// comes back after being down, or with a new incarnation (a
+		// restart too quick for anyone to see it down, as when a whole
+		// cluster is stopped and started), is a new process that did not
+		// ask to leave.
+		want.Draining = ok && have.Draining && have.Incarnation == want.Incarnation &&
+			!(have.Status != consensus.StatusAlive && want.Status == consensus.StatusAlive)
 		if ok && have == want {
 			continue
 		}
