@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/clusterkit/clusterkit/ring"
 )
 
 // HTTPTarget drives ClusterKit's JSON-over-HTTP KV API (POST /kv/set,
@@ -32,6 +34,10 @@ type HTTPTarget struct {
 	suffix  string   // appended to a get URL ("&consistency=stale")
 	workers []httpWorker
 	spare   atomic.Uint64 // round robin for worker numbers past len(workers)
+
+	// owner, when set by RouteByOwner, maps a partition to the index of
+	// its primary's address.
+	owner []int
 }
 
 type httpWorker struct {
@@ -69,10 +75,13 @@ func NewHTTPTarget(c Config) *HTTPTarget {
 
 // pick returns the index of the address for worker's next request, and the
 // worker's scratch state (nil for a worker number past Concurrency).
-func (t *HTTPTarget) pick(worker int) (int, *httpWorker) {
+func (t *HTTPTarget) pick(worker int, key string) (int, *httpWorker) {
 	if worker >= 0 && worker < len(t.workers) {
 		w := &t.workers[worker]
 		i := (worker + w.next) % len(t.addrs)
+		if t.owner != nil {
+			i = t.owner[ring.PartitionOf(key, len(t.owner))]
+		}
 		w.next++
 		return i, w
 	}
@@ -81,7 +90,7 @@ func (t *HTTPTarget) pick(worker int) (int, *httpWorker) {
 
 // Set POSTs {"key":key,"value":value} to /kv/set.
 func (t *HTTPTarget) Set(ctx context.Context, worker int, key string, value []byte) error {
-	i, _ := t.pick(worker)
+	i, _ := t.pick(worker, key)
 	body := make([]byte, 0, len(`{"key":"","value":""}`)+len(key)+len(value))
 	body = append(body, `{"key":`...)
 	body = appendJSONString(body, key)
@@ -101,7 +110,7 @@ var jsonContentType = []string{"application/json"}
 
 // Get GETs /kv/get?key=key; a 404 is found=false.
 func (t *HTTPTarget) Get(ctx context.Context, worker int, key string) (bool, error) {
-	i, w := t.pick(worker)
+	i, w := t.pick(worker, key)
 	var scratch []byte
 	if w != nil {
 		scratch = w.url[:0]
@@ -142,6 +151,73 @@ func (t *HTTPTarget) do(req *http.Request, addr string) (int, error) {
 		Kind: "http_" + strconv.Itoa(resp.StatusCode),
 		Err:  fmt.Errorf("%s %s%s", req.Method, addr, req.URL.Path),
 	}
+}
+
+// RouteByOwner reads the partition table from a node's management API
+// (GET /cluster) and from then on sends each key to its partition's primary,
+// as a cluster-aware client does, instead of to the addresses in turn. The
+// table is read once: after a change of primary a request still succeeds,
+// through one forward.
+func (t *HTTPTarget) RouteByOwner(ctx context.Context, mgmtAddr string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+mgmtAddr+"/cluster", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := t.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("read the partition table: %w", err)
+	}
+	defer resp.Body.Close()
+	var doc struct {
+		Cluster struct {
+			Nodes []struct {
+				ID     string `json:"id"`
+				KVAddr string `json:"kv_addr"`
+			} `json:"nodes"`
+			PartitionMap struct {
+				Partitions map[string]struct {
+					Primary string `json:"primary_node"`
+				} `json:"partitions"`
+			} `json:"partition_map"`
+			Config struct {
+				Partitions int `json:"partition_count"`
+			} `json:"config"`
+		} `json:"cluster"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
+		return fmt.Errorf("decode %s/cluster: %w", mgmtAddr, err)
+	}
+	c := doc.Cluster
+	if c.Config.Partitions < 1 {
+		return fmt.Errorf("%s/cluster: no partition count", mgmtAddr)
+	}
+	kv := map[string]string{}
+	for _, n := range c.Nodes {
+		kv[n.ID] = n.KVAddr
+	}
+	index := map[string]int{}
+	for i, a := range t.addrs {
+		index[a] = i
+	}
+	owner := make([]int, c.Config.Partitions)
+	for p := range owner {
+		row, ok := c.PartitionMap.Partitions["partition-"+strconv.Itoa(p)]
+		addr := kv[row.Primary]
+		if !ok || addr == "" {
+			return fmt.Errorf("%s/cluster: partition %d has no primary with a KV address", mgmtAddr, p)
+		}
+		i, ok := index[addr]
+		if !ok {
+			i = len(t.addrs)
+			index[addr] = i
+			t.addrs = append(t.addrs, addr)
+			t.setURL = append(t.setURL, "http://"+addr+"/kv/set")
+			t.getURL = append(t.getURL, "http://"+addr+"/kv/get?key=")
+		}
+		owner[p] = i
+	}
+	t.owner = owner
+	return nil
 }
 
 // Close closes idle connections.

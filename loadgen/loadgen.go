@@ -36,6 +36,10 @@ type Config struct {
 	Stale       bool          // consistency=stale gets (HTTP target)
 	Timeout     time.Duration // per request, applied by the target
 	Seed        uint64
+	// RouteVia, if set, is a node's management address: the HTTP target
+	// reads the partition table there and sends each key to its primary
+	// (HTTPTarget.RouteByOwner) instead of to the addresses in turn.
+	RouteVia string
 }
 
 // Result summarises a run.
@@ -74,6 +78,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&c.Stale, "stale", false, "read with consistency=stale")
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "per-request timeout")
 	fs.Uint64Var(&c.Seed, "seed", uint64(time.Now().UnixNano()), "random seed")
+	fs.StringVar(&c.RouteVia, "route-via", "", "a node's management address: send each key to its primary, read from the partition table there, instead of to -addrs in turn")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	quiet := fs.Bool("quiet", false, "no progress line")
 	if err := fs.Parse(args); err != nil {
@@ -165,6 +170,11 @@ func Run(ctx context.Context, c Config, progress io.Writer) (Result, error) {
 	}
 	t := NewHTTPTarget(c)
 	defer t.Close()
+	if c.RouteVia != "" {
+		if err := t.RouteByOwner(ctx, c.RouteVia); err != nil {
+			return Result{}, err
+		}
+	}
 	return RunTarget(ctx, c, t, progress)
 }
 

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/clusterkit/clusterkit/ring"
 )
 
 // fakeTarget is an in-memory stand-in for a KV store: a test double for the
@@ -510,4 +512,65 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// TestRouteByOwner: with -route-via every key goes to its partition's
+// primary as the management API's /cluster names it, including a primary
+// that is not among -addrs; the routing is checked by content, each server
+// holding exactly the keys of its partitions.
+func TestRouteByOwner(t *testing.T) {
+	const parts = 8
+	kvs := []*kvServer{{data: map[string]string{}}, {data: map[string]string{}}}
+	var addrs []string
+	for _, s := range kvs {
+		srv := httptest.NewServer(s)
+		t.Cleanup(srv.Close)
+		addrs = append(addrs, strings.TrimPrefix(srv.URL, "http://"))
+	}
+	primaryOf := func(p int) int { return p % 3 % 2 } // uneven on purpose
+	mgmt := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/cluster" {
+			http.NotFound(w, r)
+			return
+		}
+		partitions := map[string]any{}
+		for p := range parts {
+			partitions[fmt.Sprintf("partition-%d", p)] = map[string]any{"primary_node": fmt.Sprintf("n%d", primaryOf(p))}
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"cluster": map[string]any{
+			"nodes":         []map[string]string{{"id": "n0", "kv_addr": addrs[0]}, {"id": "n1", "kv_addr": addrs[1]}},
+			"partition_map": map[string]any{"partitions": partitions},
+			"config":        map[string]any{"partition_count": parts},
+		}})
+	}))
+	t.Cleanup(mgmt.Close)
+
+	// -addrs names only the first server: the second is learnt from /cluster.
+	c := Config{Addrs: addrs[:1], Concurrency: 4, Duration: 300 * time.Millisecond, Keys: 200, ValueSize: 8,
+		Timeout: 5 * time.Second, Seed: 1, RouteVia: strings.TrimPrefix(mgmt.URL, "http://")}
+	res, err := Run(context.Background(), c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Errors != 0 || res.Writes == 0 {
+		t.Fatalf("run: %+v", res)
+	}
+	for i, s := range kvs {
+		s.mu.Lock()
+		n := len(s.data)
+		for k := range s.data {
+			if p := ring.PartitionOf(k, parts); primaryOf(p) != i {
+				t.Errorf("key %s (partition %d) went to server %d, its primary is %d", k, p, i, primaryOf(p))
+			}
+		}
+		s.mu.Unlock()
+		if n == 0 {
+			t.Errorf("server %d got no key", i)
+		}
+	}
+
+	bad := Config{Addrs: addrs[:1], Concurrency: 1, Duration: time.Millisecond, Keys: 1, Timeout: time.Second, RouteVia: addrs[0]}
+	if _, err := Run(context.Background(), bad, nil); err == nil {
+		t.Error("-route-via at an address without /cluster was accepted")
+	}
 }

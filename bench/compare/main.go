@@ -45,6 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&c.Preload, "preload", false, "write every key once before the run (then a missing key counts as a miss)")
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "per-request timeout")
 	fs.Uint64Var(&c.Seed, "seed", uint64(time.Now().UnixNano()), "random seed")
+	fs.StringVar(&c.RouteVia, "route-via", "", "clusterkit only: a management address; send each key to its primary (see clusterkit bench -route-via)")
 	clients := fs.Int("etcd-clients", 1, "etcd only: clientv3 clients (gRPC connections per endpoint), shared round robin by the workers")
 	asJSON := fs.Bool("json", false, "print the summary as JSON (loadgen.Result)")
 	quiet := fs.Bool("quiet", false, "no progress line")
@@ -72,7 +73,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		t = et
 	case "clusterkit":
-		t = loadgen.NewHTTPTarget(c)
+		ht := loadgen.NewHTTPTarget(c)
+		if c.RouteVia != "" {
+			if err := ht.RouteByOwner(context.Background(), c.RouteVia); err != nil {
+				fmt.Fprintln(stderr, "compare:", err)
+				return 1
+			}
+		}
+		t = ht
 	default:
 		fmt.Fprintln(stderr, "compare: -system must be etcd or clusterkit")
 		return 2

@@ -12,6 +12,8 @@
 #   VALUE=100         value size in bytes
 #   SYSTEMS="etcd clusterkit"   which systems to run, in this order
 #   CLUSTERKIT_BIN=path         run this clusterkit binary instead of building HEAD
+#   CK_ROUTE=owner    send each ClusterKit request to the key's primary (a
+#                     cluster-aware client) instead of to the nodes in turn
 #   WORKLOADS="write read90"    write: 100% sets; read90: 90% gets after a preload
 #   ETCD_CLIENTS=1    clientv3 clients the etcd workers share (see README.md)
 #   KEEP=1            keep the temporary directory (data and logs)
@@ -202,6 +204,11 @@ ck_map_version() {
 
 # ---- runs ----------------------------------------------------------------
 
+# route_args makes ClusterKit's client cluster-aware when CK_ROUTE=owner.
+route_args() {
+	if [[ $1 == clusterkit && ${CK_ROUTE:-} == owner ]]; then echo "-route-via 127.0.0.1:18081"; fi
+}
+
 workload_args() {
 	case $1 in
 	write) echo "-reads 0" ;;
@@ -235,7 +242,7 @@ for sys in $SYSTEMS; do
 		log "$sys $wl: c=$C d=$DURATION keys=$KEYS value=${VALUE}B"
 		rc=0
 		# shellcheck disable=SC2046
-		"$WORK/bin/compare" -system "$sys" -endpoints "$endpoints" -etcd-clients "$ETCD_CLIENTS" \
+		"$WORK/bin/compare" -system "$sys" -endpoints "$endpoints" -etcd-clients "$ETCD_CLIENTS" $(route_args "$sys") \
 			-c "$C" -d "$DURATION" -keys "$KEYS" -value-size "$VALUE" $(workload_args "$wl") \
 			-json -quiet >"$WORK/$sys-$wl.json" 2>"$WORK/$sys-$wl.err" || rc=$?
 		# Exit 1 with a result means misses; anything else is a failed run.
@@ -274,6 +281,11 @@ echo "commit:   $(cd "$ROOT" && git rev-parse --short HEAD)$dirty"
 [[ -z ${CLUSTERKIT_BIN:-} ]] || echo "clusterkit binary: $CLUSTERKIT_BIN (not built from this commit)"
 echo "etcd:     $(etcd --version 2>/dev/null | head -n1 | sed 's/etcd Version: //') server, clientv3 $(cd "$ROOT/bench/compare" && go list -m -f '{{.Version}}' go.etcd.io/etcd/client/v3), $ETCD_CLIENTS client(s), linearizable gets"
 echo "workload: c=$C, $DURATION per run, keys=$KEYS, value=${VALUE}B; write = 100% sets; read90 = 90% gets, 10% sets, keys preloaded"
+if [[ ${CK_ROUTE:-} == owner ]]; then
+	echo "routing:  ClusterKit requests go to each key's primary (CK_ROUTE=owner)"
+else
+	echo "routing:  ClusterKit requests go to the nodes in turn (2 in 3 forwarded)"
+fi
 echo
 fmt='%-8s | %9s %8s %8s | %9s %8s %8s | %8s %8s | %-22s %-22s\n'
 printf "$fmt" workload "etcd ops/s" p50 p99 "ck ops/s" p50 p99 "ops/s" "p99" "etcd errors/misses" "ck errors/misses"
