@@ -73,6 +73,19 @@ func NewHTTPTarget(c Config) *HTTPTarget {
 	return t
 }
 
+// OpenHTTPTarget is NewHTTPTarget followed, when c.RouteVia is set, by
+// RouteByOwner.
+func OpenHTTPTarget(ctx context.Context, c Config) (*HTTPTarget, error) {
+	t := NewHTTPTarget(c)
+	if c.RouteVia != "" {
+		if err := t.RouteByOwner(ctx, c.RouteVia); err != nil {
+			t.Close()
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
 // pick returns the index of the address for worker's next request, and the
 // worker's scratch state (nil for a worker number past Concurrency).
 func (t *HTTPTarget) pick(worker int, key string) (int, *httpWorker) {

@@ -69,26 +69,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	addrs := fs.String("addrs", "127.0.0.1:9080", "comma-separated KV API addresses")
 	c := Config{}
-	fs.IntVar(&c.Concurrency, "c", 32, "concurrent clients")
-	fs.DurationVar(&c.Duration, "d", 10*time.Second, "duration of the measured run")
-	fs.IntVar(&c.Keys, "keys", 100000, "number of distinct keys")
-	fs.IntVar(&c.ValueSize, "value-size", 100, "value size in bytes")
-	fs.Float64Var(&c.ReadRatio, "reads", 0, "fraction of operations that are reads (0..1)")
-	fs.BoolVar(&c.Preload, "preload", false, "write every key once before the run (then a 404 counts as a miss)")
+	c.RegisterFlags(fs)
 	fs.BoolVar(&c.Stale, "stale", false, "read with consistency=stale")
-	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "per-request timeout")
-	fs.Uint64Var(&c.Seed, "seed", uint64(time.Now().UnixNano()), "random seed")
-	fs.StringVar(&c.RouteVia, "route-via", "", "a node's management address: send each key to its primary, read from the partition table there, instead of to -addrs in turn")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	quiet := fs.Bool("quiet", false, "no progress line")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	for _, a := range strings.Split(*addrs, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			c.Addrs = append(c.Addrs, a)
-		}
-	}
+	c.Addrs = SplitAddrs(*addrs)
 	if err := c.validate(); err != nil {
 		fmt.Fprintln(stderr, "bench:", err)
 		return 2
@@ -102,12 +90,44 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "bench:", err)
 		return 1
 	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
+	return WriteResult(stdout, res, c, *asJSON)
+}
+
+// RegisterFlags defines the workload flags every load command shares
+// (-c, -d, -keys, -value-size, -reads, -preload, -timeout, -seed,
+// -route-via) on fs, stored into c.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.IntVar(&c.Concurrency, "c", 32, "concurrent clients")
+	fs.DurationVar(&c.Duration, "d", 10*time.Second, "duration of the measured run")
+	fs.IntVar(&c.Keys, "keys", 100000, "number of distinct keys")
+	fs.IntVar(&c.ValueSize, "value-size", 100, "value size in bytes")
+	fs.Float64Var(&c.ReadRatio, "reads", 0, "fraction of operations that are reads (0..1)")
+	fs.BoolVar(&c.Preload, "preload", false, "write every key once before the run (then a key not found counts as a miss)")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "per-request timeout")
+	fs.Uint64Var(&c.Seed, "seed", uint64(time.Now().UnixNano()), "random seed")
+	fs.StringVar(&c.RouteVia, "route-via", "", "ClusterKit: a node's management address; send each key to its primary, read from the partition table there, instead of to the addresses in turn")
+}
+
+// SplitAddrs splits a comma-separated address list, dropping blanks.
+func SplitAddrs(list string) []string {
+	var out []string
+	for _, a := range strings.Split(list, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// WriteResult prints res as JSON or as the human summary and returns the
+// command's exit code: 1 if any answer was wrong.
+func WriteResult(w io.Writer, res Result, c Config, asJSON bool) int {
+	if asJSON {
+		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(res)
 	} else {
-		fmt.Fprint(stdout, res.String(c))
+		fmt.Fprint(w, res.String(c))
 	}
 	if res.Misses > 0 {
 		return 1
@@ -168,13 +188,11 @@ func Run(ctx context.Context, c Config, progress io.Writer) (Result, error) {
 	if err := c.validate(); err != nil {
 		return Result{}, err
 	}
-	t := NewHTTPTarget(c)
-	defer t.Close()
-	if c.RouteVia != "" {
-		if err := t.RouteByOwner(ctx, c.RouteVia); err != nil {
-			return Result{}, err
-		}
+	t, err := OpenHTTPTarget(ctx, c)
+	if err != nil {
+		return Result{}, err
 	}
+	defer t.Close()
 	return RunTarget(ctx, c, t, progress)
 }
 

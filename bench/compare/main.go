@@ -13,13 +13,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/clusterkit/clusterkit/loadgen"
@@ -37,15 +35,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	system := fs.String("system", "", "etcd or clusterkit")
 	endpoints := fs.String("endpoints", "", "comma-separated client addresses (etcd client URLs' host:port, or ClusterKit KV API addresses)")
 	c := loadgen.Config{}
-	fs.IntVar(&c.Concurrency, "c", 32, "concurrent clients")
-	fs.DurationVar(&c.Duration, "d", 10*time.Second, "duration of the measured run")
-	fs.IntVar(&c.Keys, "keys", 100000, "number of distinct keys")
-	fs.IntVar(&c.ValueSize, "value-size", 100, "value size in bytes")
-	fs.Float64Var(&c.ReadRatio, "reads", 0, "fraction of operations that are reads (0..1)")
-	fs.BoolVar(&c.Preload, "preload", false, "write every key once before the run (then a missing key counts as a miss)")
-	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "per-request timeout")
-	fs.Uint64Var(&c.Seed, "seed", uint64(time.Now().UnixNano()), "random seed")
-	fs.StringVar(&c.RouteVia, "route-via", "", "clusterkit only: a management address; send each key to its primary (see clusterkit bench -route-via)")
+	c.RegisterFlags(fs)
 	clients := fs.Int("etcd-clients", 1, "etcd only: clientv3 clients (gRPC connections per endpoint), shared round robin by the workers")
 	asJSON := fs.Bool("json", false, "print the summary as JSON (loadgen.Result)")
 	quiet := fs.Bool("quiet", false, "no progress line")
@@ -53,11 +43,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	for _, a := range strings.Split(*endpoints, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			c.Addrs = append(c.Addrs, a)
-		}
-	}
+	c.Addrs = loadgen.SplitAddrs(*endpoints)
 	if len(c.Addrs) == 0 {
 		fmt.Fprintln(stderr, "compare: -endpoints is empty")
 		return 2
@@ -73,12 +59,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		t = et
 	case "clusterkit":
-		ht := loadgen.NewHTTPTarget(c)
-		if c.RouteVia != "" {
-			if err := ht.RouteByOwner(context.Background(), c.RouteVia); err != nil {
-				fmt.Fprintln(stderr, "compare:", err)
-				return 1
-			}
+		ht, err := loadgen.OpenHTTPTarget(context.Background(), c)
+		if err != nil {
+			fmt.Fprintln(stderr, "compare:", err)
+			return 1
 		}
 		t = ht
 	default:
@@ -105,18 +89,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "compare:", err)
 		return 1
 	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(res)
-	} else {
+	if !*asJSON {
 		fmt.Fprintf(stdout, "system       %s\n", *system)
-		fmt.Fprint(stdout, res.String(c))
 	}
-	if res.Misses > 0 {
-		return 1
-	}
-	return 0
+	return loadgen.WriteResult(stdout, res, c, *asJSON)
 }
 
 // probe writes a key outside the bench key space and reads it back.
