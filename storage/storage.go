@@ -144,10 +144,7 @@ func (d *DB) meta(r pebble.Reader, p int) (Meta, error) {
 
 // Meta returns partition p's metadata (zero if it holds nothing).
 func (d *DB) Meta(p int) (Meta, error) {
-	d.metaMu.RLock()
-	m, ok := d.metas[p]
-	d.metaMu.RUnlock()
-	if ok {
+	if m, ok := d.lookupCached(p); ok {
 		return m, nil
 	}
 	l := d.lock(p)
@@ -156,13 +153,17 @@ func (d *DB) Meta(p int) (Meta, error) {
 	return d.cachedMeta(p)
 }
 
+func (d *DB) lookupCached(p int) (Meta, bool) {
+	d.metaMu.RLock()
+	defer d.metaMu.RUnlock()
+	m, ok := d.metas[p]
+	return m, ok
+}
+
 // cachedMeta returns p's metadata from the cache, filling it from disk;
 // the caller holds p's stripe lock.
 func (d *DB) cachedMeta(p int) (Meta, error) {
-	d.metaMu.RLock()
-	m, ok := d.metas[p]
-	d.metaMu.RUnlock()
-	if ok {
+	if m, ok := d.lookupCached(p); ok {
 		return m, nil
 	}
 	m, err := d.meta(d.db, p)
