@@ -99,23 +99,23 @@ func (s *Server) primaryWrite(ctx context.Context, p int, epoch uint64, op opMsg
 			// round's replication is bounded).
 			return <-w.done
 		case q.token <- struct{}{}:
-			// Rounds run until our write is done: it may not be in the
-			// first if the queue was longer than a round.
-			for {
-				select {
-				case err := <-w.done:
-					<-q.token
-					return err
-				default:
-				}
-				batch := q.take()
-				if len(batch) == 0 {
-					break
-				}
-				s.commitRound(p, batch)
-			}
+			s.commitUntilDone(p, q, w)
 			<-q.token
 		}
+	}
+}
+
+// commitUntilDone runs rounds of q, holding its token, until w has its
+// result: w may not be in the first round if the queue was longer than one.
+func (s *Server) commitUntilDone(p int, q *writeQueue, w *pendingWrite) {
+	for len(w.done) == 0 {
+		batch := q.take()
+		if len(batch) == 0 {
+			// Unreachable while w waits: only w's own goroutine
+			// withdraws it, and every earlier round has delivered.
+			return
+		}
+		s.commitRound(p, batch)
 	}
 }
 
