@@ -49,6 +49,10 @@ type replicateReq struct {
 	// only once its own table has reached it.
 	Version uint64  `json:"version"`
 	Ops     []opMsg `json:"ops"`
+	// Keys, when set, is the primary's key count after Ops; the replica,
+	// whose copy mirrors the primary's, then writes without reading each
+	// key to count it. Senders that predate it leave it out.
+	Keys *uint64 `json:"keys,omitempty"`
 }
 
 type readResp struct {

@@ -169,7 +169,12 @@ func (s *Server) replicateRound(p int, rt Route, ops []opMsg) error {
 		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "persist write: %v", err)
 	}
 
-	req := replicateReq{Partition: p, Epoch: rt.Epoch, Seq: seq, From: s.router.Self(), Version: s.router.Version(), Ops: ops}
+	after, err := s.store.Meta(p)
+	if err != nil {
+		// Not reachable with the cache that ApplyBatch just filled.
+		return errorf(http.StatusServiceUnavailable, CodeOutcomeUnknown, "partition %d meta after write: %v", p, err)
+	}
+	req := replicateReq{Partition: p, Epoch: rt.Epoch, Seq: seq, From: s.router.Self(), Version: s.router.Version(), Ops: ops, Keys: &after.Keys}
 	failed := s.fanOut(context.Background(), rt.InSync, req)
 	// From here on the writes are on this node's disk: any failure leaves
 	// their outcome unknown to the clients, never "not applied".
@@ -370,7 +375,14 @@ func (s *Server) applyReplicate(ctx context.Context, req replicateReq) error {
 	for i, op := range ops {
 		sops[i] = op.storageOp()
 	}
-	if err := s.store.ApplyBatch(req.Partition, req.Epoch, m.Seq+1, sops); err != nil {
+	// The primary's key count is for the end of the round, which is where
+	// this copy will be too, however much of the round it already had.
+	if req.Keys != nil {
+		err = s.store.ApplyReplicated(req.Partition, req.Epoch, m.Seq+1, sops, *req.Keys)
+	} else {
+		err = s.store.ApplyBatch(req.Partition, req.Epoch, m.Seq+1, sops)
+	}
+	if err != nil {
 		return fmt.Errorf("apply replicated writes: %w", err)
 	}
 	return nil

@@ -188,6 +188,10 @@ func encodeReplicate(r replicateReq) []byte {
 	for _, op := range r.Ops {
 		b = appendOp(b, op)
 	}
+	if r.Keys != nil {
+		// Trailing and optional: a receiver that predates it ignores it.
+		b = binary.AppendUvarint(b, *r.Keys)
+	}
 	return b
 }
 
@@ -204,6 +208,10 @@ func decodeReplicate(b []byte) (replicateReq, error) {
 	r.Ops = make([]opMsg, 0, n)
 	for range n {
 		r.Ops = append(r.Ops, d.op())
+	}
+	if d.err == nil && len(d.b) > 0 {
+		keys := d.uvarint()
+		r.Keys = &keys
 	}
 	return r, d.err
 }

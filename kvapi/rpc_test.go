@@ -52,6 +52,16 @@ func TestRPCCodecRoundTrip(t *testing.T) {
 			want: replicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
 				Ops: []opMsg{{Key: "a", Value: "1"}, {Delete: true, Key: "b"}, {Key: "c", Value: ""}}},
 		},
+		{
+			name: "replication round with the primary's key count",
+			encode: func() []byte {
+				return encodeReplicate(replicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
+					Ops: []opMsg{{Key: "a", Value: "1"}}, Keys: new(uint64(300))})
+			},
+			decode: func(b []byte) (any, error) { return decodeReplicate(b) },
+			want: replicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
+				Ops: []opMsg{{Key: "a", Value: "1"}}, Keys: new(uint64(300))},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -75,6 +75,7 @@ type Storage interface {
 	Get(p int, key []byte) ([]byte, bool, error)
 	Apply(p int, epoch, seq uint64, op storage.Op) error
 	ApplyBatch(p int, epoch, first uint64, ops []storage.Op) error
+	ApplyReplicated(p int, epoch, first uint64, ops []storage.Op, keys uint64) error
 	SetEpoch(p int, epoch uint64) error
 	Snapshot(p int, begin func(storage.Meta) error, fn func(k, v []byte) error) error
 	Install(p int, epoch, seq uint64, next func() (storage.KV, bool, error)) error

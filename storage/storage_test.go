@@ -837,39 +837,49 @@ func TestApplyBatch(t *testing.T) {
 		{name: "delete of a missing key", before: []Op{put("b", "0")}, batch: []Op{del("a"), del("a")}, want: map[string]string{"b": "0"}, wantKeys: 1},
 		{name: "overwrite of an existing key", before: []Op{put("a", "0"), put("b", "0")}, batch: []Op{put("a", "1"), del("b"), put("c", "3")}, want: map[string]string{"a": "1", "c": "3"}, absent: []string{"b"}, wantKeys: 2},
 	}
+	// A replica applies the same batch blind, told the count: it must end
+	// in the same state.
+	modes := map[string]func(db *DB, first uint64, batch []Op, keys uint64) error{
+		"primary": func(db *DB, first uint64, batch []Op, _ uint64) error { return db.ApplyBatch(3, 2, first, batch) },
+		"replica": func(db *DB, first uint64, batch []Op, keys uint64) error {
+			return db.ApplyReplicated(3, 2, first, batch, keys)
+		},
+	}
 	for _, tt := range cases {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			db := openDB(t, t.TempDir())
-			for i, op := range tt.before {
-				if err := db.Apply(3, 1, uint64(i+1), op); err != nil {
+		for mode, apply := range modes {
+			t.Run(tt.name+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				db := openDB(t, t.TempDir())
+				for i, op := range tt.before {
+					if err := db.Apply(3, 1, uint64(i+1), op); err != nil {
+						t.Fatal(err)
+					}
+				}
+				first := uint64(len(tt.before) + 1)
+				if err := apply(db.DB, first, tt.batch, tt.wantKeys); err != nil {
 					t.Fatal(err)
 				}
-			}
-			first := uint64(len(tt.before) + 1)
-			if err := db.ApplyBatch(3, 2, first, tt.batch); err != nil {
-				t.Fatal(err)
-			}
-			for k, v := range tt.want {
-				got, ok, err := db.Get(3, []byte(k))
-				if err != nil || !ok || string(got) != v {
-					t.Errorf("get %s = %q, %v, %v; want %q", k, got, ok, err, v)
+				for k, v := range tt.want {
+					got, ok, err := db.Get(3, []byte(k))
+					if err != nil || !ok || string(got) != v {
+						t.Errorf("get %s = %q, %v, %v; want %q", k, got, ok, err, v)
+					}
 				}
-			}
-			for _, k := range tt.absent {
-				if _, ok, _ := db.Get(3, []byte(k)); ok {
-					t.Errorf("%s still present", k)
+				for _, k := range tt.absent {
+					if _, ok, _ := db.Get(3, []byte(k)); ok {
+						t.Errorf("%s still present", k)
+					}
 				}
-			}
-			m, err := db.Meta(3)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := Meta{Epoch: 2, Seq: first + uint64(len(tt.batch)) - 1, Keys: tt.wantKeys}
-			if m != want {
-				t.Errorf("meta = %+v, want %+v", m, want)
-			}
-		})
+				m, err := db.Meta(3)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := Meta{Epoch: 2, Seq: first + uint64(len(tt.batch)) - 1, Keys: tt.wantKeys}
+				if m != want {
+					t.Errorf("meta = %+v, want %+v", m, want)
+				}
+			})
+		}
 	}
 }
 
@@ -880,6 +890,9 @@ func TestApplyBatchRefusesEmpty(t *testing.T) {
 	}
 	if err := db.ApplyBatch(0, 1, 1, []Op{put("a", "1"), {Key: nil}}); err == nil {
 		t.Error("batch with an empty key accepted")
+	}
+	if err := db.ApplyReplicated(0, 1, 1, []Op{put("a", "1"), {Key: nil}}, 1); err == nil {
+		t.Error("replicated batch with an empty key accepted")
 	}
 	if _, ok, _ := db.Get(0, []byte("a")); ok {
 		t.Error("a batch that was refused was partly applied")
