@@ -103,6 +103,56 @@ func TestForwardedWriteReplicates(t *testing.T) {
 	}
 }
 
+// TestReplicaKeyCountUnderConcurrentWrites: replicas take the primary's key
+// count instead of counting themselves, so after concurrent sets and
+// deletes of overlapping keys (rounds of several writes, keys set twice in
+// a round) every copy's count must still equal the keys it holds.
+func TestReplicaKeyCountUnderConcurrentWrites(t *testing.T) {
+	const parts = 4
+	c := newCluster(t, clusterConfig{
+		parts: parts, ids: []string{"n1", "n2", "n3"},
+		row: primaryWithReplicas(1, []string{"n2", "n3"}, []string{"n2", "n3"}),
+	})
+	c.waitReady(t)
+	n1, n2, n3 := c.nodes["n1"], c.nodes["n2"], c.nodes["n3"]
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			via := []*testNode{n1, n2, n3}[w%3]
+			for i := range 40 {
+				key := fmt.Sprintf("count-%d", (w*7+i)%25)
+				var r apiResp
+				if i%5 == 4 {
+					r = kvDelete(t, c.client, via.url, key)
+				} else {
+					r = kvSet(t, c.client, via.url, key, fmt.Sprintf("v%d-%d", w, i))
+				}
+				if r.status != http.StatusOK && r.status != http.StatusNotFound {
+					t.Errorf("write %s: %s", key, r)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for p := range parts {
+		want := meta(t, n1.db, p)
+		for _, n := range []*testNode{n1, n2, n3} {
+			m := meta(t, n.db, p)
+			if m != want {
+				t.Errorf("partition %d: %s meta %+v, primary %+v", p, n.id, m, want)
+			}
+			keys, err := n.db.Keys(p, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if uint64(len(keys)) != m.Keys {
+				t.Errorf("partition %d: %s holds %d keys, its count says %d", p, n.id, len(keys), m.Keys)
+			}
+		}
+	}
+}
+
 // TestCatchUpAddsReplica: a replica that is not in sync gets a full copy from
 // the primary's sync loop and is then added through Control; from then on
 // every write reaches it before the ack.
