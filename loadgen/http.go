@@ -20,12 +20,13 @@ import (
 // starting at Addrs[w mod len(Addrs)].
 //
 // The load tool shares the machine's cores with the servers it measures, so
-// a request costs as little as net/http allows: no reflection or maps for
-// the body, prebuilt URL prefixes, and one exact-size allocation for the
-// body. The body is deliberately not a buffer reused across requests: the
-// Transport may still read a request body after Do returns (net/http's
-// RoundTripper contract), so reusing it could send one request's bytes in
-// another's place.
+// a request costs it as little as possible. Each of the Concurrency
+// workers speaks HTTP/1.1 itself, on one keep-alive connection per address
+// (see h1Conn): no goroutine handoffs, no reflection or maps for the body,
+// and request buffers reused from one request to the next. A worker number
+// past Concurrency goes through net/http's Client instead, whose
+// RoundTripper may still read a body after Do returns, so that path
+// allocates each body afresh.
 type HTTPTarget struct {
 	hc      *http.Client
 	addrs   []string
@@ -34,6 +35,7 @@ type HTTPTarget struct {
 	suffix  string   // appended to a get URL ("&consistency=stale")
 	workers []httpWorker
 	spare   atomic.Uint64 // round robin for worker numbers past len(workers)
+	timeout time.Duration
 
 	// owner, when set by RouteByOwner, maps a partition to the index of
 	// its primary's address.
@@ -41,9 +43,12 @@ type HTTPTarget struct {
 }
 
 type httpWorker struct {
-	next int    // requests sent so far
-	url  []byte // scratch for building a get URL
-	_    [64]byte
+	next  int       // requests sent so far
+	url   []byte    // scratch for building a get URL
+	body  []byte    // scratch for building a set body
+	req   []byte    // the request being sent, head and body
+	conns []*h1Conn // by address index; used by this worker's goroutine only
+	_     [64]byte
 }
 
 var _ Target = (*HTTPTarget)(nil)
@@ -62,6 +67,7 @@ func NewHTTPTarget(c Config) *HTTPTarget {
 		hc:      &http.Client{Transport: tr, Timeout: c.Timeout},
 		addrs:   c.Addrs,
 		workers: make([]httpWorker, n),
+		timeout: c.Timeout,
 	}
 	for _, a := range c.Addrs {
 		t.setURL = append(t.setURL, "http://"+a+"/kv/set")
@@ -101,15 +107,25 @@ func (t *HTTPTarget) pick(worker int, key string) (int, *httpWorker) {
 	return int(t.spare.Add(1) % uint64(len(t.addrs))), nil
 }
 
-// Set POSTs {"key":key,"value":value} to /kv/set.
-func (t *HTTPTarget) Set(ctx context.Context, worker int, key string, value []byte) error {
-	i, _ := t.pick(worker, key)
-	body := make([]byte, 0, len(`{"key":"","value":""}`)+len(key)+len(value))
+func appendSetBody(body []byte, key string, value []byte) []byte {
 	body = append(body, `{"key":`...)
 	body = appendJSONString(body, key)
 	body = append(body, `,"value":`...)
 	body = appendJSONString(body, value)
-	body = append(body, '}')
+	return append(body, '}')
+}
+
+// Set POSTs {"key":key,"value":value} to /kv/set.
+func (t *HTTPTarget) Set(ctx context.Context, worker int, key string, value []byte) error {
+	i, w := t.pick(worker, key)
+	if w != nil {
+		w.body = appendSetBody(w.body[:0], key, value)
+		w.req = appendRequestHead(w.req[:0], http.MethodPost, "/kv/set", t.addrs[i], len(w.body))
+		w.req = append(w.req, w.body...)
+		status, err := t.h1Do(ctx, w, i, http.MethodPost)
+		return t.check(status, err, http.MethodPost, i, "/kv/set")
+	}
+	body := appendSetBody(make([]byte, 0, len(`{"key":"","value":""}`)+len(key)+len(value)), key, value)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.setURL[i], bytes.NewReader(body))
 	if err != nil {
 		return &KindError{Kind: "request", Err: err}
@@ -124,16 +140,20 @@ var jsonContentType = []string{"application/json"}
 // Get GETs /kv/get?key=key; a 404 is found=false.
 func (t *HTTPTarget) Get(ctx context.Context, worker int, key string) (bool, error) {
 	i, w := t.pick(worker, key)
-	var scratch []byte
 	if w != nil {
-		scratch = w.url[:0]
+		w.url = append(w.url[:0], "/kv/get?key="...)
+		w.url = appendQueryEscape(w.url, key)
+		w.url = append(w.url, t.suffix...)
+		w.req = appendRequestHead(w.req[:0], http.MethodGet, string(w.url), t.addrs[i], -1)
+		status, err := t.h1Do(ctx, w, i, http.MethodGet)
+		if status == http.StatusNotFound {
+			return false, nil
+		}
+		return err == nil && status == http.StatusOK, t.check(status, err, http.MethodGet, i, "/kv/get")
 	}
-	scratch = append(scratch, t.getURL[i]...)
+	scratch := append([]byte(t.getURL[i]), nil...)
 	scratch = appendQueryEscape(scratch, key)
 	scratch = append(scratch, t.suffix...)
-	if w != nil {
-		w.url = scratch
-	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, string(scratch), nil)
 	if err != nil {
 		return false, &KindError{Kind: "request", Err: err}
@@ -164,6 +184,15 @@ func (t *HTTPTarget) do(req *http.Request, addr string) (int, error) {
 		Kind: "http_" + strconv.Itoa(resp.StatusCode),
 		Err:  fmt.Errorf("%s %s%s", req.Method, addr, req.URL.Path),
 	}
+}
+
+// check turns a lean request's outcome into do's: any status but 200 is an
+// error of kind http_STATUS (a get's 404 is handled by Get).
+func (t *HTTPTarget) check(status int, err error, method string, i int, path string) error {
+	if err != nil || status == http.StatusOK {
+		return err
+	}
+	return &KindError{Kind: "http_" + strconv.Itoa(status), Err: fmt.Errorf("%s %s%s", method, t.addrs[i], path)}
 }
 
 // RouteByOwner reads the partition table from a node's management API
@@ -233,9 +262,17 @@ func (t *HTTPTarget) RouteByOwner(ctx context.Context, mgmtAddr string) error {
 	return nil
 }
 
-// Close closes idle connections.
+// Close closes the connections; call it once no request is in flight.
 func (t *HTTPTarget) Close() error {
 	t.hc.CloseIdleConnections()
+	for i := range t.workers {
+		for j, c := range t.workers[i].conns {
+			if c != nil {
+				c.nc.Close()
+				t.workers[i].conns[j] = nil
+			}
+		}
+	}
 	return nil
 }
 

@@ -2,10 +2,12 @@ package loadgen
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -445,6 +447,99 @@ func TestHTTPTransportError(t *testing.T) {
 	}
 	if _, err := tg.Get(context.Background(), 5, "k"); ErrorKind(err) != "transport" {
 		t.Fatalf("get from worker past Concurrency: %v", err)
+	}
+}
+
+// TestHTTPConnections: a worker keeps one connection per address and
+// survives what servers do to keep-alive connections.
+func TestHTTPConnections(t *testing.T) {
+	tests := []struct {
+		name string
+		// handler answers request n (from 1); srv lets it act on the server.
+		handler   func(srv *httptest.Server, n int64, w http.ResponseWriter, r *http.Request)
+		timeout   time.Duration
+		pause     time.Duration // before each request
+		requests  int
+		wantConns int64
+		wantKind  string // of the last request's error; "" for none
+	}{
+		{name: "keeps one connection", requests: 20, wantConns: 1,
+			handler: func(_ *httptest.Server, _ int64, w http.ResponseWriter, _ *http.Request) {
+				_, _ = w.Write([]byte(`{"status":"success"}`))
+			}},
+		{name: "chunked answers are drained", requests: 5, wantConns: 1,
+			handler: func(_ *httptest.Server, _ int64, w http.ResponseWriter, _ *http.Request) {
+				for range 3 {
+					_, _ = w.Write(bytes.Repeat([]byte("x"), 3000))
+					w.(http.Flusher).Flush()
+				}
+			}},
+		{name: "Connection: close answers", requests: 4, wantConns: 4,
+			handler: func(_ *httptest.Server, _ int64, w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Connection", "close")
+				_, _ = w.Write([]byte(`{}`))
+			}},
+		{name: "idle connection closed by the server is redialed", requests: 4, pause: 60 * time.Millisecond, wantConns: 4,
+			handler: func(srv *httptest.Server, _ int64, w http.ResponseWriter, _ *http.Request) {
+				_, _ = w.Write([]byte(`{}`))
+				w.(http.Flusher).Flush()
+				// Close it after the answer, as an idle timeout would.
+				go func() { time.Sleep(20 * time.Millisecond); srv.CloseClientConnections() }()
+			}},
+		{name: "an error status is counted by status", requests: 1, wantConns: 1, wantKind: "http_503",
+			handler: func(_ *httptest.Server, _ int64, w http.ResponseWriter, _ *http.Request) {
+				http.Error(w, `{"error":"x"}`, http.StatusServiceUnavailable)
+			}},
+		{name: "a silent server times out", requests: 1, timeout: 200 * time.Millisecond, wantConns: 1, wantKind: "transport",
+			handler: func(_ *httptest.Server, _ int64, _ http.ResponseWriter, r *http.Request) {
+				// The server may not notice the client leaving while
+				// the unread body is pending, so give up by itself.
+				select {
+				case <-r.Context().Done():
+				case <-time.After(2 * time.Second):
+				}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var n, conns atomic.Int64
+			var srv *httptest.Server
+			srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				tt.handler(srv, n.Add(1), w, r)
+			}))
+			srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+				if s == http.StateNew {
+					conns.Add(1)
+				}
+			}
+			srv.Start()
+			t.Cleanup(srv.Close)
+			timeout := cmp.Or(tt.timeout, 5*time.Second)
+			tg := NewHTTPTarget(Config{Addrs: []string{strings.TrimPrefix(srv.URL, "http://")}, Concurrency: 1, Timeout: timeout})
+			defer tg.Close()
+			var err error
+			for i := range tt.requests {
+				time.Sleep(tt.pause)
+				if i%2 == 0 {
+					err = tg.Set(context.Background(), 0, Key(i), []byte("v"))
+				} else {
+					_, err = tg.Get(context.Background(), 0, Key(i))
+				}
+				if i < tt.requests-1 && err != nil {
+					t.Fatalf("request %d: %v", i, err)
+				}
+			}
+			if got := ErrorKind(err); got != tt.wantKind {
+				t.Errorf("last request: %v (kind %q), want kind %q", err, got, tt.wantKind)
+			}
+			if got := n.Load(); got != int64(tt.requests) {
+				t.Errorf("server answered %d requests, want %d (a retry sent one twice?)", got, tt.requests)
+			}
+			if got := conns.Load(); got != tt.wantConns {
+				t.Errorf("%d connections, want %d", got, tt.wantConns)
+			}
+		})
 	}
 }
 
