@@ -33,7 +33,11 @@ type h1Conn struct {
 // h1Do sends the request in w.req to address i on the worker's
 // connection and returns the answer's status. A request that fails on a
 // reused connection before any answer arrived (the server closed it while
-// idle) is sent once more on a new one, as net/http's Transport does.
+// idle) is sent once more on a new one. net/http's Transport does that
+// only for idempotent requests; this retries sets too, since a set the
+// server did get (it closed the connection mid-request, say while
+// shutting down) writes the same value twice, which changes nothing the
+// load tool counts.
 func (t *HTTPTarget) h1Do(ctx context.Context, w *httpWorker, i int, method string) (int, error) {
 	for len(w.conns) < len(t.addrs) {
 		w.conns = append(w.conns, nil)
