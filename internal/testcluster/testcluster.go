@@ -57,24 +57,36 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// FreePort returns a port that is free for both TCP and UDP on 127.0.0.1
-// right now (gossip needs both on the same number).
-func FreePort() (int, error) {
-	for range 50 {
+// FreePorts returns n distinct ports that are free for both TCP and UDP on
+// 127.0.0.1 right now. Each is held until all are found: a port closed
+// right away can be handed out again by the next request for port 0,
+// which once gave one node the same port for two of its listeners.
+func FreePorts(n int) ([]int, error) {
+	var ports []int
+	var held []io.Closer
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for attempt := 0; len(ports) < n; attempt++ {
+		if attempt == 50*n {
+			return nil, fmt.Errorf("no free port found")
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
+		held = append(held, l)
 		port := l.Addr().(*net.TCPAddr).Port
 		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		l.Close()
 		if err != nil {
 			continue
 		}
-		u.Close()
-		return port, nil
+		held = append(held, u)
+		ports = append(ports, port)
 	}
-	return 0, fmt.Errorf("no free port found")
+	return ports, nil
 }
 
 // Node is one ClusterKit process.
@@ -179,13 +191,9 @@ func (c *Cluster) newNode(i int, env []string) *Node {
 			c: c, stdout: &syncBuffer{}, stderr: &syncBuffer{},
 		}
 	}
-	ports := make([]int, 4)
-	for j := range ports {
-		p, err := FreePort()
-		if err != nil {
-			c.t.Fatalf("free port: %v", err)
-		}
-		ports[j] = p
+	ports, err := FreePorts(4)
+	if err != nil {
+		c.t.Fatalf("free ports: %v", err)
 	}
 	return &Node{
 		ID: fmt.Sprintf("node-%d", i), Name: fmt.Sprintf("Server-%d", i),
