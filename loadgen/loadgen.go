@@ -217,9 +217,11 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 	reads := make([]int64, c.Concurrency)
 	writes := make([]int64, c.Concurrency)
 	kinds := make([]map[string]int64, c.Concurrency)
+	// start is taken first: the run then lasts at least Duration, which
+	// ends at the context's deadline.
+	start := time.Now()
 	runCtx, cancel := context.WithTimeout(ctx, c.Duration)
 	defer cancel()
-	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range c.Concurrency {
 		kinds[w] = map[string]int64{}
