@@ -163,17 +163,13 @@ func (s *Server) replicateRound(p int, rt Route, ops []opMsg) error {
 	for i, op := range ops {
 		sops[i] = op.storageOp()
 	}
-	if err := s.store.ApplyBatch(p, rt.Epoch, seq, sops); err != nil {
+	after, err := s.store.ApplyBatch(p, rt.Epoch, seq, sops)
+	if err != nil {
 		// Storage failed before anything was replicated; the batch is
 		// atomic, so nothing was applied.
 		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "persist write: %v", err)
 	}
 
-	after, err := s.store.Meta(p)
-	if err != nil {
-		// Not reachable with the cache that ApplyBatch just filled.
-		return errorf(http.StatusServiceUnavailable, CodeOutcomeUnknown, "partition %d meta after write: %v", p, err)
-	}
 	req := replicateReq{Partition: p, Epoch: rt.Epoch, Seq: seq, From: s.router.Self(), Version: s.router.Version(), Ops: ops, Keys: &after.Keys}
 	failed := s.fanOut(context.Background(), rt.InSync, req)
 	// From here on the writes are on this node's disk: any failure leaves
@@ -380,7 +376,7 @@ func (s *Server) applyReplicate(ctx context.Context, req replicateReq) error {
 	if req.Keys != nil {
 		err = s.store.ApplyReplicated(req.Partition, req.Epoch, m.Seq+1, sops, *req.Keys)
 	} else {
-		err = s.store.ApplyBatch(req.Partition, req.Epoch, m.Seq+1, sops)
+		_, err = s.store.ApplyBatch(req.Partition, req.Epoch, m.Seq+1, sops)
 	}
 	if err != nil {
 		return fmt.Errorf("apply replicated writes: %w", err)

@@ -74,7 +74,7 @@ type Storage interface {
 	Meta(p int) (storage.Meta, error)
 	Get(p int, key []byte) ([]byte, bool, error)
 	Apply(p int, epoch, seq uint64, op storage.Op) error
-	ApplyBatch(p int, epoch, first uint64, ops []storage.Op) error
+	ApplyBatch(p int, epoch, first uint64, ops []storage.Op) (storage.Meta, error)
 	ApplyReplicated(p int, epoch, first uint64, ops []storage.Op, keys uint64) error
 	SetEpoch(p int, epoch uint64) error
 	Snapshot(p int, begin func(storage.Meta) error, fn func(k, v []byte) error) error

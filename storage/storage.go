@@ -191,14 +191,16 @@ func (d *DB) Get(p int, key []byte) ([]byte, bool, error) {
 
 // Apply applies op to partition p as write number seq of epoch, durably.
 func (d *DB) Apply(p int, epoch, seq uint64, op Op) error {
-	return d.ApplyBatch(p, epoch, seq, []Op{op})
+	_, err := d.ApplyBatch(p, epoch, seq, []Op{op})
+	return err
 }
 
 // ApplyBatch applies ops to partition p as writes number first,
 // first+1, ... of epoch, in one atomic and durable commit: a primary
 // commits the writes that queued up while its previous round was in
-// flight together, so they share one fsync here and on every replica.
-func (d *DB) ApplyBatch(p int, epoch, first uint64, ops []Op) error {
+// flight together, so they share one fsync here and on every replica. It
+// returns p's metadata after the commit.
+func (d *DB) ApplyBatch(p int, epoch, first uint64, ops []Op) (Meta, error) {
 	return d.apply(p, epoch, first, ops, nil)
 }
 
@@ -207,18 +209,19 @@ func (d *DB) ApplyBatch(p int, epoch, first uint64, ops []Op) error {
 // The writes go in blind, which spares a read per write; on a replica that
 // read would only recompute the number the primary already has.
 func (d *DB) ApplyReplicated(p int, epoch, first uint64, ops []Op, keys uint64) error {
-	return d.apply(p, epoch, first, ops, &keys)
+	_, err := d.apply(p, epoch, first, ops, &keys)
+	return err
 }
 
 // apply commits ops; keys, if set, is the key count afterwards, otherwise
 // each write reads its key to keep the count exact.
-func (d *DB) apply(p int, epoch, first uint64, ops []Op, keys *uint64) error {
+func (d *DB) apply(p int, epoch, first uint64, ops []Op, keys *uint64) (Meta, error) {
 	if len(ops) == 0 {
-		return errors.New("storage: empty batch")
+		return Meta{}, errors.New("storage: empty batch")
 	}
 	for _, op := range ops {
 		if len(op.Key) == 0 {
-			return errors.New("storage: empty key")
+			return Meta{}, errors.New("storage: empty key")
 		}
 	}
 	l := d.lock(p)
@@ -226,74 +229,62 @@ func (d *DB) apply(p int, epoch, first uint64, ops []Op, keys *uint64) error {
 	defer l.Unlock()
 	m, err := d.cachedMeta(p)
 	if err != nil {
-		return err
+		return Meta{}, err
 	}
 	b := d.db.NewBatch()
 	defer b.Close()
-	if keys != nil {
-		for _, op := range ops {
-			k := dataKey(p, op.Key)
-			if op.Delete {
-				err = b.Delete(k, nil)
-			} else {
-				err = b.Set(k, op.Value, nil)
-			}
-			if err != nil {
-				return err
-			}
-		}
-		m.Keys = *keys
-		return d.commit(b, p, epoch, first+uint64(len(ops))-1, m)
-	}
 	// present tracks keys this batch already wrote, so a key set twice in
 	// one batch is counted once.
 	var present map[string]bool
-	if len(ops) > 1 {
+	if keys == nil && len(ops) > 1 {
 		present = make(map[string]bool, len(ops))
 	}
 	for _, op := range ops {
 		k := dataKey(p, op.Key)
-		existed, seen := present[string(op.Key)]
-		if !seen {
-			_, existed, err = read(d.db, k)
-			if err != nil {
-				return fmt.Errorf("apply to partition %d: %w", p, err)
+		if keys == nil {
+			existed, seen := present[string(op.Key)]
+			if !seen {
+				if _, existed, err = read(d.db, k); err != nil {
+					return Meta{}, fmt.Errorf("apply to partition %d: %w", p, err)
+				}
+			}
+			switch {
+			case op.Delete && existed:
+				m.Keys--
+			case !op.Delete && !existed:
+				m.Keys++
+			}
+			if present != nil {
+				present[string(op.Key)] = !op.Delete
 			}
 		}
 		if op.Delete {
-			if existed {
-				if err := b.Delete(k, nil); err != nil {
-					return err
-				}
-				m.Keys--
-			}
+			err = b.Delete(k, nil)
 		} else {
-			if err := b.Set(k, op.Value, nil); err != nil {
-				return err
-			}
-			if !existed {
-				m.Keys++
-			}
+			err = b.Set(k, op.Value, nil)
 		}
-		if present != nil {
-			present[string(op.Key)] = !op.Delete
+		if err != nil {
+			return Meta{}, err
 		}
+	}
+	if keys != nil {
+		m.Keys = *keys
 	}
 	return d.commit(b, p, epoch, first+uint64(len(ops))-1, m)
 }
 
-// commit adds p's metadata at (epoch, seq) to b and commits it durably;
-// the caller holds p's stripe lock.
-func (d *DB) commit(b *pebble.Batch, p int, epoch, seq uint64, m Meta) error {
+// commit adds p's metadata at (epoch, seq) to b, commits it durably and
+// returns the metadata; the caller holds p's stripe lock.
+func (d *DB) commit(b *pebble.Batch, p int, epoch, seq uint64, m Meta) (Meta, error) {
 	m.Epoch, m.Seq = epoch, seq
 	if err := b.Set(metaKey(p), m.encode(), nil); err != nil {
-		return err
+		return Meta{}, err
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("commit to partition %d: %w", p, err)
+		return Meta{}, fmt.Errorf("commit to partition %d: %w", p, err)
 	}
 	d.setCached(p, m)
-	return nil
+	return m, nil
 }
 
 // SetEpoch records that partition p's copy is reconciled at epoch.

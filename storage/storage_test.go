@@ -840,7 +840,10 @@ func TestApplyBatch(t *testing.T) {
 	// A replica applies the same batch blind, told the count: it must end
 	// in the same state.
 	modes := map[string]func(db *DB, first uint64, batch []Op, keys uint64) error{
-		"primary": func(db *DB, first uint64, batch []Op, _ uint64) error { return db.ApplyBatch(3, 2, first, batch) },
+		"primary": func(db *DB, first uint64, batch []Op, _ uint64) error {
+			_, err := db.ApplyBatch(3, 2, first, batch)
+			return err
+		},
 		"replica": func(db *DB, first uint64, batch []Op, keys uint64) error {
 			return db.ApplyReplicated(3, 2, first, batch, keys)
 		},
@@ -885,10 +888,10 @@ func TestApplyBatch(t *testing.T) {
 
 func TestApplyBatchRefusesEmpty(t *testing.T) {
 	db := openDB(t, t.TempDir())
-	if err := db.ApplyBatch(0, 1, 1, nil); err == nil {
+	if _, err := db.ApplyBatch(0, 1, 1, nil); err == nil {
 		t.Error("empty batch accepted")
 	}
-	if err := db.ApplyBatch(0, 1, 1, []Op{put("a", "1"), {Key: nil}}); err == nil {
+	if _, err := db.ApplyBatch(0, 1, 1, []Op{put("a", "1"), {Key: nil}}); err == nil {
 		t.Error("batch with an empty key accepted")
 	}
 	if err := db.ApplyReplicated(0, 1, 1, []Op{put("a", "1"), {Key: nil}}, 1); err == nil {
