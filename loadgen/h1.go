@@ -30,15 +30,15 @@ type h1Conn struct {
 	drain [512]byte
 }
 
-// h1Do sends the request in w.req to address i on the worker's
-// connection and returns the answer's status. A request that fails on a
+// h1Do sends the request in w.req (for path) to address i on the worker's
+// connection and returns the answer's status, with do's errors. A request that fails on a
 // reused connection before any answer arrived (the server closed it while
 // idle) is sent once more on a new one. net/http's Transport does that
 // only for idempotent requests; this retries sets too, since a set the
 // server did get (it closed the connection mid-request, say while
 // shutting down) writes the same value twice, which changes nothing the
 // load tool counts.
-func (t *HTTPTarget) h1Do(ctx context.Context, w *httpWorker, i int, method string) (int, error) {
+func (t *HTTPTarget) h1Do(ctx context.Context, w *httpWorker, i int, method, path string) (int, error) {
 	for len(w.conns) < len(t.addrs) {
 		w.conns = append(w.conns, nil)
 	}
@@ -55,15 +55,14 @@ func (t *HTTPTarget) h1Do(ctx context.Context, w *httpWorker, i int, method stri
 		status, keep, err := c.roundTrip(ctx, t.timeout, w.req, method)
 		if err == nil && keep {
 			c.reqs++
-			return status, nil
+		} else {
+			c.nc.Close()
+			w.conns[i] = nil
 		}
-		reused := c.reqs > 0
-		c.nc.Close()
-		w.conns[i] = nil
 		switch {
 		case err == nil:
-			return status, nil
-		case attempt == 0 && reused && isStaleConn(err):
+			return status, statusError(status, method, t.addrs[i], path)
+		case attempt == 0 && c.reqs > 0 && isStaleConn(err):
 			continue
 		case ctx.Err() != nil:
 			return 0, ctx.Err()

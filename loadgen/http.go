@@ -122,8 +122,8 @@ func (t *HTTPTarget) Set(ctx context.Context, worker int, key string, value []by
 		w.body = appendSetBody(w.body[:0], key, value)
 		w.req = appendRequestHead(w.req[:0], http.MethodPost, "/kv/set", t.addrs[i], len(w.body))
 		w.req = append(w.req, w.body...)
-		status, err := t.h1Do(ctx, w, i, http.MethodPost)
-		return t.check(status, err, http.MethodPost, i, "/kv/set")
+		_, err := t.h1Do(ctx, w, i, http.MethodPost, "/kv/set")
+		return err
 	}
 	body := appendSetBody(make([]byte, 0, len(`{"key":"","value":""}`)+len(key)+len(value)), key, value)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.setURL[i], bytes.NewReader(body))
@@ -140,25 +140,23 @@ var jsonContentType = []string{"application/json"}
 // Get GETs /kv/get?key=key; a 404 is found=false.
 func (t *HTTPTarget) Get(ctx context.Context, worker int, key string) (bool, error) {
 	i, w := t.pick(worker, key)
+	var status int
+	var err error
 	if w != nil {
 		w.url = append(w.url[:0], "/kv/get?key="...)
 		w.url = appendQueryEscape(w.url, key)
 		w.url = append(w.url, t.suffix...)
 		w.req = appendRequestHead(w.req[:0], http.MethodGet, string(w.url), t.addrs[i], -1)
-		status, err := t.h1Do(ctx, w, i, http.MethodGet)
-		if status == http.StatusNotFound {
-			return false, nil
+		status, err = t.h1Do(ctx, w, i, http.MethodGet, "/kv/get")
+	} else {
+		u := appendQueryEscape([]byte(t.getURL[i]), key)
+		u = append(u, t.suffix...)
+		req, rerr := http.NewRequestWithContext(ctx, http.MethodGet, string(u), nil)
+		if rerr != nil {
+			return false, &KindError{Kind: "request", Err: rerr}
 		}
-		return err == nil && status == http.StatusOK, t.check(status, err, http.MethodGet, i, "/kv/get")
+		status, err = t.do(req, t.addrs[i])
 	}
-	scratch := append([]byte(t.getURL[i]), nil...)
-	scratch = appendQueryEscape(scratch, key)
-	scratch = append(scratch, t.suffix...)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, string(scratch), nil)
-	if err != nil {
-		return false, &KindError{Kind: "request", Err: err}
-	}
-	status, err := t.do(req, t.addrs[i])
 	if status == http.StatusNotFound {
 		return false, nil
 	}
@@ -174,25 +172,16 @@ func (t *HTTPTarget) do(req *http.Request, addr string) (int, error) {
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusOK:
-		return resp.StatusCode, nil
-	case resp.StatusCode == http.StatusNotFound && req.Method == http.MethodGet:
-		return resp.StatusCode, nil
-	}
-	return resp.StatusCode, &KindError{
-		Kind: "http_" + strconv.Itoa(resp.StatusCode),
-		Err:  fmt.Errorf("%s %s%s", req.Method, addr, req.URL.Path),
-	}
+	return resp.StatusCode, statusError(resp.StatusCode, req.Method, addr, req.URL.Path)
 }
 
-// check turns a lean request's outcome into do's: any status but 200 is an
-// error of kind http_STATUS (a get's 404 is handled by Get).
-func (t *HTTPTarget) check(status int, err error, method string, i int, path string) error {
-	if err != nil || status == http.StatusOK {
-		return err
+// statusError is the error for an answer's status: none for 200, or for a
+// get's 404 (Get reports it as not found); else one of kind http_STATUS.
+func statusError(status int, method, addr, path string) error {
+	if status == http.StatusOK || status == http.StatusNotFound && method == http.MethodGet {
+		return nil
 	}
-	return &KindError{Kind: "http_" + strconv.Itoa(status), Err: fmt.Errorf("%s %s%s", method, t.addrs[i], path)}
+	return &KindError{Kind: "http_" + strconv.Itoa(status), Err: fmt.Errorf("%s %s%s", method, addr, path)}
 }
 
 // RouteByOwner reads the partition table from a node's management API
