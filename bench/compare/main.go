@@ -4,6 +4,8 @@
 //
 //	compare -system etcd -endpoints 127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793 -c 32 -d 10s -reads 0.9 -preload -json
 //	compare -system clusterkit -endpoints 127.0.0.1:19081,127.0.0.1:19082,127.0.0.1:19083 -c 32 -d 10s
+//	compare -serve-ceiling 127.0.0.1:17081 -value-size 100   # one ceiling server (see ceiling.go)
+//	compare -system ceiling -endpoints 127.0.0.1:17081,127.0.0.1:17082,127.0.0.1:17083 -c 32 -d 10s
 //
 // For etcd every set is a Put and every get a linearizable Get (the client's
 // default, not WithSerializable); a get finds the key when the response has a
@@ -32,7 +34,8 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("compare", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	system := fs.String("system", "", "etcd or clusterkit")
+	system := fs.String("system", "", "etcd, clusterkit, or ceiling (servers started with -serve-ceiling)")
+	serve := fs.String("serve-ceiling", "", "run a ceiling server on this address until SIGTERM, instead of a load")
 	endpoints := fs.String("endpoints", "", "comma-separated client addresses (etcd client URLs' host:port, or ClusterKit KV API addresses)")
 	c := loadgen.Config{}
 	c.RegisterFlags(fs)
@@ -42,6 +45,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	check := fs.Bool("check", false, "write and read back one probe key, then exit 0 if both worked")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *serve != "" {
+		if err := serveCeiling(*serve, c.ValueSize); err != nil {
+			fmt.Fprintln(stderr, "compare:", err)
+			return 1
+		}
+		return 0
 	}
 	c.Addrs = loadgen.SplitAddrs(*endpoints)
 	if len(c.Addrs) == 0 {
@@ -58,7 +68,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		t = et
-	case "clusterkit":
+	case "clusterkit", "ceiling":
 		ht, err := loadgen.OpenHTTPTarget(context.Background(), c)
 		if err != nil {
 			fmt.Fprintln(stderr, "compare:", err)
@@ -66,7 +76,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		t = ht
 	default:
-		fmt.Fprintln(stderr, "compare: -system must be etcd or clusterkit")
+		fmt.Fprintln(stderr, "compare: -system must be etcd, clusterkit or ceiling")
 		return 2
 	}
 	defer t.Close()

@@ -10,7 +10,9 @@
 #   C=32              concurrent clients
 #   KEYS=100000       key space
 #   VALUE=100         value size in bytes
-#   SYSTEMS="etcd clusterkit"   which systems to run, in this order
+#   SYSTEMS="ceiling etcd clusterkit"   which systems to run, in this order;
+#                     ceiling is three servers that only parse and answer the
+#                     same HTTP requests (the most any HTTP/JSON API can do here)
 #   CLUSTERKIT_BIN=path         run this clusterkit binary instead of building HEAD
 #   CK_ROUTE=owner    send each ClusterKit request to the key's primary (a
 #                     cluster-aware client) instead of to the nodes in turn
@@ -23,7 +25,7 @@ DURATION=${DURATION:-20s}
 C=${C:-32}
 KEYS=${KEYS:-100000}
 VALUE=${VALUE:-100}
-SYSTEMS=${SYSTEMS:-etcd clusterkit}
+SYSTEMS=${SYSTEMS:-ceiling etcd clusterkit}
 WORKLOADS=${WORKLOADS:-write read90}
 ETCD_CLIENTS=${ETCD_CLIENTS:-1}
 KEEP=${KEEP:-}
@@ -124,6 +126,33 @@ fi
 
 ETCD_ENDPOINTS=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
 CK_ENDPOINTS=127.0.0.1:19081,127.0.0.1:19082,127.0.0.1:19083
+CEILING_ENDPOINTS=127.0.0.1:17081,127.0.0.1:17082,127.0.0.1:17083
+
+start_ceiling() {
+	local i
+	need_free_ports 17081 17082 17083
+	mkdir -p "$WORK/ceiling"
+	for i in 1 2 3; do
+		"$WORK/bin/compare" -serve-ceiling "127.0.0.1:1708$i" -value-size "$VALUE" >"$WORK/ceiling/s$i.log" 2>&1 &
+		PIDS+=($!)
+	done
+	await_probe ceiling "$CEILING_ENDPOINTS" 20
+}
+
+# await_probe SYSTEM ENDPOINTS SECONDS waits until a probe write and read
+# work, or fails the script with the servers' logs.
+await_probe() {
+	local deadline=$((SECONDS + $3))
+	until "$WORK/bin/compare" -system "$1" -endpoints "$2" -check 2>"$WORK/$1/check.log"; do
+		if ((SECONDS > deadline)); then
+			cat "$WORK/$1/check.log" >&2
+			dump_logs "$1"
+			echo "$1 did not become healthy in $3s" >&2
+			exit 1
+		fi
+		sleep 0.5
+	done
+}
 
 start_etcd() {
 	local i cluster="m1=http://127.0.0.1:23801,m2=http://127.0.0.1:23802,m3=http://127.0.0.1:23803"
@@ -138,16 +167,7 @@ start_etcd() {
 			--logger zap --log-outputs stderr >"$WORK/etcd/m$i.log" 2>&1 &
 		PIDS+=($!)
 	done
-	local deadline=$((SECONDS + 60))
-	until "$WORK/bin/compare" -system etcd -endpoints "$ETCD_ENDPOINTS" -check 2>"$WORK/etcd/check.log"; do
-		if ((SECONDS > deadline)); then
-			cat "$WORK/etcd/check.log" >&2
-			dump_logs etcd
-			echo "etcd did not become healthy in 60s" >&2
-			exit 1
-		fi
-		sleep 0.5
-	done
+	await_probe etcd "$ETCD_ENDPOINTS" 60
 }
 
 start_clusterkit() {
@@ -232,7 +252,8 @@ for sys in $SYSTEMS; do
 	case $sys in
 	etcd) endpoints=$ETCD_ENDPOINTS ;;
 	clusterkit) endpoints=$CK_ENDPOINTS ;;
-	*) echo "unknown system $sys (want etcd or clusterkit)" >&2; exit 2 ;;
+	ceiling) endpoints=$CEILING_ENDPOINTS ;;
+	*) echo "unknown system $sys (want ceiling, etcd or clusterkit)" >&2; exit 2 ;;
 	esac
 	log "starting 3-member $sys"
 	t0=$SECONDS
@@ -254,8 +275,10 @@ for sys in $SYSTEMS; do
 		fi
 		jq -r --arg s "$sys $wl" '"\($s): \(.ops_per_sec|floor) ops/s p50 \(.p50_ms*100|round/100)ms p99 \(.p99_ms*100|round/100)ms errors \(.errors) misses \(.misses)"' "$WORK/$sys-$wl.json" >&2
 	done
-	mapfile -t lines < <(rss "$sys")
-	RSS_LINES+=("${lines[@]}")
+	if [[ $sys != ceiling ]]; then
+		mapfile -t lines < <(rss "$sys")
+		RSS_LINES+=("${lines[@]}")
+	fi
 	log "stopping $sys"
 	stop_all
 	log "$sys stopped"
@@ -299,6 +322,19 @@ for wl in $WORKLOADS; do
 done
 echo
 echo "ops/s ck/etcd above 1: ClusterKit does more; p99 ck/etcd above 1: ClusterKit is slower at the tail."
+if [[ " $SYSTEMS " == *" ceiling "* ]]; then
+	echo
+	echo "ceiling: three servers that only parse and answer the same HTTP/JSON requests"
+	echo "(nothing stored, nothing forwarded), driven by ClusterKit's client; each system's"
+	echo "ops/s as a share of it:"
+	cfmt='%-8s | %13s | %12s | %12s\n'
+	printf "$cfmt" workload "ceiling ops/s" "etcd/ceiling" "ck/ceiling"
+	for wl in $WORKLOADS; do
+		no=$(field ceiling "$wl" '.ops_per_sec|floor')
+		eo=$(field etcd "$wl" '.ops_per_sec|floor') co=$(field clusterkit "$wl" '.ops_per_sec|floor')
+		printf "$cfmt" "$wl" "$no" "$(ratio "$eo" "$no")" "$(ratio "$co" "$no")"
+	done
+fi
 echo
 echo "resident memory after the runs (VmRSS):"
 for l in "${RSS_LINES[@]}"; do
