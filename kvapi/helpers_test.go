@@ -510,7 +510,7 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 	}
 	log := testLogger(tb)
 	for _, id := range cfg.ids {
-		db, err := storage.Open(tb.TempDir(), log)
+		db, err := storage.Open(tb.TempDir(), storage.Options{Logger: log})
 		if err != nil {
 			tb.Fatalf("open storage for %s: %v", id, err)
 		}

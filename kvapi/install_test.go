@@ -115,7 +115,7 @@ func TestInstallStreamRoundTrip(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			src, err := storage.Open(t.TempDir(), testLogger(t))
+			src, err := storage.Open(t.TempDir(), storage.Options{Logger: testLogger(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -147,7 +147,7 @@ func TestInstallStreamRoundTrip(t *testing.T) {
 			}
 
 			// And the decoder feeds Storage.Install to an identical copy.
-			dst, err := storage.Open(t.TempDir(), testLogger(t))
+			dst, err := storage.Open(t.TempDir(), storage.Options{Logger: testLogger(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -200,7 +200,7 @@ func TestInstallStreamErrors(t *testing.T) {
 				t.Fatalf("decoding %q succeeded", tt.stream)
 			}
 			// Storage must keep its old copy when the stream breaks.
-			db, err := storage.Open(t.TempDir(), testLogger(t))
+			db, err := storage.Open(t.TempDir(), storage.Options{Logger: testLogger(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -234,7 +234,7 @@ func TestInstallEndpoint(t *testing.T) {
 	if err := n2.db.Apply(0, 2, 50, storage.Op{Key: []byte("old"), Value: []byte("stale")}); err != nil {
 		t.Fatal(err)
 	}
-	src, err := storage.Open(t.TempDir(), testLogger(t))
+	src, err := storage.Open(t.TempDir(), storage.Options{Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -292,7 +292,7 @@ func TestReplicateFencing(t *testing.T) {
 	n2 := c.nodes["n2"]
 	// Give the replica a copy at epoch 5, seq 10, through the install
 	// protocol the primary would use.
-	src, err := storage.Open(t.TempDir(), testLogger(t))
+	src, err := storage.Open(t.TempDir(), storage.Options{Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

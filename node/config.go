@@ -18,6 +18,9 @@ const (
 	DefaultFailoverGrace     = 2 * time.Second
 	DefaultRequestTimeout    = 5 * time.Second
 	DefaultStatusInterval    = 15 * time.Second
+	DefaultCacheMB           = 32
+	// MaxCacheMB bounds CACHE_MB (64 GiB): a larger value is a typo.
+	MaxCacheMB = 64 << 10
 	// MaxPartitions bounds PARTITIONS; the table lives in every node's
 	// memory and in every Raft snapshot.
 	MaxPartitions = 4096
@@ -54,6 +57,8 @@ type Config struct {
 	// ReadMode is how the primary proves it may answer a linearizable
 	// read: "lease" (default) or "confirm" (a round trip per read).
 	ReadMode string
+	// CacheMB is the storage block cache, in MiB.
+	CacheMB int
 }
 
 // nodeNumber extracts N from "node-N" (1 when the ID has no number).
@@ -84,6 +89,7 @@ func DefaultConfig(id string) Config {
 		StatusInterval:    DefaultStatusInterval,
 		LogLevel:          "info",
 		ReadMode:          "lease",
+		CacheMB:           DefaultCacheMB,
 	}
 }
 
@@ -130,6 +136,7 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	}
 	integer("PARTITIONS", &c.Partitions)
 	integer("REPLICATION_FACTOR", &c.ReplicationFactor)
+	integer("CACHE_MB", &c.CacheMB)
 	boolean := func(k string, dst *bool) bool {
 		v := get(k)
 		if v == "" {
@@ -276,6 +283,9 @@ func (c *Config) Validate() error {
 	}
 	if c.StatusInterval < 0 {
 		return fmt.Errorf("STATUS_INTERVAL=%s: must not be negative", c.StatusInterval)
+	}
+	if c.CacheMB < 1 || c.CacheMB > MaxCacheMB {
+		return fmt.Errorf("CACHE_MB=%d: must be from 1 to %d", c.CacheMB, MaxCacheMB)
 	}
 	if c.ReadMode != "lease" && c.ReadMode != "confirm" {
 		return fmt.Errorf("READ_MODE=%q: want lease or confirm", c.ReadMode)

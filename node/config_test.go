@@ -49,6 +49,7 @@ func wantDefaults(mod func(*Config)) Config {
 		StatusInterval:    15 * time.Second,
 		LogLevel:          "info",
 		ReadMode:          "lease",
+		CacheMB:           32,
 	}
 	if mod != nil {
 		mod(&c)
@@ -159,12 +160,14 @@ func TestFromEnvValidate(t *testing.T) {
 				"NODE_NAME": "alpha", "DATA_DIR": "/var/lib/ck", "CLUSTER_NAME": "prod",
 				"PARTITIONS": "64", "REPLICATION_FACTOR": "2", "FAILOVER_GRACE": "750ms",
 				"REQUEST_TIMEOUT": "9s", "STATUS_INTERVAL": "0s", "LOG_LEVEL": "debug", "PPROF": "true",
+				"CACHE_MB": "128",
 			},
 			want: wantDefaults(func(c *Config) {
 				c.NodeName, c.DataDir, c.ClusterName = "alpha", "/var/lib/ck", "prod"
 				c.Partitions, c.ReplicationFactor = 64, 2
 				c.FailoverGrace, c.RequestTimeout, c.StatusInterval = 750*time.Millisecond, 9*time.Second, 0
 				c.LogLevel, c.Pprof = "debug", true
+				c.CacheMB = 128
 			}),
 		},
 		{
@@ -244,6 +247,9 @@ func TestFromEnvValidateErrors(t *testing.T) {
 		{"PARTITIONS zero", map[string]string{"PARTITIONS": "0"}, []string{"PARTITIONS"}},
 		{"PARTITIONS above the maximum", map[string]string{"PARTITIONS": "5000"}, []string{"PARTITIONS", "5000"}},
 		{"REPLICATION_FACTOR zero", map[string]string{"REPLICATION_FACTOR": "0"}, []string{"REPLICATION_FACTOR"}},
+		{"CACHE_MB zero", map[string]string{"CACHE_MB": "0"}, []string{"CACHE_MB", "from 1"}},
+		{"CACHE_MB above the maximum", map[string]string{"CACHE_MB": "100000"}, []string{"CACHE_MB", "100000"}},
+		{"CACHE_MB not a number", map[string]string{"CACHE_MB": "32MB"}, []string{"CACHE_MB", "32MB"}},
 		{"REPLICATION_FACTOR not a number", map[string]string{"REPLICATION_FACTOR": "three"}, []string{"REPLICATION_FACTOR", "three"}},
 		{"BOOTSTRAP not a boolean", map[string]string{"BOOTSTRAP": "maybe"}, []string{"BOOTSTRAP", "maybe"}},
 		{"PPROF not a boolean", map[string]string{"PPROF": "sure"}, []string{"PPROF"}},

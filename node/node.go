@@ -101,7 +101,9 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("DATA_DIR=%s: %w", cfg.DataDir, err)
 	}
-	if ck.db, err = storage.Open(filepath.Join(cfg.DataDir, "kv"), logger.With("component", "storage")); err != nil {
+	if ck.db, err = storage.Open(filepath.Join(cfg.DataDir, "kv"), storage.Options{
+		Logger: logger.With("component", "storage"), CacheBytes: int64(cfg.CacheMB) << 20,
+	}); err != nil {
 		return nil, fmt.Errorf("DATA_DIR=%s: %w", cfg.DataDir, err)
 	}
 	closers = append(closers, ck.db.Close)

@@ -101,15 +101,35 @@ type DB struct {
 	metas  map[int]Meta
 }
 
+// DefaultCacheBytes is the block cache size when Options leaves it zero.
+// Pebble's own default (8 MiB) is smaller than the index and data blocks
+// of 100k small keys: every read then copied, checksummed and
+// decompressed a block from the page cache, which was a quarter of a
+// read-serving node's CPU. 32 MiB took a read from 149 to about 115 µs of
+// node CPU, for about 5 MiB more resident memory at that size.
+const DefaultCacheBytes = 32 << 20
+
+// Options tune Open; the zero value is the defaults.
+type Options struct {
+	Logger *slog.Logger
+	// CacheBytes is the size of the block cache that keeps recently
+	// read blocks in memory, decompressed (DefaultCacheBytes if zero).
+	CacheBytes int64
+}
+
 // Open opens (creating if needed) the store in dir.
-func Open(dir string, logger *slog.Logger) (*DB, error) {
+func Open(dir string, o Options) (*DB, error) {
+	logger := o.Logger
 	if logger == nil {
 		logger = slog.Default()
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = DefaultCacheBytes
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{logger}})
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{logger}, CacheSize: o.CacheBytes})
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}

@@ -36,7 +36,7 @@ func (c *closer) close() error {
 
 func openDB(tb testing.TB, dir string) *closer {
 	tb.Helper()
-	db, err := Open(dir, testLogger(tb))
+	db, err := Open(dir, Options{Logger: testLogger(tb)})
 	if err != nil {
 		tb.Fatalf("Open(%s): %v", dir, err)
 	}
