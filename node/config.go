@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/clusterkit/clusterkit/storage"
 )
 
 // Defaults for settings that do not derive from the node number.
@@ -18,7 +20,7 @@ const (
 	DefaultFailoverGrace     = 2 * time.Second
 	DefaultRequestTimeout    = 5 * time.Second
 	DefaultStatusInterval    = 15 * time.Second
-	DefaultCacheMB           = 32
+	DefaultCacheMB           = storage.DefaultCacheBytes >> 20
 	// MaxCacheMB bounds CACHE_MB (64 GiB): a larger value is a typo.
 	MaxCacheMB = 64 << 10
 	// MaxPartitions bounds PARTITIONS; the table lives in every node's
