@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/clusterkit/clusterkit/errcode"
 	"github.com/clusterkit/clusterkit/storage"
 )
 
@@ -82,8 +83,8 @@ func (c *peerClient) close() {
 }
 
 // do sends a request and decodes a JSON answer into out (if not nil). A
-// failure to connect is ErrUnavailable (nothing was sent); a failure after
-// the request may have been delivered is ErrOutcomeUnknown.
+// failure to connect is errcode.ErrUnavailable (nothing was sent); a failure after
+// the request may have been delivered is errcode.ErrOutcomeUnknown.
 func (c *peerClient) do(ctx context.Context, method, addr, path string, q url.Values, body io.Reader, out any) error {
 	u := "http://" + addr + internalPrefix + path
 	if len(q) > 0 {
@@ -96,26 +97,28 @@ func (c *peerClient) do(ctx context.Context, method, addr, path string, q url.Va
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if isDialError(err) {
-			return errorf(503, CodeUnavailable, "cannot reach %s: %v", addr, err)
+			return errcode.New(errcode.Unavailable, "cannot reach %s: %v", addr, err)
 		}
-		return errorf(503, CodeOutcomeUnknown, "request to %s failed: %v", addr, err)
+		return errcode.New(errcode.OutcomeUnknown, "request to %s failed: %v", addr, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		var e Error
+		var e struct {
+			Code    string `json:"code"`
+			Message string `json:"error"`
+		}
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		if json.Unmarshal(b, &e) != nil || e.Code == "" {
-			return errorf(503, CodeOutcomeUnknown, "%s answered %d: %s", addr, resp.StatusCode, bytes.TrimSpace(b))
+			return errcode.New(errcode.OutcomeUnknown, "%s answered %d: %s", addr, resp.StatusCode, bytes.TrimSpace(b))
 		}
-		e.Status = resp.StatusCode
-		return &e
+		return &errcode.Error{Code: e.Code, Message: e.Message}
 	}
 	if out == nil {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return errorf(503, CodeOutcomeUnknown, "bad answer from %s: %v", addr, err)
+		return errcode.New(errcode.OutcomeUnknown, "bad answer from %s: %v", addr, err)
 	}
 	return nil
 }

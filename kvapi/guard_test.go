@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterkit/clusterkit/errcode"
 	"github.com/clusterkit/clusterkit/storage"
 )
 
@@ -36,8 +37,8 @@ func TestTableGuard(t *testing.T) {
 		check func(t *testing.T)
 	}{
 		{"refuses writes and reads while the table is older", func(t *testing.T) {
-			checkError(t, kvSet(t, c.client, n1.url, "k", "v"), http.StatusServiceUnavailable, CodeUnavailable)
-			checkError(t, kvGet(t, c.client, n1.url, "k", ""), http.StatusServiceUnavailable, CodeUnavailable)
+			checkError(t, kvSet(t, c.client, n1.url, "k", "v"), http.StatusServiceUnavailable, errcode.Unavailable)
+			checkError(t, kvGet(t, c.client, n1.url, "k", ""), http.StatusServiceUnavailable, errcode.Unavailable)
 			for p := range 2 {
 				if m := meta(t, n1.db, p); m.Seq != 0 {
 					t.Errorf("partition %d applied a write under an old table: %+v", p, m)

@@ -8,11 +8,9 @@ package kvapi
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
@@ -20,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/clusterkit/clusterkit/errcode"
 )
 
 const testParts = 8
@@ -91,7 +91,7 @@ func TestPublicAPIHappyPath(t *testing.T) {
 			mustValue(t, kvGet(t, c, n.url, "user:123", ""), "user:123", "Jane Doe")
 		}},
 		{"get absent key is a JSON 404", func(t *testing.T) {
-			checkError(t, kvGet(t, c, n.url, "user:999", ""), http.StatusNotFound, CodeKeyNotFound)
+			checkError(t, kvGet(t, c, n.url, "user:999", ""), http.StatusNotFound, errcode.KeyNotFound)
 		}},
 		{"second key through PUT", func(t *testing.T) {
 			r := doReq(t, c, http.MethodPut, n.url+"/kv/set", setBodyJSON("user:124", "Bob"))
@@ -119,7 +119,7 @@ func TestPublicAPIHappyPath(t *testing.T) {
 			wantFields(t, r.object(t), map[string]any{"status": "deleted", "key": "user:123"})
 		}},
 		{"get after delete is 404", func(t *testing.T) {
-			checkError(t, kvGet(t, c, n.url, "user:123", ""), http.StatusNotFound, CodeKeyNotFound)
+			checkError(t, kvGet(t, c, n.url, "user:123", ""), http.StatusNotFound, errcode.KeyNotFound)
 		}},
 		{"deleting an absent key is idempotent", func(t *testing.T) {
 			// A retried delete must not turn into an error for the client.
@@ -176,53 +176,53 @@ func TestBadInput(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"empty body", "POST", "/kv/set", []byte{}, 400, CodeInvalidJSON},
-		{"not JSON", "POST", "/kv/set", []byte("key=a&value=b"), 400, CodeInvalidJSON},
-		{"JSON array", "POST", "/kv/set", []byte(`[{"key":"a","value":"b"}]`), 400, CodeInvalidJSON},
-		{"JSON string", "POST", "/kv/set", []byte(`"a"`), 400, CodeInvalidJSON},
-		{"JSON null", "POST", "/kv/set", []byte(`null`), 400, CodeMissingKey},
-		{"trailing garbage", "POST", "/kv/set", []byte(`{"key":"a","value":"b"} x`), 400, CodeInvalidJSON},
-		{"two objects", "POST", "/kv/set", []byte(`{"key":"a","value":"b"}{"key":"c","value":"d"}`), 400, CodeInvalidJSON},
-		{"truncated object", "POST", "/kv/set", []byte(`{"key":"a","value":"b"`), 400, CodeInvalidJSON},
-		{"key missing", "POST", "/kv/set", []byte(`{"value":"x"}`), 400, CodeMissingKey},
-		{"key null", "POST", "/kv/set", []byte(`{"key":null,"value":"x"}`), 400, CodeMissingKey},
-		{"key empty", "POST", "/kv/set", []byte(`{"key":"","value":"x"}`), 400, CodeMissingKey},
-		{"key a number", "POST", "/kv/set", []byte(`{"key":12,"value":"x"}`), 400, CodeInvalidJSON},
-		{"value missing", "POST", "/kv/set", []byte(`{"key":"keep-1"}`), 400, CodeMissingValue},
-		{"value null", "POST", "/kv/set", []byte(`{"key":"keep-1","value":null}`), 400, CodeMissingValue},
-		{"value a number", "POST", "/kv/set", []byte(`{"key":"keep-1","value":42}`), 400, CodeInvalidJSON},
-		{"value an object", "POST", "/kv/set", []byte(`{"key":"keep-1","value":{"a":1}}`), 400, CodeInvalidJSON},
-		{"key too large", "POST", "/kv/set", setBodyJSON(long(MaxKeyBytes+1), "x"), 413, CodeKeyTooLarge},
-		{"value too large", "POST", "/kv/set", setBodyJSON("keep-1", long(MaxValueBytes+1)), 413, CodeValueTooLarge},
-		{"body too large", "POST", "/kv/set", setBodyJSON("keep-1", long(MaxBodyBytes)), 413, CodeBodyTooLarge},
+		{"empty body", "POST", "/kv/set", []byte{}, 400, errcode.InvalidJSON},
+		{"not JSON", "POST", "/kv/set", []byte("key=a&value=b"), 400, errcode.InvalidJSON},
+		{"JSON array", "POST", "/kv/set", []byte(`[{"key":"a","value":"b"}]`), 400, errcode.InvalidJSON},
+		{"JSON string", "POST", "/kv/set", []byte(`"a"`), 400, errcode.InvalidJSON},
+		{"JSON null", "POST", "/kv/set", []byte(`null`), 400, errcode.MissingKey},
+		{"trailing garbage", "POST", "/kv/set", []byte(`{"key":"a","value":"b"} x`), 400, errcode.InvalidJSON},
+		{"two objects", "POST", "/kv/set", []byte(`{"key":"a","value":"b"}{"key":"c","value":"d"}`), 400, errcode.InvalidJSON},
+		{"truncated object", "POST", "/kv/set", []byte(`{"key":"a","value":"b"`), 400, errcode.InvalidJSON},
+		{"key missing", "POST", "/kv/set", []byte(`{"value":"x"}`), 400, errcode.MissingKey},
+		{"key null", "POST", "/kv/set", []byte(`{"key":null,"value":"x"}`), 400, errcode.MissingKey},
+		{"key empty", "POST", "/kv/set", []byte(`{"key":"","value":"x"}`), 400, errcode.MissingKey},
+		{"key a number", "POST", "/kv/set", []byte(`{"key":12,"value":"x"}`), 400, errcode.InvalidJSON},
+		{"value missing", "POST", "/kv/set", []byte(`{"key":"keep-1"}`), 400, errcode.MissingValue},
+		{"value null", "POST", "/kv/set", []byte(`{"key":"keep-1","value":null}`), 400, errcode.MissingValue},
+		{"value a number", "POST", "/kv/set", []byte(`{"key":"keep-1","value":42}`), 400, errcode.InvalidJSON},
+		{"value an object", "POST", "/kv/set", []byte(`{"key":"keep-1","value":{"a":1}}`), 400, errcode.InvalidJSON},
+		{"key too large", "POST", "/kv/set", setBodyJSON(long(MaxKeyBytes+1), "x"), 413, errcode.KeyTooLarge},
+		{"value too large", "POST", "/kv/set", setBodyJSON("keep-1", long(MaxValueBytes+1)), 413, errcode.ValueTooLarge},
+		{"body too large", "POST", "/kv/set", setBodyJSON("keep-1", long(MaxBodyBytes)), 413, errcode.BodyTooLarge},
 		// encoding/json would turn the bad bytes into U+FFFD; the key the
 		// client sent must not be silently replaced by another one.
-		{"invalid UTF-8 key in body", "POST", "/kv/set", []byte("{\"key\":\"bad-\xff\xfe\",\"value\":\"x\"}"), 400, CodeInvalidKey},
-		{"get without key", "GET", "/kv/get", nil, 400, CodeMissingKey},
-		{"get with empty key", "GET", "/kv/get?key=", nil, 400, CodeMissingKey},
-		{"get invalid UTF-8 key", "GET", "/kv/get?key=%FF%FE", nil, 400, CodeInvalidKey},
-		{"get key too large", "GET", "/kv/get?key=" + long(MaxKeyBytes+1), nil, 413, CodeKeyTooLarge},
-		{"get bad consistency", "GET", "/kv/get?key=keep-1&consistency=eventual", nil, 400, CodeBadRequest},
-		{"delete without key", "POST", "/kv/delete", nil, 400, CodeMissingKey},
-		{"delete invalid UTF-8 key", "POST", "/kv/delete?key=%FF", nil, 400, CodeInvalidKey},
-		{"delete key too large", "POST", "/kv/delete?key=" + long(MaxKeyBytes+1), nil, 413, CodeKeyTooLarge},
-		{"list limit 0", "GET", "/kv/list?limit=0", nil, 400, CodeBadRequest},
-		{"list limit abc", "GET", "/kv/list?limit=abc", nil, 400, CodeBadRequest},
-		{"list limit negative", "GET", "/kv/list?limit=-1", nil, 400, CodeBadRequest},
-		{"list limit above max", "GET", "/kv/list?limit=" + strconv.Itoa(MaxListLimit+1), nil, 400, CodeBadRequest},
-		{"GET /kv/set", "GET", "/kv/set", nil, 405, CodeMethodNotAllowed},
-		{"POST /kv/get", "POST", "/kv/get?key=keep-1", []byte(`{}`), 405, CodeMethodNotAllowed},
-		{"PUT /kv/list", "PUT", "/kv/list", []byte(`{}`), 405, CodeMethodNotAllowed},
-		{"GET /kv/delete", "GET", "/kv/delete?key=keep-1", nil, 405, CodeMethodNotAllowed},
-		{"POST /kv/stats", "POST", "/kv/stats", nil, 405, CodeMethodNotAllowed},
-		{"GET /internal/v1/write", "GET", "/internal/v1/write", nil, 405, CodeMethodNotAllowed},
-		{"unknown path", "GET", "/nope", nil, 404, CodeNotFound},
-		{"unknown kv path", "GET", "/kv/nope", nil, 404, CodeNotFound},
-		{"bare /kv", "GET", "/kv", nil, 404, CodeNotFound},
-		{"unknown internal path", "POST", "/internal/v1/nope", nil, 404, CodeNotFound},
-		{"internal write not JSON", "POST", "/internal/v1/write", []byte("nope"), 400, CodeInvalidJSON},
-		{"internal read bad partition", "GET", "/internal/v1/read?partition=x&epoch=1&key=a", nil, 400, CodeBadRequest},
-		{"internal install bad epoch", "POST", "/internal/v1/install?partition=0&epoch=-1", nil, 400, CodeBadRequest},
+		{"invalid UTF-8 key in body", "POST", "/kv/set", []byte("{\"key\":\"bad-\xff\xfe\",\"value\":\"x\"}"), 400, errcode.InvalidKey},
+		{"get without key", "GET", "/kv/get", nil, 400, errcode.MissingKey},
+		{"get with empty key", "GET", "/kv/get?key=", nil, 400, errcode.MissingKey},
+		{"get invalid UTF-8 key", "GET", "/kv/get?key=%FF%FE", nil, 400, errcode.InvalidKey},
+		{"get key too large", "GET", "/kv/get?key=" + long(MaxKeyBytes+1), nil, 413, errcode.KeyTooLarge},
+		{"get bad consistency", "GET", "/kv/get?key=keep-1&consistency=eventual", nil, 400, errcode.BadRequest},
+		{"delete without key", "POST", "/kv/delete", nil, 400, errcode.MissingKey},
+		{"delete invalid UTF-8 key", "POST", "/kv/delete?key=%FF", nil, 400, errcode.InvalidKey},
+		{"delete key too large", "POST", "/kv/delete?key=" + long(MaxKeyBytes+1), nil, 413, errcode.KeyTooLarge},
+		{"list limit 0", "GET", "/kv/list?limit=0", nil, 400, errcode.BadRequest},
+		{"list limit abc", "GET", "/kv/list?limit=abc", nil, 400, errcode.BadRequest},
+		{"list limit negative", "GET", "/kv/list?limit=-1", nil, 400, errcode.BadRequest},
+		{"list limit above max", "GET", "/kv/list?limit=" + strconv.Itoa(MaxListLimit+1), nil, 400, errcode.BadRequest},
+		{"GET /kv/set", "GET", "/kv/set", nil, 405, errcode.MethodNotAllowed},
+		{"POST /kv/get", "POST", "/kv/get?key=keep-1", []byte(`{}`), 405, errcode.MethodNotAllowed},
+		{"PUT /kv/list", "PUT", "/kv/list", []byte(`{}`), 405, errcode.MethodNotAllowed},
+		{"GET /kv/delete", "GET", "/kv/delete?key=keep-1", nil, 405, errcode.MethodNotAllowed},
+		{"POST /kv/stats", "POST", "/kv/stats", nil, 405, errcode.MethodNotAllowed},
+		{"GET /internal/v1/write", "GET", "/internal/v1/write", nil, 405, errcode.MethodNotAllowed},
+		{"unknown path", "GET", "/nope", nil, 404, errcode.NotFound},
+		{"unknown kv path", "GET", "/kv/nope", nil, 404, errcode.NotFound},
+		{"bare /kv", "GET", "/kv", nil, 404, errcode.NotFound},
+		{"unknown internal path", "POST", "/internal/v1/nope", nil, 404, errcode.NotFound},
+		{"internal write not JSON", "POST", "/internal/v1/write", []byte("nope"), 400, errcode.InvalidJSON},
+		{"internal read bad partition", "GET", "/internal/v1/read?partition=x&epoch=1&key=a", nil, 400, errcode.BadRequest},
+		{"internal install bad epoch", "POST", "/internal/v1/install?partition=0&epoch=-1", nil, 400, errcode.BadRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -280,7 +280,7 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatalf("delete: %s", r)
 			}
 			wantFields(t, r.object(t), map[string]any{"status": "deleted", "key": tt.key})
-			checkError(t, kvGet(t, c, n.url, tt.key, ""), http.StatusNotFound, CodeKeyNotFound)
+			checkError(t, kvGet(t, c, n.url, tt.key, ""), http.StatusNotFound, errcode.KeyNotFound)
 		})
 	}
 }
@@ -439,42 +439,12 @@ func TestNotInitialised(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkError(t, doReq(t, c.client, tt.method, n.url+tt.path, tt.body), http.StatusServiceUnavailable, CodeUnavailable)
+			checkError(t, doReq(t, c.client, tt.method, n.url+tt.path, tt.body), http.StatusServiceUnavailable, errcode.Unavailable)
 		})
 	}
 	keys, count := listKeys(t, doReq(t, c.client, http.MethodGet, n.url+"/kv/list", nil))
 	if len(keys) != 0 || count != 0 {
 		t.Errorf("list on an empty cluster = %q count %v", keys, count)
-	}
-}
-
-// TestWriteErrorMapping pins the one place errors become HTTP answers.
-func TestWriteErrorMapping(t *testing.T) {
-	tests := []struct {
-		name       string
-		err        error
-		wantStatus int
-		wantCode   string
-		retryable  bool
-	}{
-		{"api error", errorf(http.StatusBadRequest, CodeMissingKey, "key is required"), 400, CodeMissingKey, false},
-		{"wrapped sentinel", fmt.Errorf("ctx: %w", ErrKeyNotFound), 404, CodeKeyNotFound, false},
-		{"plain error is internal", errors.New("disk on fire"), 500, CodeInternal, false},
-		{"epoch mismatch", ErrEpochMismatch, 409, CodeEpochMismatch, true},
-		{"not ready", ErrNotReady, 503, CodeNotReady, true},
-		{"unavailable", errorf(503, CodeUnavailable, "x"), 503, CodeUnavailable, true},
-		{"outcome unknown is not retryable", ErrOutcomeUnknown, 503, CodeOutcomeUnknown, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			w := httptest.NewRecorder()
-			writeError(w, tt.err)
-			res := w.Result()
-			checkError(t, apiResp{status: res.StatusCode, ctype: res.Header.Get("Content-Type"), body: w.Body.Bytes()}, tt.wantStatus, tt.wantCode)
-			if got := retryable(tt.err); got != tt.retryable {
-				t.Errorf("retryable(%v) = %v, want %v", tt.err, got, tt.retryable)
-			}
-		})
 	}
 }
 
@@ -486,5 +456,5 @@ func TestQueryEscapingIsTheClientsJob(t *testing.T) {
 		t.Fatalf("set: %s", r)
 	}
 	mustValue(t, doReq(t, c, http.MethodGet, n.url+"/kv/get?key="+url.QueryEscape("a+b"), nil), "a+b", "plus")
-	checkError(t, doReq(t, c, http.MethodGet, n.url+"/kv/get?key=a+b", nil), http.StatusNotFound, CodeKeyNotFound)
+	checkError(t, doReq(t, c, http.MethodGet, n.url+"/kv/get?key=a+b", nil), http.StatusNotFound, errcode.KeyNotFound)
 }

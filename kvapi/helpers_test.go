@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/internal/httpapi"
 	"github.com/clusterkit/clusterkit/ring"
 	"github.com/clusterkit/clusterkit/storage"
 )
@@ -416,16 +418,12 @@ func (c *callRecorder) intercept(ctx context.Context, path string, req any, h rp
 		// it, as a peer that is up but stuck would.
 		<-ctx.Done()
 		time.Sleep(time.Second)
-		return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "stalled by the test")
+		return nil, errcode.New(errcode.Unavailable, "stalled by the test")
 	}
 	body, err := h(ctx)
 	status := http.StatusOK
 	if err != nil {
-		status = http.StatusInternalServerError
-		var e *Error
-		if errors.As(err, &e) {
-			status = e.Status
-		}
+		status = httpapi.Status(errcode.Of(err))
 	}
 	c.mu.Lock()
 	query := ""

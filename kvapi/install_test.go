@@ -17,6 +17,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/clusterkit/clusterkit/errcode"
 	"github.com/clusterkit/clusterkit/storage"
 )
 
@@ -260,9 +261,9 @@ func TestInstallEndpoint(t *testing.T) {
 		wantStatus int // 0: any error status
 		wantCode   string
 	}{
-		{"not from the primary", "n3", "3", good, 409, CodeEpochMismatch},
-		{"older epoch", "n1", "2", good, 409, CodeEpochMismatch},
-		{"empty body", "n1", "3", []byte{}, 400, CodeBadRequest},
+		{"not from the primary", "n3", "3", good, 409, errcode.EpochMismatch},
+		{"older epoch", "n1", "2", good, 409, errcode.EpochMismatch},
+		{"empty body", "n1", "3", []byte{}, 400, errcode.BadRequest},
 		{"truncated stream", "n1", "3", good[:len(good)-2], 0, ""},
 		{"missing end mark", "n1", "3", good[:len(good)-1], 0, ""},
 	}

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/clusterkit/clusterkit/errcode"
 	"github.com/clusterkit/clusterkit/storage"
 )
 
@@ -93,7 +94,7 @@ func (s *Server) primaryWrite(ctx context.Context, p int, epoch uint64, op opMsg
 			return err
 		case <-ctx.Done():
 			if q.withdraw(w) {
-				return errorf(http.StatusServiceUnavailable, CodeUnavailable, "deadline passed before the write started")
+				return errcode.New(errcode.Unavailable, "deadline passed before the write started")
 			}
 			// A round has it: its outcome is coming, and soon (the
 			// round's replication is bounded).
@@ -138,7 +139,7 @@ func (s *Server) commitRound(p int, batch []*pendingWrite) {
 	writes := batch[:0:0]
 	for _, w := range batch {
 		if w.epoch != 0 && w.epoch != rt.Epoch {
-			w.done <- errorf(http.StatusConflict, CodeEpochMismatch, "partition %d is at epoch %d here, request used %d", p, rt.Epoch, w.epoch)
+			w.done <- errcode.New(errcode.EpochMismatch, "partition %d is at epoch %d here, request used %d", p, rt.Epoch, w.epoch)
 			continue
 		}
 		ops = append(ops, w.op)
@@ -167,7 +168,7 @@ func (s *Server) replicateRound(p int, rt Route, ops []opMsg) error {
 	if err != nil {
 		// Storage failed before anything was replicated; the batch is
 		// atomic, so nothing was applied.
-		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "persist write: %v", err)
+		return errcode.New(errcode.Unavailable, "persist write: %v", err)
 	}
 
 	req := replicateReq{Partition: p, Epoch: rt.Epoch, Seq: seq, From: s.router.Self(), Version: s.router.Version(), Ops: ops, Keys: &after.Keys}
@@ -181,8 +182,7 @@ func (s *Server) replicateRound(p int, rt Route, ops []opMsg) error {
 		err := s.control.SetInSync(cctx, p, rt.Epoch, node, false)
 		cancel()
 		if err != nil {
-			return errorf(http.StatusServiceUnavailable, CodeOutcomeUnknown,
-				"replica %s of partition %d missed the write and could not be removed from the in-sync set: %v", node, p, err)
+			return errcode.New(errcode.OutcomeUnknown, "replica %s of partition %d missed the write and could not be removed from the in-sync set: %v", node, p, err)
 		}
 		s.Kick()
 	}
@@ -219,7 +219,7 @@ func (s *Server) fanOut(ctx context.Context, nodes []string, req replicateReq) m
 
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes)).Decode(v); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeInvalidJSON, "decode request: %v", err))
+		writeError(w, errcode.New(errcode.InvalidJSON, "decode request: %v", err))
 		return false
 	}
 	return true
@@ -245,7 +245,7 @@ func (s *Server) handleForwardedRead(w http.ResponseWriter, r *http.Request) {
 	p, err1 := strconv.Atoi(q.Get("partition"))
 	epoch, err2 := strconv.ParseUint(q.Get("epoch"), 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "bad partition or epoch: %v", err))
+		writeError(w, errcode.New(errcode.BadRequest, "bad partition or epoch: %v", err))
 		return
 	}
 	stale := q.Get("consistency") == "stale"
@@ -268,13 +268,13 @@ func (s *Server) awaitEpoch(ctx context.Context, p int, epoch uint64) (Route, er
 	for {
 		rt, ok := s.router.Route(p)
 		if ok && rt.Epoch > epoch {
-			return rt, errorf(http.StatusConflict, CodeEpochMismatch, "partition %d is at epoch %d, request is for %d", p, rt.Epoch, epoch)
+			return rt, errcode.New(errcode.EpochMismatch, "partition %d is at epoch %d, request is for %d", p, rt.Epoch, epoch)
 		}
 		if ok && rt.Epoch == epoch {
 			return rt, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return rt, errorf(http.StatusServiceUnavailable, CodeNotReady, "partition %d: epoch %d not known here yet", p, epoch)
+			return rt, errcode.New(errcode.NotReady, "partition %d: epoch %d not known here yet", p, epoch)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -285,7 +285,7 @@ func (s *Server) awaitVersion(ctx context.Context, version uint64) error {
 	deadline := time.Now().Add(2 * time.Second)
 	for s.router.Version() < version {
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return errorf(http.StatusServiceUnavailable, CodeNotReady, "partition table at version %d here, sender is at %d", s.router.Version(), version)
+			return errcode.New(errcode.NotReady, "partition table at version %d here, sender is at %d", s.router.Version(), version)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -313,10 +313,10 @@ func (s *Server) checkReplica(ctx context.Context, p int, epoch uint64, from str
 		return err
 	}
 	if rt.Primary != from {
-		return errorf(http.StatusConflict, CodeEpochMismatch, "%s is not the primary of partition %d at epoch %d", from, p, epoch)
+		return errcode.New(errcode.EpochMismatch, "%s is not the primary of partition %d at epoch %d", from, p, epoch)
 	}
 	if !slices.Contains(rt.Replicas, s.router.Self()) {
-		return errorf(http.StatusConflict, CodeEpochMismatch, "%s is not a replica of partition %d at epoch %d", s.router.Self(), p, epoch)
+		return errcode.New(errcode.EpochMismatch, "%s is not a replica of partition %d at epoch %d", s.router.Self(), p, epoch)
 	}
 	return nil
 }
@@ -340,11 +340,11 @@ func (s *Server) handleReplicate(w http.ResponseWriter, r *http.Request) {
 // retried) is applied from the first write this copy lacks.
 func (s *Server) applyReplicate(ctx context.Context, req replicateReq) error {
 	if len(req.Ops) == 0 {
-		return errorf(http.StatusBadRequest, CodeBadRequest, "replication round without writes")
+		return errcode.New(errcode.BadRequest, "replication round without writes")
 	}
 	for _, op := range req.Ops {
 		if op.Key == "" {
-			return errorf(http.StatusBadRequest, CodeBadRequest, "replicated write without a key")
+			return errcode.New(errcode.BadRequest, "replicated write without a key")
 		}
 	}
 	l := s.lock(req.Partition)
@@ -360,11 +360,11 @@ func (s *Server) applyReplicate(ctx context.Context, req replicateReq) error {
 	last := req.Seq + uint64(len(req.Ops)) - 1
 	switch {
 	case m.Epoch != req.Epoch:
-		return errorf(http.StatusConflict, CodeNotReady, "partition %d copy is from epoch %d; it needs a sync for epoch %d", req.Partition, m.Epoch, req.Epoch)
+		return errcode.New(errcode.NotReady, "partition %d copy is from epoch %d; it needs a sync for epoch %d", req.Partition, m.Epoch, req.Epoch)
 	case last <= m.Seq:
 		return nil // already applied
 	case req.Seq > m.Seq+1:
-		return errorf(http.StatusConflict, CodeNotReady, "partition %d: got write %d after %d; it needs a sync", req.Partition, req.Seq, m.Seq)
+		return errcode.New(errcode.NotReady, "partition %d: got write %d after %d; it needs a sync", req.Partition, req.Seq, m.Seq)
 	}
 	ops := req.Ops[m.Seq+1-req.Seq:]
 	sops := make([]storage.Op, len(ops))
@@ -391,7 +391,7 @@ func (s *Server) handleInstall(w http.ResponseWriter, r *http.Request) {
 	p, err1 := strconv.Atoi(q.Get("partition"))
 	epoch, err2 := strconv.ParseUint(q.Get("epoch"), 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "bad partition or epoch: %v", err))
+		writeError(w, errcode.New(errcode.BadRequest, "bad partition or epoch: %v", err))
 		return
 	}
 	l := s.lock(p)
@@ -404,7 +404,7 @@ func (s *Server) handleInstall(w http.ResponseWriter, r *http.Request) {
 	}
 	seq, next, err := readInstallStream(bufio.NewReaderSize(r.Body, 64<<10), MaxBodyBytes)
 	if err != nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "%v", err))
+		writeError(w, errcode.New(errcode.BadRequest, "%v", err))
 		return
 	}
 	start := time.Now()

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterkit/clusterkit/errcode"
 	"github.com/clusterkit/clusterkit/ring"
 	"github.com/clusterkit/clusterkit/storage"
 )
@@ -327,11 +328,11 @@ func TestReplicateFencing(t *testing.T) {
 		{name: "next seq applies", body: req(0, 5, 11, "n1", set("v11")), wantStatus: 200, wantSeq: 11, wantA: "v11"},
 		{name: "duplicate of the last write is acked, not applied", body: req(0, 5, 11, "n1", set("CHANGED")), wantStatus: 200, wantSeq: 11, wantA: "v11"},
 		{name: "old duplicate delete is acked, not applied", body: req(0, 5, 3, "n1", opMsg{Delete: true, Key: "a"}), wantStatus: 200, wantSeq: 11, wantA: "v11"},
-		{name: "gap in seq refused", body: req(0, 5, 13, "n1", set("v13")), wantStatus: 409, wantCode: CodeNotReady, wantSeq: 11, wantA: "v11"},
-		{name: "older epoch refused", body: req(0, 4, 12, "n1", set("old")), wantStatus: 409, wantCode: CodeEpochMismatch, wantSeq: 11, wantA: "v11"},
-		{name: "sender is not the primary", body: req(0, 5, 12, "n3", set("rogue")), wantStatus: 409, wantCode: CodeEpochMismatch, wantSeq: 11, wantA: "v11"},
-		{name: "this node is not a replica", body: req(1, 5, 1, "n1", set("x")), wantStatus: 409, wantCode: CodeEpochMismatch, wantSeq: 11, wantA: "v11"},
-		{name: "epoch not known here yet", body: req(0, 6, 12, "n1", set("future")), wantStatus: 503, wantCode: CodeNotReady, wantSeq: 11, wantA: "v11"},
+		{name: "gap in seq refused", body: req(0, 5, 13, "n1", set("v13")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 11, wantA: "v11"},
+		{name: "older epoch refused", body: req(0, 4, 12, "n1", set("old")), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
+		{name: "sender is not the primary", body: req(0, 5, 12, "n3", set("rogue")), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
+		{name: "this node is not a replica", body: req(1, 5, 1, "n1", set("x")), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
+		{name: "epoch not known here yet", body: req(0, 6, 12, "n1", set("future")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 11, wantA: "v11"},
 		{
 			// A replica whose table is behind the sender's must not act on
 			// it: membership may have changed without a new epoch.
@@ -340,22 +341,22 @@ func TestReplicateFencing(t *testing.T) {
 				b, _ := json.Marshal(replicateReq{Partition: 0, Epoch: 5, Seq: 12, From: "n1", Version: 1 << 40, Ops: []opMsg{set("ahead")}})
 				return b
 			}(),
-			wantStatus: 503, wantCode: CodeNotReady, wantSeq: 11, wantA: "v11",
+			wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 11, wantA: "v11",
 		},
-		{name: "malformed", body: []byte(`{"partition":`), wantStatus: 400, wantCode: CodeInvalidJSON, wantSeq: 11, wantA: "v11"},
+		{name: "malformed", body: []byte(`{"partition":`), wantStatus: 400, wantCode: errcode.InvalidJSON, wantSeq: 11, wantA: "v11"},
 		{name: "in order again", body: req(0, 5, 12, "n1", opMsg{Delete: true, Key: "a"}), wantStatus: 200, wantSeq: 12},
 		{
 			name:       "round overlapping what is applied applies only the new writes",
 			body:       reqN(0, 5, 11, "n1", set("dup11"), opMsg{Delete: true, Key: "a"}, set("v13"), set("v14")),
 			wantStatus: 200, wantSeq: 14, wantA: "v14",
 		},
-		{name: "round with a gap refused whole", body: reqN(0, 5, 16, "n1", set("v16"), set("v17")), wantStatus: 409, wantCode: CodeNotReady, wantSeq: 14, wantA: "v14"},
-		{name: "empty round refused", body: reqN(0, 5, 15, "n1"), wantStatus: 400, wantCode: CodeBadRequest, wantSeq: 14, wantA: "v14"},
-		{name: "round with an empty key refused whole", body: reqN(0, 5, 15, "n1", set("v15"), opMsg{Key: ""}), wantStatus: 400, wantCode: CodeBadRequest, wantSeq: 14, wantA: "v14"},
+		{name: "round with a gap refused whole", body: reqN(0, 5, 16, "n1", set("v16"), set("v17")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 14, wantA: "v14"},
+		{name: "empty round refused", body: reqN(0, 5, 15, "n1"), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 14, wantA: "v14"},
+		{name: "round with an empty key refused whole", body: reqN(0, 5, 15, "n1", set("v15"), opMsg{Key: ""}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 14, wantA: "v14"},
 		{
 			name:   "copy from an older epoch needs a sync",
 			before: func() { c.table.updateAll(func(r *Route) { r.Epoch = 6 }) },
-			body:   req(0, 6, 15, "n1", set("v15")), wantStatus: 409, wantCode: CodeNotReady, wantSeq: 14, wantA: "v14",
+			body:   req(0, 6, 15, "n1", set("v15")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 14, wantA: "v14",
 		},
 	}
 	for _, s := range steps {
@@ -405,9 +406,9 @@ func TestForwardedWriteStaleEpoch(t *testing.T) {
 		wantStatus int
 		wantCode   string
 	}{
-		{"old epoch at the primary", n1, 1, 409, CodeEpochMismatch},
-		{"future epoch at the primary", n1, 3, 409, CodeEpochMismatch},
-		{"current epoch at a non-primary", n2, 2, 409, CodeEpochMismatch},
+		{"old epoch at the primary", n1, 1, 409, errcode.EpochMismatch},
+		{"future epoch at the primary", n1, 3, 409, errcode.EpochMismatch},
+		{"current epoch at a non-primary", n2, 2, 409, errcode.EpochMismatch},
 		{"current epoch at the primary", n1, 2, 200, ""},
 	}
 	for i, tt := range tests {
@@ -592,8 +593,8 @@ func TestReplicaDown(t *testing.T) {
 		{"replica closed, write at the primary", "n1", closeN3, false, 200, ""},
 		{"replica closed, forwarded write", "n2", closeN3, false, 200, ""},
 		{"replica stalls past the replication timeout", "n1", stallN3, false, 200, ""},
-		{"replica closed, control cannot remove it", "n1", closeN3, true, 503, CodeOutcomeUnknown},
-		{"replica closed, forwarded, control cannot remove it", "n2", closeN3, true, 503, CodeOutcomeUnknown},
+		{"replica closed, control cannot remove it", "n1", closeN3, true, 503, errcode.OutcomeUnknown},
+		{"replica closed, forwarded, control cannot remove it", "n2", closeN3, true, 503, errcode.OutcomeUnknown},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

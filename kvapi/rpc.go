@@ -32,6 +32,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/clusterkit/clusterkit/errcode"
 )
 
 const (
@@ -216,36 +218,33 @@ func decodeReplicate(b []byte) (replicateReq, error) {
 	return r, d.err
 }
 
-// A response payload is the HTTP status the call would have had, then for
-// 200 the body, otherwise the error code and message.
+// A response payload is one byte, 0 for success and 1 for an error, then
+// the body, or the error's code and message.
 func encodeResponse(b, body []byte, err error) []byte {
 	if err == nil {
-		b = binary.AppendUvarint(b, http.StatusOK)
+		b = append(b, 0)
 		return append(b, body...)
 	}
-	var e *Error
-	if !errors.As(err, &e) {
-		e = &Error{Status: http.StatusInternalServerError, Code: CodeInternal, Message: err.Error()}
-	}
-	b = binary.AppendUvarint(b, uint64(e.Status))
+	e := errcode.As(err)
+	b = append(b, 1)
 	b = appendString(b, e.Code)
 	return appendString(b, e.Message)
 }
 
 func decodeResponse(p []byte) ([]byte, error) {
 	d := decoder{b: p}
-	status := d.uvarint()
-	if d.err != nil {
-		return nil, d.err
-	}
-	if status == http.StatusOK {
+	switch d.byte() {
+	case 0:
 		return d.b, nil
+	case 1:
+		e := &errcode.Error{Code: d.string(), Message: d.string()}
+		if d.err != nil {
+			return nil, d.err
+		}
+		return nil, e
 	}
-	e := &Error{Status: int(status), Code: d.string(), Message: d.string()}
-	if d.err != nil {
-		return nil, d.err
-	}
-	return nil, e
+	d.fail()
+	return nil, d.err
 }
 
 // ---------------------------------------------------------------------------
@@ -356,7 +355,7 @@ func (c *rpcConn) close(err error) {
 		c.pending = nil
 		c.pmu.Unlock()
 		for _, ch := range pending {
-			ch <- rpcResult{err: errorf(http.StatusServiceUnavailable, CodeOutcomeUnknown, "connection to %s lost: %v", c.addr, err)}
+			ch <- rpcResult{err: errcode.New(errcode.OutcomeUnknown, "connection to %s lost: %v", c.addr, err)}
 		}
 	})
 }
@@ -413,8 +412,8 @@ func (c *rpcConn) readResponses(r *bufio.Reader) {
 }
 
 // call sends one request and waits for its answer or ctx. An error that
-// guarantees nothing was sent is CodeUnavailable; one after the request
-// may have been delivered is CodeOutcomeUnknown, unless the peer answered
+// guarantees nothing was sent is errcode.Unavailable; one after the request
+// may have been delivered is errcode.OutcomeUnknown, unless the peer answered
 // with its own error.
 func (c *rpcConn) call(ctx context.Context, kind byte, payload []byte) ([]byte, error) {
 	ch := make(chan rpcResult, 1)
@@ -444,7 +443,7 @@ func (c *rpcConn) call(ctx context.Context, kind byte, payload []byte) ([]byte, 
 		if c.lastRead.Load() < sent.UnixNano() {
 			c.close(fmt.Errorf("no answer from %s since %s", c.addr, time.Since(sent).Round(time.Millisecond)))
 		}
-		return nil, errorf(http.StatusServiceUnavailable, CodeOutcomeUnknown, "no answer from %s in time: %v", c.addr, ctx.Err())
+		return nil, errcode.New(errcode.OutcomeUnknown, "no answer from %s in time: %v", c.addr, ctx.Err())
 	}
 }
 
@@ -493,7 +492,7 @@ func (c *rpcClient) conn(ctx context.Context, addr string) (*rpcConn, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "node is shutting down")
+		return nil, errcode.New(errcode.Unavailable, "node is shutting down")
 	}
 	p, ok := c.peers[addr]
 	if !ok {
@@ -508,7 +507,7 @@ func (c *rpcClient) conn(ctx context.Context, addr string) (*rpcConn, error) {
 	}
 	conn, err := dialRPC(ctx, addr)
 	if err != nil {
-		return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "cannot reach %s: %v", addr, err)
+		return nil, errcode.New(errcode.Unavailable, "cannot reach %s: %v", addr, err)
 	}
 	p.conn = conn
 	return conn, nil
@@ -527,7 +526,7 @@ func (c *rpcClient) call(ctx context.Context, addr string, kind byte, payload []
 			if attempt == 0 {
 				continue
 			}
-			return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "connection to %s closed", addr)
+			return nil, errcode.New(errcode.Unavailable, "connection to %s closed", addr)
 		}
 		return body, err
 	}
@@ -575,12 +574,12 @@ type rpcHandler func(ctx context.Context) ([]byte, error)
 // handleRPC upgrades an HTTP request to an RPC connection and serves it.
 func (s *Server) handleRPC(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Upgrade") != rpcProtocol {
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "this route needs Upgrade: %s", rpcProtocol))
+		writeError(w, errcode.New(errcode.BadRequest, "this route needs Upgrade: %s", rpcProtocol))
 		return
 	}
 	nc, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		writeError(w, errorf(http.StatusInternalServerError, CodeInternal, "connection cannot be upgraded: %v", err))
+		writeError(w, errcode.New(errcode.Internal, "connection cannot be upgraded: %v", err))
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
@@ -696,10 +695,10 @@ func (s *Server) serveRPC(ctx context.Context, kind byte, payload []byte) ([]byt
 			h = func(ctx context.Context) ([]byte, error) { return nil, s.applyReplicate(ctx, req) }
 		}
 	default:
-		return nil, errorf(http.StatusBadRequest, CodeBadRequest, "unknown request kind %d", kind)
+		return nil, errcode.New(errcode.BadRequest, "unknown request kind %d", kind)
 	}
 	if err != nil {
-		return nil, errorf(http.StatusBadRequest, CodeBadRequest, "%v", err)
+		return nil, errcode.New(errcode.BadRequest, "%v", err)
 	}
 	if s.intercept != nil {
 		return s.intercept(ctx, rpcPaths[kind], decoded, h)

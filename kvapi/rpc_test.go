@@ -5,11 +5,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/clusterkit/clusterkit/errcode"
 )
 
 func TestRPCCodecRoundTrip(t *testing.T) {
@@ -90,15 +93,17 @@ func TestRPCResponseCodec(t *testing.T) {
 		body     []byte
 		err      error
 		wantBody []byte
-		wantErr  *Error
+		wantErr  *errcode.Error
 	}{
 		{name: "value", body: []byte("hello"), wantBody: []byte("hello")},
 		{name: "empty value", body: nil, wantBody: []byte{}},
-		{name: "api error keeps status and code", err: errorf(http.StatusConflict, CodeEpochMismatch, "old epoch"),
-			wantErr: &Error{Status: http.StatusConflict, Code: CodeEpochMismatch, Message: "old epoch"}},
-		{name: "not found", err: ErrKeyNotFound, wantErr: &Error{Status: http.StatusNotFound, Code: CodeKeyNotFound, Message: "key not found"}},
+		{name: "api error keeps code and message", err: errcode.New(errcode.EpochMismatch, "old epoch"),
+			wantErr: &errcode.Error{Code: errcode.EpochMismatch, Message: "old epoch"}},
+		{name: "not found", err: errcode.ErrKeyNotFound, wantErr: &errcode.Error{Code: errcode.KeyNotFound, Message: "key not found"}},
+		{name: "wrapped error keeps its code", err: fmt.Errorf("ctx: %w", errcode.ErrNotReady),
+			wantErr: &errcode.Error{Code: errcode.NotReady, Message: "partition not ready on this node"}},
 		{name: "plain error is internal", err: errors.New("disk on fire"),
-			wantErr: &Error{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "disk on fire"}},
+			wantErr: &errcode.Error{Code: errcode.Internal, Message: "disk on fire"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,8 +114,8 @@ func TestRPCResponseCodec(t *testing.T) {
 				}
 				return
 			}
-			var e *Error
-			if !errors.As(err, &e) || *e != *tt.wantErr {
+			var e *errcode.Error
+			if !errors.As(err, &e) || e.Code != tt.wantErr.Code || e.Message != tt.wantErr.Message {
 				t.Fatalf("got error %#v, want %#v", err, tt.wantErr)
 			}
 		})
@@ -216,7 +221,7 @@ func TestRPCSilentPeerIsDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = peers.read(ctx, addr, 0, 1, "k", false)
-	if !errors.Is(err, ErrOutcomeUnknown) {
+	if !errors.Is(err, errcode.ErrOutcomeUnknown) {
 		t.Fatalf("read from a stalled peer: %v, want outcome_unknown", err)
 	}
 	if !first.closed() {

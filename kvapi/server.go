@@ -17,6 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/clusterkit/clusterkit/errcode"
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 )
@@ -128,10 +129,10 @@ func (s *Server) Handler() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
+		writeError(w, errcode.New(errcode.NotFound, "no route %s %s", r.Method, r.URL.Path))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+		writeError(w, errcode.New(errcode.MethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
 	})
 	r.Route("/kv", func(r chi.Router) {
 		r.Use(s.count)
@@ -210,11 +211,11 @@ func replaced(body []byte, s string) bool {
 func validateKey(key string) error {
 	switch {
 	case key == "":
-		return errorf(http.StatusBadRequest, CodeMissingKey, "key is required")
+		return errcode.New(errcode.MissingKey, "key is required")
 	case len(key) > MaxKeyBytes:
-		return errorf(http.StatusRequestEntityTooLarge, CodeKeyTooLarge, "key is %d bytes; the limit is %d", len(key), MaxKeyBytes)
+		return errcode.New(errcode.KeyTooLarge, "key is %d bytes; the limit is %d", len(key), MaxKeyBytes)
 	case !utf8.ValidString(key):
-		return errorf(http.StatusBadRequest, CodeInvalidKey, "key must be valid UTF-8")
+		return errcode.New(errcode.InvalidKey, "key must be valid UTF-8")
 	}
 	return nil
 }
@@ -224,23 +225,23 @@ func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeError(w, errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body exceeds %d bytes", MaxBodyBytes))
+			writeError(w, errcode.New(errcode.BodyTooLarge, "request body exceeds %d bytes", MaxBodyBytes))
 			return
 		}
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "read body: %v", err))
+		writeError(w, errcode.New(errcode.BadRequest, "read body: %v", err))
 		return
 	}
 	if !utf8.Valid(body) {
-		writeError(w, errorf(http.StatusBadRequest, CodeInvalidKey, "request body must be valid UTF-8"))
+		writeError(w, errcode.New(errcode.InvalidKey, "request body must be valid UTF-8"))
 		return
 	}
 	var in setBody
 	if err := json.Unmarshal(body, &in); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeInvalidJSON, "body must be a JSON object {\"key\": string, \"value\": string}: %v", err))
+		writeError(w, errcode.New(errcode.InvalidJSON, "body must be a JSON object {\"key\": string, \"value\": string}: %v", err))
 		return
 	}
 	if in.Key == nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeMissingKey, "key is required"))
+		writeError(w, errcode.New(errcode.MissingKey, "key is required"))
 		return
 	}
 	if err := validateKey(*in.Key); err != nil {
@@ -248,19 +249,19 @@ func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if replaced(body, *in.Key) {
-		writeError(w, errorf(http.StatusBadRequest, CodeInvalidKey, "key contains an invalid \\u escape (a lone surrogate)"))
+		writeError(w, errcode.New(errcode.InvalidKey, "key contains an invalid \\u escape (a lone surrogate)"))
 		return
 	}
 	if in.Value == nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeMissingValue, "value is required (use \"\" for an empty value)"))
+		writeError(w, errcode.New(errcode.MissingValue, "value is required (use \"\" for an empty value)"))
 		return
 	}
 	if len(*in.Value) > MaxValueBytes {
-		writeError(w, errorf(http.StatusRequestEntityTooLarge, CodeValueTooLarge, "value is %d bytes; the limit is %d", len(*in.Value), MaxValueBytes))
+		writeError(w, errcode.New(errcode.ValueTooLarge, "value is %d bytes; the limit is %d", len(*in.Value), MaxValueBytes))
 		return
 	}
 	if replaced(body, *in.Value) {
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "value contains an invalid \\u escape (a lone surrogate)"))
+		writeError(w, errcode.New(errcode.BadRequest, "value contains an invalid \\u escape (a lone surrogate)"))
 		return
 	}
 	if err := s.Write(r.Context(), opMsg{Key: *in.Key, Value: *in.Value}); err != nil {
@@ -296,7 +297,7 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 	case "stale":
 		stale = true
 	default:
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "consistency must be \"linearizable\" (default) or \"stale\", not %q", c))
+		writeError(w, errcode.New(errcode.BadRequest, "consistency must be \"linearizable\" (default) or \"stale\", not %q", c))
 		return
 	}
 	v, err := s.Read(r.Context(), key, stale)
@@ -336,7 +337,7 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > MaxListLimit {
-			writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "limit must be an integer from 1 to %d", MaxListLimit))
+			writeError(w, errcode.New(errcode.BadRequest, "limit must be an integer from 1 to %d", MaxListLimit))
 			return
 		}
 		limit = n
@@ -392,13 +393,13 @@ func retry(ctx context.Context, attempt func() error) error {
 	var last error
 	for {
 		err := attempt()
-		if err == nil || !retryable(err) {
+		if err == nil || !errcode.Retryable(err) {
 			return err
 		}
 		last = err
 		select {
 		case <-ctx.Done():
-			return errorf(http.StatusServiceUnavailable, CodeUnavailable, "partition owners unavailable: %v", last)
+			return errcode.New(errcode.Unavailable, "partition owners unavailable: %v", last)
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 200*time.Millisecond)
@@ -410,20 +411,20 @@ func (s *Server) Write(ctx context.Context, op opMsg) error {
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
 	if s.router.Partitions() == 0 {
-		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "cluster is not initialised yet")
+		return errcode.New(errcode.Unavailable, "cluster is not initialised yet")
 	}
 	p := s.router.PartitionOf(op.Key)
 	return retry(ctx, func() error {
 		rt, ok := s.router.Route(p)
 		if !ok || rt.Primary == "" {
-			return errorf(http.StatusServiceUnavailable, CodeUnavailable, "partition %d has no primary", p)
+			return errcode.New(errcode.Unavailable, "partition %d has no primary", p)
 		}
 		if rt.Primary == s.router.Self() {
 			return s.primaryWrite(ctx, p, rt.Epoch, op)
 		}
 		addr, ok := s.router.KVAddr(rt.Primary)
 		if !ok {
-			return errorf(http.StatusServiceUnavailable, CodeUnavailable, "no address for primary %s", rt.Primary)
+			return errcode.New(errcode.Unavailable, "no address for primary %s", rt.Primary)
 		}
 		return s.peers.forward(ctx, addr, forwardReq{Partition: p, Epoch: rt.Epoch, Op: op})
 	})
@@ -434,14 +435,14 @@ func (s *Server) Read(ctx context.Context, key string, stale bool) (string, erro
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
 	if s.router.Partitions() == 0 {
-		return "", errorf(http.StatusServiceUnavailable, CodeUnavailable, "cluster is not initialised yet")
+		return "", errcode.New(errcode.Unavailable, "cluster is not initialised yet")
 	}
 	p := s.router.PartitionOf(key)
 	var out string
 	err := retry(ctx, func() error {
 		rt, ok := s.router.Route(p)
 		if !ok || rt.Primary == "" {
-			return errorf(http.StatusServiceUnavailable, CodeUnavailable, "partition %d has no primary", p)
+			return errcode.New(errcode.Unavailable, "partition %d has no primary", p)
 		}
 		self := s.router.Self()
 		// A stale read may be served by the primary or an in-sync
@@ -468,12 +469,12 @@ func (s *Server) Read(ctx context.Context, key string, stale bool) (string, erro
 		}
 		addr, ok := s.router.KVAddr(target)
 		if !ok {
-			return errorf(http.StatusServiceUnavailable, CodeUnavailable, "no address for %s", target)
+			return errcode.New(errcode.Unavailable, "no address for %s", target)
 		}
 		v, err := s.peers.read(ctx, addr, p, rt.Epoch, key, stale)
-		if errors.Is(err, ErrOutcomeUnknown) {
+		if errors.Is(err, errcode.ErrOutcomeUnknown) {
 			// A read changes nothing, so a lost answer is safe to retry.
-			err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "%v", err)
+			err = errcode.New(errcode.Unavailable, "%v", err)
 		}
 		out = v
 		return err
@@ -501,7 +502,7 @@ func (s *Server) localRead(p int, epoch uint64, key string, stale bool) (string,
 	}
 }
 
-var errNoLease = errorf(http.StatusServiceUnavailable, CodeNotReady, "the primary holds no read lease from its in-sync replicas")
+var errNoLease = errcode.New(errcode.NotReady, "the primary holds no read lease from its in-sync replicas")
 
 // leasedRead reads under the partition's read lock and checks the lease
 // after reading: the value was then current when it was read.
@@ -532,7 +533,7 @@ func (s *Server) get(p int, key string) (string, error) {
 		return "", fmt.Errorf("read %q: %w", key, err)
 	}
 	if !ok {
-		return "", ErrKeyNotFound
+		return "", errcode.ErrKeyNotFound
 	}
 	return string(v), nil
 }
@@ -548,10 +549,10 @@ func (s *Server) checkPrimary(p int, epoch uint64) (Route, error) {
 	}
 	rt, ok := s.router.Route(p)
 	if !ok || rt.Primary != s.router.Self() {
-		return Route{}, errorf(http.StatusConflict, CodeEpochMismatch, "%s is not the primary of partition %d", s.router.Self(), p)
+		return Route{}, errcode.New(errcode.EpochMismatch, "%s is not the primary of partition %d", s.router.Self(), p)
 	}
 	if epoch != 0 && rt.Epoch != epoch {
-		return Route{}, errorf(http.StatusConflict, CodeEpochMismatch, "partition %d is at epoch %d here, request used %d", p, rt.Epoch, epoch)
+		return Route{}, errcode.New(errcode.EpochMismatch, "partition %d is at epoch %d here, request used %d", p, rt.Epoch, epoch)
 	}
 	m, err := s.store.Meta(p)
 	if err != nil {
@@ -559,10 +560,10 @@ func (s *Server) checkPrimary(p int, epoch uint64) (Route, error) {
 	}
 	if m.Epoch != rt.Epoch {
 		s.Kick()
-		return Route{}, errorf(http.StatusServiceUnavailable, CodeNotReady, "partition %d is being reconciled for epoch %d", p, rt.Epoch)
+		return Route{}, errcode.New(errcode.NotReady, "partition %d is being reconciled for epoch %d", p, rt.Epoch)
 	}
 	if until := s.leases.primaryBlockedUntil(p); time.Now().Before(until) {
-		return Route{}, errorf(http.StatusServiceUnavailable, CodeNotReady, "partition %d: waiting %s for the previous primary's read lease to run out", p, time.Until(until).Round(time.Millisecond))
+		return Route{}, errcode.New(errcode.NotReady, "partition %d: waiting %s for the previous primary's read lease to run out", p, time.Until(until).Round(time.Millisecond))
 	}
 	return rt, nil
 }

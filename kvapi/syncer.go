@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/clusterkit/clusterkit/errcode"
 )
 
 // Kick asks the background sync loop to look at the partitions now.
@@ -212,7 +214,7 @@ const catchUpTimeout = 15 * time.Second
 func (s *Server) installOn(ctx context.Context, p int, epoch uint64, node string) error {
 	addr, ok := s.router.KVAddr(node)
 	if !ok {
-		return errorf(503, CodeUnavailable, "no address for %s", node)
+		return errcode.New(errcode.Unavailable, "no address for %s", node)
 	}
 	return s.peers.install(ctx, addr, s.router.Self(), p, epoch, s.router.Version(), s.store)
 }
@@ -222,7 +224,7 @@ func (s *Server) installOn(ctx context.Context, p int, epoch uint64, node string
 func (s *Server) probe(ctx context.Context, node string) error {
 	addr, ok := s.router.KVAddr(node)
 	if !ok {
-		return errorf(503, CodeUnavailable, "no address for %s", node)
+		return errcode.New(errcode.Unavailable, "no address for %s", node)
 	}
 	pctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()

@@ -2,8 +2,9 @@ package kvapi
 
 import (
 	"fmt"
-	"net/http"
 	"sync"
+
+	"github.com/clusterkit/clusterkit/errcode"
 )
 
 // tableGuard keeps the data plane from acting on a partition table older
@@ -33,8 +34,7 @@ func (s *Server) checkTable() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if v < g.floor {
-		return errorf(http.StatusServiceUnavailable, CodeNotReady,
-			"partition table at version %d here, behind version %d this node already acted on; catching up", v, g.floor)
+		return errcode.New(errcode.NotReady, "partition table at version %d here, behind version %d this node already acted on; catching up", v, g.floor)
 	}
 	if v > g.persisted {
 		if err := s.store.SetTableVersion(v); err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/clusterkit/clusterkit/consensus"
+	"github.com/clusterkit/clusterkit/errcode"
 )
 
 // DefaultDrainTimeout bounds how long a graceful leave waits for this
@@ -134,15 +135,15 @@ func (ck *ClusterKit) markDraining(ctx context.Context, id string) error {
 func (ck *ClusterKit) handleDrain(w http.ResponseWriter, r *http.Request) {
 	var req drainRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_json", err)
+		writeError(w, errcode.InvalidJSON, err)
 		return
 	}
 	err := ck.markDraining(r.Context(), req.Node)
 	switch {
 	case errors.Is(err, consensus.ErrNotLeader):
-		writeError(w, http.StatusServiceUnavailable, codeNotLeader, err)
+		writeError(w, codeNotLeader, err)
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, "apply_failed", err)
+		writeError(w, errcode.Internal, err)
 	default:
 		writeJSON(w, http.StatusOK, map[string]string{"status": "draining", "node_id": req.Node})
 	}

@@ -3,7 +3,6 @@ package node
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -17,36 +16,26 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/clusterkit/clusterkit/consensus"
+	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/internal/httpapi"
 	"github.com/clusterkit/clusterkit/ring"
 )
 
-const codeNotLeader = "not_leader"
+const codeNotLeader = errcode.NotLeader
 
-type apiError struct {
-	Message string `json:"error"`
-	Code    string `json:"code"`
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { httpapi.WriteJSON(w, status, v) }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-// writeError maps errors to statuses in one place.
-func writeError(w http.ResponseWriter, status int, code string, err error) {
-	writeJSON(w, status, apiError{Message: err.Error(), Code: code})
+// writeError answers with code; the status follows from the code, in the
+// one mapping both APIs share (httpapi).
+func writeError(w http.ResponseWriter, code string, err error) {
+	httpapi.WriteError(w, &errcode.Error{Code: code, Message: err.Error()})
 }
 
 func (ck *ClusterKit) mgmtHandler() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", fmt.Errorf("no route %s %s", r.Method, r.URL.Path))
-	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Errorf("method %s not allowed on %s", r.Method, r.URL.Path))
-	})
+	r.NotFound(httpapi.NotFound)
+	r.MethodNotAllowed(httpapi.MethodNotAllowed)
 	r.Get("/health", ck.handleHealth)
 	r.Get("/health/detailed", ck.handleHealthDetailed)
 	r.Get("/cluster", ck.handleCluster)
@@ -257,12 +246,12 @@ func (ck *ClusterKit) handlePartitionStats(w http.ResponseWriter, r *http.Reques
 func (ck *ClusterKit) handlePartitionForKey(w http.ResponseWriter, r *http.Request) {
 	key := r.URL.Query().Get("key")
 	if key == "" {
-		writeError(w, http.StatusBadRequest, "missing_key", errors.New("query parameter key is required"))
+		writeError(w, errcode.MissingKey, errors.New("query parameter key is required"))
 		return
 	}
 	st := ck.raft.State()
 	if !st.Initialized() {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", errors.New("cluster is not initialised yet"))
+		writeError(w, errcode.Unavailable, errors.New("cluster is not initialised yet"))
 		return
 	}
 	p, _ := st.Partition(ring.PartitionOf(key, st.Config.Partitions))
@@ -295,7 +284,7 @@ func (ck *ClusterKit) handleMetrics(w http.ResponseWriter, r *http.Request) {
 func (ck *ClusterKit) handleLeader(w http.ResponseWriter, r *http.Request) {
 	id, addr := ck.raft.Leader()
 	if id == "" {
-		writeError(w, http.StatusServiceUnavailable, "no_leader", errors.New("no raft leader is known right now"))
+		writeError(w, errcode.NoLeader, errors.New("no raft leader is known right now"))
 		return
 	}
 	n := ck.raft.State().Nodes[id]
@@ -328,7 +317,7 @@ func (ck *ClusterKit) handleConsensusStats(w http.ResponseWriter, r *http.Reques
 // join each other and form a cluster of their own.
 func (ck *ClusterKit) handleMembers(w http.ResponseWriter, r *http.Request) {
 	if !ck.healthy() {
-		writeError(w, http.StatusServiceUnavailable, "not_ready", errors.New("this node is not part of a working cluster yet"))
+		writeError(w, errcode.NotReady, errors.New("this node is not part of a working cluster yet"))
 		return
 	}
 	out := []gossipPeer{}
@@ -344,17 +333,17 @@ func (ck *ClusterKit) handleMembers(w http.ResponseWriter, r *http.Request) {
 func (ck *ClusterKit) handleInSync(w http.ResponseWriter, r *http.Request) {
 	var req inSyncRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_json", err)
+		writeError(w, errcode.InvalidJSON, err)
 		return
 	}
 	idx, err := ck.applyInSync(r.Context(), req)
 	switch {
 	case errors.Is(err, consensus.ErrNotLeader):
-		writeError(w, http.StatusServiceUnavailable, codeNotLeader, err)
+		writeError(w, codeNotLeader, err)
 	case errors.Is(err, consensus.ErrStaleEpoch):
-		writeError(w, http.StatusConflict, "epoch_mismatch", err)
+		writeError(w, errcode.EpochMismatch, err)
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, "apply_failed", err)
+		writeError(w, errcode.Internal, err)
 	default:
 		writeJSON(w, http.StatusOK, indexResponse{Index: idx})
 	}
