@@ -9,6 +9,7 @@ import (
 
 	"github.com/clusterkit/clusterkit/consensus"
 	"github.com/clusterkit/clusterkit/membership"
+	"github.com/clusterkit/clusterkit/placement"
 )
 
 // maxVoters caps the Raft voters; further nodes join as non-voters, which
@@ -197,7 +198,7 @@ func (r *reconciler) pass(ctx context.Context) error {
 
 	// 3. Partition table.
 	st = ck.raft.State()
-	if rows := planPartitions(st, now, ck.cfg.FailoverGrace); len(rows) > 0 {
+	if rows := placement.Plan(st, now, ck.cfg.FailoverGrace); len(rows) > 0 {
 		err := r.apply(ctx, consensus.CmdSetPartition, consensus.SetPartitionsCmd{ExpectVersion: st.Version, Partitions: rows})
 		switch {
 		case errors.Is(err, consensus.ErrStaleVersion):

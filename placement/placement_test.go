@@ -1,4 +1,4 @@
-package node
+package placement
 
 import (
 	"fmt"
@@ -232,7 +232,7 @@ func checkRowSafety(t *testing.T, st *consensus.State, cur, next consensus.Parti
 // reconciliation forever.
 func plan(t *testing.T, st *consensus.State) []consensus.Partition {
 	t.Helper()
-	rows := planPartitions(st, testNow(), testGrace)
+	rows := Plan(st, testNow(), testGrace)
 	seen := map[int]bool{}
 	for _, p := range rows {
 		cur, ok := st.Partition(p.ID)

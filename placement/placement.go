@@ -1,4 +1,4 @@
-package node
+package placement
 
 import (
 	"slices"
@@ -21,7 +21,7 @@ func eligible(n consensus.NodeInfo, now time.Time, grace time.Duration) bool {
 	return false
 }
 
-// planPartitions computes the partition rows that must change, from the
+// Plan computes the partition rows that must change, from the
 // current state. It is pure: the leader proposes its result through Raft
 // and the FSM re-checks the safety rules.
 //
@@ -36,7 +36,7 @@ func eligible(n consensus.NodeInfo, now time.Time, grace time.Duration) bool {
 //   - the primary role moves to the desired primary only once that node is
 //     in sync, and surplus owners are dropped only once every desired
 //     replica is in sync.
-func planPartitions(st *consensus.State, now time.Time, grace time.Duration) []consensus.Partition {
+func Plan(st *consensus.State, now time.Time, grace time.Duration) []consensus.Partition {
 	if !st.Initialized() {
 		return nil
 	}
