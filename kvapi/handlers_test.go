@@ -19,6 +19,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/clusterkit/clusterkit/engine"
 	"github.com/clusterkit/clusterkit/errcode"
 )
 
@@ -192,20 +193,20 @@ func TestBadInput(t *testing.T) {
 		{"value null", "POST", "/kv/set", []byte(`{"key":"keep-1","value":null}`), 400, errcode.MissingValue},
 		{"value a number", "POST", "/kv/set", []byte(`{"key":"keep-1","value":42}`), 400, errcode.InvalidJSON},
 		{"value an object", "POST", "/kv/set", []byte(`{"key":"keep-1","value":{"a":1}}`), 400, errcode.InvalidJSON},
-		{"key too large", "POST", "/kv/set", setBodyJSON(long(MaxKeyBytes+1), "x"), 413, errcode.KeyTooLarge},
-		{"value too large", "POST", "/kv/set", setBodyJSON("keep-1", long(MaxValueBytes+1)), 413, errcode.ValueTooLarge},
-		{"body too large", "POST", "/kv/set", setBodyJSON("keep-1", long(MaxBodyBytes)), 413, errcode.BodyTooLarge},
+		{"key too large", "POST", "/kv/set", setBodyJSON(long(engine.MaxKeyBytes+1), "x"), 413, errcode.KeyTooLarge},
+		{"value too large", "POST", "/kv/set", setBodyJSON("keep-1", long(engine.MaxValueBytes+1)), 413, errcode.ValueTooLarge},
+		{"body too large", "POST", "/kv/set", setBodyJSON("keep-1", long(engine.MaxBodyBytes)), 413, errcode.BodyTooLarge},
 		// encoding/json would turn the bad bytes into U+FFFD; the key the
 		// client sent must not be silently replaced by another one.
 		{"invalid UTF-8 key in body", "POST", "/kv/set", []byte("{\"key\":\"bad-\xff\xfe\",\"value\":\"x\"}"), 400, errcode.InvalidKey},
 		{"get without key", "GET", "/kv/get", nil, 400, errcode.MissingKey},
 		{"get with empty key", "GET", "/kv/get?key=", nil, 400, errcode.MissingKey},
 		{"get invalid UTF-8 key", "GET", "/kv/get?key=%FF%FE", nil, 400, errcode.InvalidKey},
-		{"get key too large", "GET", "/kv/get?key=" + long(MaxKeyBytes+1), nil, 413, errcode.KeyTooLarge},
+		{"get key too large", "GET", "/kv/get?key=" + long(engine.MaxKeyBytes+1), nil, 413, errcode.KeyTooLarge},
 		{"get bad consistency", "GET", "/kv/get?key=keep-1&consistency=eventual", nil, 400, errcode.BadRequest},
 		{"delete without key", "POST", "/kv/delete", nil, 400, errcode.MissingKey},
 		{"delete invalid UTF-8 key", "POST", "/kv/delete?key=%FF", nil, 400, errcode.InvalidKey},
-		{"delete key too large", "POST", "/kv/delete?key=" + long(MaxKeyBytes+1), nil, 413, errcode.KeyTooLarge},
+		{"delete key too large", "POST", "/kv/delete?key=" + long(engine.MaxKeyBytes+1), nil, 413, errcode.KeyTooLarge},
 		{"list limit 0", "GET", "/kv/list?limit=0", nil, 400, errcode.BadRequest},
 		{"list limit abc", "GET", "/kv/list?limit=abc", nil, 400, errcode.BadRequest},
 		{"list limit negative", "GET", "/kv/list?limit=-1", nil, 400, errcode.BadRequest},
@@ -246,8 +247,8 @@ func TestBadInput(t *testing.T) {
 // exactly that.
 func TestRoundTrip(t *testing.T) {
 	n, c := singleNode(t, testParts)
-	// A key of exactly MaxKeyBytes made of 2-byte runes.
-	multiByteMax := strings.Repeat("é", MaxKeyBytes/2)
+	// A key of exactly engine.MaxKeyBytes made of 2-byte runes.
+	multiByteMax := strings.Repeat("é", engine.MaxKeyBytes/2)
 	tests := []struct {
 		name, key, value string
 	}{
@@ -256,13 +257,13 @@ func TestRoundTrip(t *testing.T) {
 		{"url specials", "a b&c=d?e/f#g%h+i;j", "x&y=z?"},
 		{"leading and trailing spaces", "  padded  ", "  v  "},
 		{"json specials in value", "json", "quote\" backslash\\ newline\n tab\t nul\x00 <html>&"},
-		{"key of exactly MaxKeyBytes", strings.Repeat("k", MaxKeyBytes), "v"},
-		{"multi-byte key of exactly MaxKeyBytes", multiByteMax, "v"},
-		{"value of exactly MaxValueBytes", "big", strings.Repeat("v", MaxValueBytes)},
+		{"key of exactly engine.MaxKeyBytes", strings.Repeat("k", engine.MaxKeyBytes), "v"},
+		{"multi-byte key of exactly engine.MaxKeyBytes", multiByteMax, "v"},
+		{"value of exactly engine.MaxValueBytes", "big", strings.Repeat("v", engine.MaxValueBytes)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if len(tt.key) > MaxKeyBytes || !utf8.ValidString(tt.key) {
+			if len(tt.key) > engine.MaxKeyBytes || !utf8.ValidString(tt.key) {
 				t.Fatalf("bad test key")
 			}
 			r := kvSet(t, c, n.url, tt.key, tt.value)
@@ -298,7 +299,7 @@ func TestCounts(t *testing.T) {
 		{"get hit", func() apiResp { return kvGet(t, c, n.url, "k", "") }, false},
 		{"get miss", func() apiResp { return kvGet(t, c, n.url, "absent", "") }, false},
 		{"bad request", func() apiResp { return doReq(t, c, http.MethodPost, n.url+"/kv/set", []byte("x")) }, true},
-		{"too large", func() apiResp { return kvSet(t, c, n.url, strings.Repeat("a", MaxKeyBytes+1), "v") }, true},
+		{"too large", func() apiResp { return kvSet(t, c, n.url, strings.Repeat("a", engine.MaxKeyBytes+1), "v") }, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -390,7 +391,7 @@ func TestConcurrentSetGet(t *testing.T) {
 	if seqs != goroutines*iterations {
 		t.Errorf("sum of partition sequence numbers = %d, want %d acknowledged writes", seqs, goroutines*iterations)
 	}
-	if got := n.srv.LocalKeys(); got != hotKeys {
+	if got := n.eng.LocalKeys(); got != hotKeys {
 		t.Errorf("LocalKeys = %d, want %d", got, hotKeys)
 	}
 }
@@ -425,8 +426,7 @@ func doReqNoFatal(c *http.Client, method, u string, body []byte) rawResp {
 // TestNotInitialised: before the cluster has a partition table every KV call
 // is a retryable 503, never a panic (PartitionOf with 0 partitions would).
 func TestNotInitialised(t *testing.T) {
-	c := newCluster(t, clusterConfig{parts: 0, ids: []string{"n1"}, row: func(int) Route { return Route{} }})
-	n := c.nodes["n1"]
+	n, client := singleNode(t, 0)
 	tests := []struct {
 		name   string
 		method string
@@ -439,10 +439,10 @@ func TestNotInitialised(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkError(t, doReq(t, c.client, tt.method, n.url+tt.path, tt.body), http.StatusServiceUnavailable, errcode.Unavailable)
+			checkError(t, doReq(t, client, tt.method, n.url+tt.path, tt.body), http.StatusServiceUnavailable, errcode.Unavailable)
 		})
 	}
-	keys, count := listKeys(t, doReq(t, c.client, http.MethodGet, n.url+"/kv/list", nil))
+	keys, count := listKeys(t, doReq(t, client, http.MethodGet, n.url+"/kv/list", nil))
 	if len(keys) != 0 || count != 0 {
 		t.Errorf("list on an empty cluster = %q count %v", keys, count)
 	}

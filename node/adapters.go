@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/clusterkit/clusterkit/consensus"
-	"github.com/clusterkit/clusterkit/kvapi"
+	"github.com/clusterkit/clusterkit/engine"
 	"github.com/clusterkit/clusterkit/ring"
 )
 
@@ -21,7 +21,7 @@ type tableRouter struct {
 	fsm  *consensus.FSM
 }
 
-var _ kvapi.Router = (*tableRouter)(nil)
+var _ engine.Router = (*tableRouter)(nil)
 
 func (t *tableRouter) Self() string { return t.self }
 
@@ -33,12 +33,12 @@ func (t *tableRouter) PartitionOf(key string) int {
 	return ring.PartitionOf(key, t.fsm.State().Config.Partitions)
 }
 
-func (t *tableRouter) Route(p int) (kvapi.Route, bool) {
+func (t *tableRouter) Route(p int) (engine.Route, bool) {
 	row, ok := t.fsm.State().Partition(p)
 	if !ok {
-		return kvapi.Route{}, false
+		return engine.Route{}, false
 	}
-	return kvapi.Route{Partition: p, Primary: row.Primary, Replicas: row.Replicas, InSync: row.InSync, Epoch: row.Epoch}, true
+	return engine.Route{Partition: p, Primary: row.Primary, Replicas: row.Replicas, InSync: row.InSync, Epoch: row.Epoch}, true
 }
 
 func (t *tableRouter) KVAddr(node string) (string, bool) {
@@ -57,7 +57,7 @@ func (t *tableRouter) Changed() (<-chan struct{}, func()) { return t.fsm.Watch()
 // otherwise by asking the leader over the management API.
 type raftControl struct{ ck *ClusterKit }
 
-var _ kvapi.Control = (*raftControl)(nil)
+var _ engine.Control = (*raftControl)(nil)
 
 // inSyncRequest is the body of POST /internal/v1/in-sync.
 type inSyncRequest struct {

@@ -27,7 +27,7 @@ func (ck *ClusterKit) newMetrics() *prometheus.Registry {
 	}
 	gauge("nodes", "Members that are alive or suspect.", func() float64 { return float64(ck.ClusterNodes()) })
 	gauge("partitions", "Partitions in the cluster.", func() float64 { return float64(ck.raft.State().Config.Partitions) })
-	gauge("local_keys", "Keys stored on this node for the partitions it owns.", func() float64 { return float64(ck.kv.LocalKeys()) })
+	gauge("local_keys", "Keys stored on this node for the partitions it owns.", func() float64 { return float64(ck.eng.LocalKeys()) })
 	gauge("is_leader", "1 if this node is the Raft leader.", func() float64 { return b2f(ck.raft.IsLeader()) })
 	gauge("raft_term", "Current Raft term.", func() float64 { return float64(ck.raft.Stats().Term) })
 	gauge("raft_applied_index", "Last Raft index applied to the FSM.", func() float64 { return float64(ck.raft.Stats().AppliedIndex) })

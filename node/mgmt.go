@@ -274,7 +274,7 @@ func (ck *ClusterKit) handleMetrics(w http.ResponseWriter, r *http.Request) {
 			"is_leader":       ck.raft.IsLeader(),
 			"raft_state":      ck.raft.RaftState(),
 			"uptime_seconds":  int(time.Since(ck.started).Seconds()),
-			"local_keys":      ck.kv.LocalKeys(),
+			"local_keys":      ck.eng.LocalKeys(),
 		})
 		return
 	}

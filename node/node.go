@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clusterkit/clusterkit/consensus"
+	"github.com/clusterkit/clusterkit/engine"
 	"github.com/clusterkit/clusterkit/kvapi"
 	"github.com/clusterkit/clusterkit/membership"
 	"github.com/clusterkit/clusterkit/storage"
@@ -34,6 +35,7 @@ type ClusterKit struct {
 	db      *storage.DB
 	raft    *consensus.Store
 	members *membership.Membership
+	eng     *engine.Engine
 	kv      *kvapi.Server
 	router  *tableRouter
 	control *raftControl
@@ -139,15 +141,16 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 
 	ck.router = &tableRouter{self: cfg.NodeID, fsm: ck.raft.FSM()}
 	ck.control = &raftControl{ck: ck}
-	ck.kv, err = kvapi.New(kvapi.Options{
-		Router: ck.router, Control: ck.control, Storage: ck.db, Info: ck,
-		Logger: logger.With("component", "kv"), RequestTimeout: cfg.RequestTimeout,
+	ck.eng, err = engine.New(engine.Options{
+		Router: ck.router, Control: ck.control, Storage: ck.db,
+		Logger: logger.With("component", "engine"), RequestTimeout: cfg.RequestTimeout,
 		ReadMode: cfg.ReadMode,
 	})
 	if err != nil {
 		_ = ck.raft.Close()
 		return nil, err
 	}
+	ck.kv = kvapi.New(kvapi.Options{Engine: ck.eng, Info: ck, Logger: logger.With("component", "kv")})
 	ck.metrics = ck.newMetrics()
 	ck.mgmtSrv = &http.Server{Handler: ck.mgmtHandler(), ReadHeaderTimeout: 10 * time.Second}
 	ck.kvSrv = &http.Server{Handler: ck.kv.Handler(), ReadHeaderTimeout: 10 * time.Second}
@@ -184,7 +187,7 @@ func (ck *ClusterKit) Start(ctx context.Context) error {
 	}
 	serve("mgmt", ck.mgmtSrv, ck.mgmtLn)
 	serve("kv", ck.kvSrv, ck.kvLn)
-	ck.wg.Go(func() { ck.kv.Run(ctx) })
+	ck.wg.Go(func() { ck.eng.Run(ctx) })
 	ck.wg.Go(func() { ck.drainMemberEvents(ctx) })
 	ck.wg.Go(func() { ck.monitorLeadership(ctx) })
 	ck.wg.Go(func() { ck.reconnectLoop(ctx) })
@@ -280,7 +283,7 @@ func (ck *ClusterKit) drainMemberEvents(ctx context.Context) {
 			return
 		case <-ck.members.Events():
 			ck.nudgeReconcile()
-			ck.kv.Kick()
+			ck.eng.Kick()
 		}
 	}
 }

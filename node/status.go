@@ -24,7 +24,7 @@ func (ck *ClusterKit) StatusBlock() string {
 	fmt.Fprintf(&b, "Cluster: %s\n", name)
 	fmt.Fprintf(&b, "Total Nodes: %d\n", ck.ClusterNodes())
 	fmt.Fprintf(&b, "Partitions: %d\n", parts)
-	fmt.Fprintf(&b, "Local Keys: %d\n", ck.kv.LocalKeys())
+	fmt.Fprintf(&b, "Local Keys: %d\n", ck.eng.LocalKeys())
 	fmt.Fprintf(&b, "Leader: %t\n", ck.raft.IsLeader())
 	fmt.Fprintf(&b, "Raft State: %s\n", ck.raft.RaftState())
 	for _, n := range st.SortedNodes() {

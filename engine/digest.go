@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 import (
 	"crypto/sha256"
@@ -22,7 +22,7 @@ type PartitionDigest struct {
 }
 
 // digest hashes partition p's copy from one storage snapshot.
-func (s *Server) digest(p int) (PartitionDigest, error) {
+func (s *Engine) digest(p int) (PartitionDigest, error) {
 	h := sha256.New()
 	var m storage.Meta
 	var lenBuf [binary.MaxVarintLen64]byte
@@ -53,7 +53,7 @@ func (s *Server) digest(p int) (PartitionDigest, error) {
 
 // handleDigest serves GET /internal/v1/digest: one digest per partition.
 // Each partition is read under its lock, so no write is half-applied.
-func (s *Server) handleDigest(w http.ResponseWriter, r *http.Request) {
+func (s *Engine) handleDigest(w http.ResponseWriter, r *http.Request) {
 	out := []PartitionDigest{}
 	for p := range s.router.Partitions() {
 		l := s.lock(p)

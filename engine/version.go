@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 import (
 	"fmt"
@@ -28,7 +28,7 @@ func newTableGuard(st Storage) (*tableGuard, error) {
 
 // check returns nil if the current table may be acted on, recording its
 // version first if it is new.
-func (s *Server) checkTable() error {
+func (s *Engine) checkTable() error {
 	v := s.router.Version()
 	g := s.guard
 	g.mu.Lock()

@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 // Tests for the node-lifecycle parts of the data plane: the table-version
 // guard after a restart, releasing copies a node no longer owns, and the
@@ -37,8 +37,8 @@ func TestTableGuard(t *testing.T) {
 		check func(t *testing.T)
 	}{
 		{"refuses writes and reads while the table is older", func(t *testing.T) {
-			checkError(t, kvSet(t, c.client, n1.url, "k", "v"), http.StatusServiceUnavailable, errcode.Unavailable)
-			checkError(t, kvGet(t, c.client, n1.url, "k", ""), http.StatusServiceUnavailable, errcode.Unavailable)
+			checkError(t, kvSet(t, n1, "k", "v"), http.StatusServiceUnavailable, errcode.Unavailable)
+			checkError(t, kvGet(t, n1, "k", ""), http.StatusServiceUnavailable, errcode.Unavailable)
 			for p := range 2 {
 				if m := meta(t, n1.db, p); m.Seq != 0 {
 					t.Errorf("partition %d applied a write under an old table: %+v", p, m)
@@ -47,10 +47,10 @@ func TestTableGuard(t *testing.T) {
 		}},
 		{"serves once the table catches up", func(t *testing.T) {
 			c.table.bumpVersion(recorded + 10)
-			if r := kvSet(t, c.client, n1.url, "k", "v"); r.status != http.StatusOK {
+			if r := kvSet(t, n1, "k", "v"); r.status != http.StatusOK {
 				t.Fatalf("set: %s", r)
 			}
-			mustValue(t, kvGet(t, c.client, n1.url, "k", ""), "k", "v")
+			mustValue(t, kvGet(t, n1, "k", ""), "k", "v")
 			v, err := n1.db.TableVersion()
 			if err != nil || v < recorded+10 {
 				t.Errorf("recorded table version = %d, %v; want >= %d", v, err, recorded+10)
@@ -76,7 +76,7 @@ func TestReleaseDropsUnownedCopy(t *testing.T) {
 	c.waitReady(t)
 	n1, n2 := c.nodes["n1"], c.nodes["n2"]
 	for i := range 10 {
-		if r := kvSet(t, c.client, n1.url, fmt.Sprintf("k%d", i), "v"); r.status != http.StatusOK {
+		if r := kvSet(t, n1, fmt.Sprintf("k%d", i), "v"); r.status != http.StatusOK {
 			t.Fatalf("set: %s", r)
 		}
 	}
@@ -98,7 +98,7 @@ func TestReleaseDropsUnownedCopy(t *testing.T) {
 		}
 	}
 	for i := range 10 {
-		mustValue(t, kvGet(t, c.client, n2.url, fmt.Sprintf("k%d", i), ""), fmt.Sprintf("k%d", i), "v")
+		mustValue(t, kvGet(t, n2, fmt.Sprintf("k%d", i), ""), fmt.Sprintf("k%d", i), "v")
 	}
 	if n1.srv.LocalKeys() != 10 {
 		t.Errorf("the primary holds %d keys, want 10", n1.srv.LocalKeys())
@@ -117,13 +117,13 @@ func TestDigest(t *testing.T) {
 	})
 	c.waitReady(t)
 	for i := range 20 {
-		if r := kvSet(t, c.client, c.nodes["n4"].url, fmt.Sprintf("d%d", i), fmt.Sprint(i)); r.status != http.StatusOK {
+		if r := kvSet(t, c.nodes["n4"], fmt.Sprintf("d%d", i), fmt.Sprint(i)); r.status != http.StatusOK {
 			t.Fatalf("set: %s", r)
 		}
 	}
 	digests := map[string][]PartitionDigest{}
 	for id, n := range c.nodes {
-		r := doReq(t, c.client, http.MethodGet, n.url+internalPrefix+"/digest", nil)
+		r := doReq(t, c.client, http.MethodGet, n.url+InternalPrefix+"/digest", nil)
 		if r.status != http.StatusOK {
 			t.Fatalf("digest on %s: %s", id, r)
 		}

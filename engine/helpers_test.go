@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 // Test fixtures shared by the kvapi tests: an in-memory partition table that
 // stands in for the Raft FSM (Router + Control), real storage in temp dirs,
@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -26,6 +25,7 @@ import (
 	"github.com/clusterkit/clusterkit/internal/httpapi"
 	"github.com/clusterkit/clusterkit/ring"
 	"github.com/clusterkit/clusterkit/storage"
+	"github.com/go-chi/chi/v5"
 )
 
 // fakeTable is the cluster's partition table as every node sees it. It is
@@ -332,19 +332,6 @@ func (c *fakeControl) recorded() []inSyncCall {
 	return slices.Clone(c.calls)
 }
 
-// fakeInfo is the cluster facts /kv/stats reports.
-type fakeInfo struct {
-	nodes  int
-	leader bool
-	state  string
-}
-
-func (i fakeInfo) ClusterNodes() int { return i.nodes }
-func (i fakeInfo) IsLeader() bool    { return i.leader }
-func (i fakeInfo) RaftState() string { return i.state }
-
-func defaultInfo() fakeInfo { return fakeInfo{nodes: 3, leader: true, state: "Leader"} }
-
 func testLogger(tb testing.TB) *slog.Logger {
 	if _, ok := tb.(*testing.B); ok {
 		return slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -381,11 +368,11 @@ func (c *callRecorder) setStall(path string) {
 
 func (c *callRecorder) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasPrefix(r.URL.Path, internalPrefix) {
+		if !strings.HasPrefix(r.URL.Path, InternalPrefix) {
 			h.ServeHTTP(w, r)
 			return
 		}
-		path := strings.TrimPrefix(r.URL.Path, internalPrefix)
+		path := strings.TrimPrefix(r.URL.Path, InternalPrefix)
 		c.mu.Lock()
 		stalled := c.stall[path]
 		c.mu.Unlock()
@@ -407,7 +394,21 @@ func (c *callRecorder) wrap(h http.Handler) http.Handler {
 	})
 }
 
-// intercept is the RPC counterpart of wrap: Server.intercept runs it for
+// statusRecorder remembers the status code a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// intercept is the RPC counterpart of wrap: Engine.intercept runs it for
 // every request served over a node-to-node connection.
 func (c *callRecorder) intercept(ctx context.Context, path string, req any, h rpcHandler) ([]byte, error) {
 	c.mu.Lock()
@@ -451,7 +452,7 @@ func (c *callRecorder) matching(path string) []internalCall {
 // testNode is one kvapi node: real storage, real HTTP server on loopback.
 type testNode struct {
 	id   string
-	srv  *Server
+	srv  *Engine
 	db   *storage.DB
 	ts   *httptest.Server
 	rec  *callRecorder
@@ -473,10 +474,9 @@ type clusterConfig struct {
 	noRun          []string
 	replTimeout    time.Duration
 	requestTimeout time.Duration
-	// prepare runs on a node's fresh store before its Server is built,
+	// prepare runs on a node's fresh store before its Engine is built,
 	// to simulate what an earlier run left on disk.
 	prepare func(id string, db *storage.DB)
-	info    Info
 }
 
 // cluster is a set of nodes sharing one table and one Control.
@@ -502,10 +502,6 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 			Transport: &http.Transport{MaxIdleConnsPerHost: 128},
 		},
 	}
-	info := cfg.info
-	if info == nil {
-		info = defaultInfo()
-	}
 	log := testLogger(tb)
 	for _, id := range cfg.ids {
 		db, err := storage.Open(tb.TempDir(), storage.Options{Logger: log})
@@ -516,7 +512,7 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 			cfg.prepare(id, db)
 		}
 		srv, err := New(Options{
-			Router: table.view(id), Control: c.ctl, Storage: db, Info: info,
+			Router: table.view(id), Control: c.ctl, Storage: db,
 			Logger: log.With("node", id), ReplicationTimeout: cfg.replTimeout,
 			RequestTimeout: cfg.requestTimeout,
 		})
@@ -526,7 +522,9 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 		}
 		rec := &callRecorder{}
 		srv.intercept = rec.intercept
-		ts := httptest.NewServer(rec.wrap(srv.Handler()))
+		mux := chi.NewRouter()
+		mux.Mount(InternalPrefix, srv.InternalHandler())
+		ts := httptest.NewServer(rec.wrap(mux))
 		n := &testNode{id: id, srv: srv, db: db, ts: ts, rec: rec, url: ts.URL, stop: func() {}}
 		c.nodes[id] = n
 		table.mu.Lock()
@@ -668,28 +666,39 @@ func doReq(tb testing.TB, c *http.Client, method, u string, body []byte) apiResp
 	return apiResp{status: resp.StatusCode, ctype: resp.Header.Get("Content-Type"), body: b}
 }
 
-func setBodyJSON(key, value string) []byte {
-	b, _ := json.Marshal(map[string]string{"key": key, "value": value})
-	return b
-}
-
-func kvSet(tb testing.TB, c *http.Client, base, key, value string) apiResp {
-	tb.Helper()
-	return doReq(tb, c, http.MethodPost, base+"/kv/set", setBodyJSON(key, value))
-}
-
-func kvGet(tb testing.TB, c *http.Client, base, key, consistency string) apiResp {
-	tb.Helper()
-	q := url.Values{"key": {key}}
-	if consistency != "" {
-		q.Set("consistency", consistency)
+// answer records what the KV API answers for err (nil: ok with body), in
+// the one mapping the API uses, so tests of the data plane read like the
+// client sees it.
+func answer(err error, body any) apiResp {
+	w := httptest.NewRecorder()
+	if err != nil {
+		httpapi.WriteError(w, err)
+	} else {
+		httpapi.WriteJSON(w, http.StatusOK, body)
 	}
-	return doReq(tb, c, http.MethodGet, base+"/kv/get?"+q.Encode(), nil)
+	res := w.Result()
+	return apiResp{status: res.StatusCode, ctype: res.Header.Get("Content-Type"), body: w.Body.Bytes()}
 }
 
-func kvDelete(tb testing.TB, c *http.Client, base, key string) apiResp {
+// kvSet writes through n, as a client's set sent to n would.
+func kvSet(tb testing.TB, n *testNode, key, value string) apiResp {
 	tb.Helper()
-	return doReq(tb, c, http.MethodPost, base+"/kv/delete?key="+url.QueryEscape(key), nil)
+	err := n.srv.Write(context.Background(), Op{Key: key, Value: value})
+	return answer(err, map[string]string{"key": key, "status": "success"})
+}
+
+// kvGet reads through n, as a client's get sent to n would.
+func kvGet(tb testing.TB, n *testNode, key, consistency string) apiResp {
+	tb.Helper()
+	v, err := n.srv.Read(context.Background(), key, consistency == "stale")
+	return answer(err, map[string]string{"key": key, "value": v})
+}
+
+// kvDelete deletes through n, as a client's delete sent to n would.
+func kvDelete(tb testing.TB, n *testNode, key string) apiResp {
+	tb.Helper()
+	err := n.srv.Write(context.Background(), Op{Delete: true, Key: key})
+	return answer(err, map[string]string{"key": key, "status": "deleted"})
 }
 
 // mustValue asserts a get answered 200 with value.

@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 // The install protocol copies a whole partition from the primary to a
 // replica: a uvarint seq, then (uvarint key len, uvarint value len, key,
@@ -27,7 +27,7 @@ func captureInstall(t *testing.T, src Storage, p int, epoch uint64) []byte {
 	t.Helper()
 	bodies := make(chan []byte, 1)
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != internalPrefix+"/install" || r.URL.Query().Get("from") != "n1" {
+		if r.URL.Path != InternalPrefix+"/install" || r.URL.Query().Get("from") != "n1" {
 			t.Errorf("install went to %s?%s", r.URL.Path, r.URL.RawQuery)
 		}
 		b, err := io.ReadAll(r.Body)
@@ -251,7 +251,7 @@ func TestInstallEndpoint(t *testing.T) {
 	oldCopy := dumpPartition(t, n2.db, 0)
 
 	post := func(t *testing.T, from string, epoch string, body []byte) apiResp {
-		return doReq(t, c.client, http.MethodPost, n2.url+internalPrefix+"/install?partition=0&epoch="+epoch+"&from="+from, body)
+		return doReq(t, c.client, http.MethodPost, n2.url+InternalPrefix+"/install?partition=0&epoch="+epoch+"&from="+from, body)
 	}
 	tests := []struct {
 		name       string

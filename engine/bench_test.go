@@ -1,17 +1,18 @@
-package kvapi
+package engine
 
-// Write-path benchmarks over real loopback HTTP and real (fsyncing) Pebble
-// stores. Run with e.g.
+// Write-path benchmarks of the data plane: real node-to-node connections on
+// loopback and real (fsyncing) Pebble stores, entered where the KV API hands
+// a write over. Run with e.g.
 //
-//	go test -run=NONE -bench=. -benchtime=3s -count=10 ./kvapi/ | tee new.txt
+//	go test -run=NONE -bench=. -benchtime=3s -count=10 ./engine/ | tee new.txt
 //
 // and compare runs with benchstat. Each reports ops/s besides ns/op; ns/op is
 // wall time divided by operations, so with RunParallel it is the inverse of
 // throughput, not a latency.
 
 import (
+	"context"
 	"fmt"
-	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -24,7 +25,7 @@ const benchParallelism = 8
 func benchWrites(b *testing.B, cfg clusterConfig, via string) {
 	c := newCluster(b, cfg)
 	c.waitReady(b)
-	target := c.nodes[via].url + "/kv/set"
+	n := c.nodes[via]
 	value := strings.Repeat("v", 100)
 	var seq atomic.Uint64
 	b.SetParallelism(benchParallelism)
@@ -33,9 +34,8 @@ func benchWrites(b *testing.B, cfg clusterConfig, via string) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			key := fmt.Sprintf("bench-%d", seq.Add(1))
-			r := doReqNoFatal(c.client, http.MethodPost, target, setBodyJSON(key, value))
-			if r.err != nil || r.status != http.StatusOK {
-				b.Errorf("set %s: %v %d %s", key, r.err, r.status, r.body)
+			if err := n.srv.Write(context.Background(), Op{Key: key, Value: value}); err != nil {
+				b.Errorf("set %s: %v", key, err)
 				return
 			}
 		}
@@ -44,8 +44,8 @@ func benchWrites(b *testing.B, cfg clusterConfig, via string) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 }
 
-// BenchmarkForwardReplicate is the full public write path: the client talks
-// to a node that is not the primary, which forwards to the primary, which
+// BenchmarkForwardReplicate is the full write path behind the KV API: the
+// write enters at a node that is not the primary, which forwards to the primary, which
 // persists and replicates to two in-sync replicas before answering.
 func BenchmarkForwardReplicate(b *testing.B) {
 	benchWrites(b, clusterConfig{
@@ -64,7 +64,7 @@ func BenchmarkPrimaryWriteReplicas(b *testing.B) {
 }
 
 // BenchmarkPrimaryWriteNoReplicas is the floor: one node, one fsync per
-// write (shared by group commit), no network hop but the client's.
+// write (shared by group commit), no network hop.
 func BenchmarkPrimaryWriteNoReplicas(b *testing.B) {
 	benchWrites(b, clusterConfig{
 		parts: 16, ids: []string{"n1"},

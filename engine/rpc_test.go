@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 import (
 	"bufio"
@@ -26,18 +26,18 @@ func TestRPCCodecRoundTrip(t *testing.T) {
 		{
 			name: "forward set",
 			encode: func() []byte {
-				return encodeForward(forwardReq{Partition: 7, Epoch: 1 << 40, Op: opMsg{Key: "k", Value: big}})
+				return encodeForward(forwardReq{Partition: 7, Epoch: 1 << 40, Op: Op{Key: "k", Value: big}})
 			},
 			decode: func(b []byte) (any, error) { return decodeForward(b) },
-			want:   forwardReq{Partition: 7, Epoch: 1 << 40, Op: opMsg{Key: "k", Value: big}},
+			want:   forwardReq{Partition: 7, Epoch: 1 << 40, Op: Op{Key: "k", Value: big}},
 		},
 		{
 			name: "forward delete with an empty value",
 			encode: func() []byte {
-				return encodeForward(forwardReq{Partition: 0, Epoch: 3, Op: opMsg{Delete: true, Key: "gone"}})
+				return encodeForward(forwardReq{Partition: 0, Epoch: 3, Op: Op{Delete: true, Key: "gone"}})
 			},
 			decode: func(b []byte) (any, error) { return decodeForward(b) },
-			want:   forwardReq{Partition: 0, Epoch: 3, Op: opMsg{Delete: true, Key: "gone"}},
+			want:   forwardReq{Partition: 0, Epoch: 3, Op: Op{Delete: true, Key: "gone"}},
 		},
 		{
 			name:   "stale read",
@@ -49,21 +49,21 @@ func TestRPCCodecRoundTrip(t *testing.T) {
 			name: "replication round",
 			encode: func() []byte {
 				return encodeReplicate(replicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
-					Ops: []opMsg{{Key: "a", Value: "1"}, {Delete: true, Key: "b"}, {Key: "c", Value: ""}}})
+					Ops: []Op{{Key: "a", Value: "1"}, {Delete: true, Key: "b"}, {Key: "c", Value: ""}}})
 			},
 			decode: func(b []byte) (any, error) { return decodeReplicate(b) },
 			want: replicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
-				Ops: []opMsg{{Key: "a", Value: "1"}, {Delete: true, Key: "b"}, {Key: "c", Value: ""}}},
+				Ops: []Op{{Key: "a", Value: "1"}, {Delete: true, Key: "b"}, {Key: "c", Value: ""}}},
 		},
 		{
 			name: "replication round with the primary's key count",
 			encode: func() []byte {
 				return encodeReplicate(replicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
-					Ops: []opMsg{{Key: "a", Value: "1"}}, Keys: new(uint64(300))})
+					Ops: []Op{{Key: "a", Value: "1"}}, Keys: new(uint64(300))})
 			},
 			decode: func(b []byte) (any, error) { return decodeReplicate(b) },
 			want: replicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
-				Ops: []opMsg{{Key: "a", Value: "1"}}, Keys: new(uint64(300))},
+				Ops: []Op{{Key: "a", Value: "1"}}, Keys: new(uint64(300))},
 		},
 	}
 	for _, tt := range tests {
@@ -142,7 +142,7 @@ func TestReadFrameRejectsBadLengths(t *testing.T) {
 }
 
 func FuzzDecodeReplicate(f *testing.F) {
-	f.Add(encodeReplicate(replicateReq{Partition: 1, Epoch: 2, Seq: 3, Version: 4, From: "n1", Ops: []opMsg{{Key: "a", Value: "b"}}}))
+	f.Add(encodeReplicate(replicateReq{Partition: 1, Epoch: 2, Seq: 3, Version: 4, From: "n1", Ops: []Op{{Key: "a", Value: "b"}}}))
 	f.Add([]byte{0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeReplicate(b)
@@ -169,7 +169,7 @@ func TestRPCRedialsAfterPeerClosed(t *testing.T) {
 	c.waitReady(t)
 	key := keyIn(t, "redial", 0, parts)
 	for i := range 3 {
-		if r := kvSet(t, c.client, c.nodes["n2"].url, key, "v"); r.status != http.StatusOK {
+		if r := kvSet(t, c.nodes["n2"], key, "v"); r.status != http.StatusOK {
 			t.Fatalf("forwarded set %d: %s", i, r)
 		}
 		// n1 drops every connection it serves, as a restarted node would
@@ -197,7 +197,7 @@ func TestRPCRedialsAfterPeerClosed(t *testing.T) {
 			return peer.conn == nil || peer.conn.closed()
 		})
 	}
-	if r := kvSet(t, c.client, c.nodes["n2"].url, key, "last"); r.status != http.StatusOK {
+	if r := kvSet(t, c.nodes["n2"], key, "last"); r.status != http.StatusOK {
 		t.Fatalf("forwarded set after the last close: %s", r)
 	}
 }

@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 )
 
 // Kick asks the background sync loop to look at the partitions now.
-func (s *Server) Kick() {
+func (s *Engine) Kick() {
 	select {
 	case s.kick <- struct{}{}:
 	default:
@@ -23,7 +23,7 @@ func (s *Server) Kick() {
 // own copy before serving, and it brings replicas that are not in sync up to
 // date (a full copy of the partition, taken under the partition lock) and
 // then adds them to the in-sync set.
-func (s *Server) Run(ctx context.Context) {
+func (s *Engine) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { s.runLeases(ctx) })
@@ -85,7 +85,7 @@ func (w *syncWork) done(key string, failed bool) {
 
 // syncPass starts whatever each partition this node leads needs, without
 // waiting for jobs to finish.
-func (s *Server) syncPass(ctx context.Context, w *syncWork, wg *sync.WaitGroup) {
+func (s *Engine) syncPass(ctx context.Context, w *syncWork, wg *sync.WaitGroup) {
 	self := s.router.Self()
 	for p := range s.router.Partitions() {
 		if ctx.Err() != nil {
@@ -151,7 +151,7 @@ const reconcileTimeout = 5 * time.Second
 // replica gets a fresh copy (dropping any write of the old epoch that was
 // never acknowledged) or leaves the in-sync set, and only then does the
 // primary mark itself ready. It reports whether the partition is ready.
-func (s *Server) reconcile(ctx context.Context, p int, epoch uint64) bool {
+func (s *Engine) reconcile(ctx context.Context, p int, epoch uint64) bool {
 	l := s.lock(p)
 	l.Lock()
 	defer l.Unlock()
@@ -211,7 +211,7 @@ func (s *Server) reconcile(ctx context.Context, p int, epoch uint64) bool {
 // catchUpTimeout bounds one partition copy to a replica.
 const catchUpTimeout = 15 * time.Second
 
-func (s *Server) installOn(ctx context.Context, p int, epoch uint64, node string) error {
+func (s *Engine) installOn(ctx context.Context, p int, epoch uint64, node string) error {
 	addr, ok := s.router.KVAddr(node)
 	if !ok {
 		return errcode.New(errcode.Unavailable, "no address for %s", node)
@@ -221,7 +221,7 @@ func (s *Server) installOn(ctx context.Context, p int, epoch uint64, node string
 
 // probe checks within a second that node's data plane answers (an empty
 // lease request).
-func (s *Server) probe(ctx context.Context, node string) error {
+func (s *Engine) probe(ctx context.Context, node string) error {
 	addr, ok := s.router.KVAddr(node)
 	if !ok {
 		return errcode.New(errcode.Unavailable, "no address for %s", node)
@@ -235,7 +235,7 @@ func (s *Server) probe(ctx context.Context, node string) error {
 // catchUp copies the partition to a replica and adds it to the in-sync set.
 // The partition lock is held from the copy until the table shows the replica
 // in sync, so no write can slip between the two.
-func (s *Server) catchUp(ctx context.Context, p int, epoch uint64, node string) error {
+func (s *Engine) catchUp(ctx context.Context, p int, epoch uint64, node string) error {
 	// Writes to the partition wait while the copy runs, so first make sure
 	// the replica answers at all: a node behind a cut link would hold the
 	// lock until the copy times out.
@@ -270,7 +270,7 @@ func (s *Server) catchUp(ctx context.Context, p int, epoch uint64, node string) 
 // table: the table guard refuses a table older than one acted on before,
 // and a node that becomes an owner again gets a fresh copy before it counts
 // as in sync.
-func (s *Server) release(p int) {
+func (s *Engine) release(p int) {
 	m, err := s.store.Meta(p)
 	if err != nil || (m.Epoch == 0 && m.Seq == 0 && m.Keys == 0) {
 		return

@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 import (
 	"bufio"
@@ -34,11 +34,11 @@ type writeQueue struct {
 
 type pendingWrite struct {
 	epoch uint64
-	op    opMsg
+	op    Op
 	done  chan error // buffered; gets exactly one result
 }
 
-func (s *Server) queue(p int) *writeQueue {
+func (s *Engine) queue(p int) *writeQueue {
 	s.queuesMu.Lock()
 	defer s.queuesMu.Unlock()
 	q, ok := s.queues[p]
@@ -82,7 +82,7 @@ func (q *writeQueue) withdraw(w *pendingWrite) bool {
 // primaryWrite orders, persists and replicates one write, as part of the
 // next round of partition p. It returns once the round is acknowledged by
 // every in-sync replica (or failed).
-func (s *Server) primaryWrite(ctx context.Context, p int, epoch uint64, op opMsg) error {
+func (s *Engine) primaryWrite(ctx context.Context, p int, epoch uint64, op Op) error {
 	q := s.queue(p)
 	w := &pendingWrite{epoch: epoch, op: op, done: make(chan error, 1)}
 	q.mu.Lock()
@@ -108,7 +108,7 @@ func (s *Server) primaryWrite(ctx context.Context, p int, epoch uint64, op opMsg
 
 // commitUntilDone runs rounds of q, holding its token, until w has its
 // result: w may not be in the first round if the queue was longer than one.
-func (s *Server) commitUntilDone(p int, q *writeQueue, w *pendingWrite) {
+func (s *Engine) commitUntilDone(p int, q *writeQueue, w *pendingWrite) {
 	for len(w.done) == 0 {
 		batch := q.take()
 		if len(batch) == 0 {
@@ -124,7 +124,7 @@ func (s *Server) commitUntilDone(p int, q *writeQueue, w *pendingWrite) {
 // delivers each write's result. The partition lock is held throughout, so
 // rounds reach replicas in sequence order and no read sees a write before
 // it is acknowledged.
-func (s *Server) commitRound(p int, batch []*pendingWrite) {
+func (s *Engine) commitRound(p int, batch []*pendingWrite) {
 	l := s.lock(p)
 	l.Lock()
 	defer l.Unlock()
@@ -135,7 +135,7 @@ func (s *Server) commitRound(p int, batch []*pendingWrite) {
 		}
 		return
 	}
-	ops := make([]opMsg, 0, len(batch))
+	ops := make([]Op, 0, len(batch))
 	writes := batch[:0:0]
 	for _, w := range batch {
 		if w.epoch != 0 && w.epoch != rt.Epoch {
@@ -154,7 +154,7 @@ func (s *Server) commitRound(p int, batch []*pendingWrite) {
 	}
 }
 
-func (s *Server) replicateRound(p int, rt Route, ops []opMsg) error {
+func (s *Engine) replicateRound(p int, rt Route, ops []Op) error {
 	m, err := s.store.Meta(p)
 	if err != nil {
 		return fmt.Errorf("partition %d meta: %w", p, err)
@@ -190,7 +190,7 @@ func (s *Server) replicateRound(p int, rt Route, ops []opMsg) error {
 }
 
 // fanOut sends req to every node in parallel and returns those that failed.
-func (s *Server) fanOut(ctx context.Context, nodes []string, req replicateReq) map[string]error {
+func (s *Engine) fanOut(ctx context.Context, nodes []string, req replicateReq) map[string]error {
 	if len(nodes) == 0 {
 		return nil
 	}
@@ -226,7 +226,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 }
 
 // handleForwardedWrite runs a write sent by another node to this primary.
-func (s *Server) handleForwardedWrite(w http.ResponseWriter, r *http.Request) {
+func (s *Engine) handleForwardedWrite(w http.ResponseWriter, r *http.Request) {
 	var req forwardReq
 	if !decodeJSON(w, r, &req) {
 		return
@@ -240,7 +240,7 @@ func (s *Server) handleForwardedWrite(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
-func (s *Server) handleForwardedRead(w http.ResponseWriter, r *http.Request) {
+func (s *Engine) handleForwardedRead(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	p, err1 := strconv.Atoi(q.Get("partition"))
 	epoch, err2 := strconv.ParseUint(q.Get("epoch"), 10, 64)
@@ -263,7 +263,7 @@ func (s *Server) handleForwardedRead(w http.ResponseWriter, r *http.Request) {
 // awaitEpoch waits briefly for this node's table to reach epoch for p: a
 // new primary may reach a replica before the replica has applied the Raft
 // entry that made it primary.
-func (s *Server) awaitEpoch(ctx context.Context, p int, epoch uint64) (Route, error) {
+func (s *Engine) awaitEpoch(ctx context.Context, p int, epoch uint64) (Route, error) {
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		rt, ok := s.router.Route(p)
@@ -281,7 +281,7 @@ func (s *Server) awaitEpoch(ctx context.Context, p int, epoch uint64) (Route, er
 }
 
 // awaitVersion waits briefly for this node's table to reach version.
-func (s *Server) awaitVersion(ctx context.Context, version uint64) error {
+func (s *Engine) awaitVersion(ctx context.Context, version uint64) error {
 	deadline := time.Now().Add(2 * time.Second)
 	for s.router.Version() < version {
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -301,7 +301,7 @@ func (s *Server) awaitVersion(ctx context.Context, version uint64) error {
 // a replica does not change the epoch). Acting on that table, it would take
 // the copy and later, on applying its removal, delete it while the current
 // table lists it as in sync.
-func (s *Server) checkReplica(ctx context.Context, p int, epoch uint64, from string, version uint64) error {
+func (s *Engine) checkReplica(ctx context.Context, p int, epoch uint64, from string, version uint64) error {
 	if err := s.awaitVersion(ctx, version); err != nil {
 		return err
 	}
@@ -323,7 +323,7 @@ func (s *Server) checkReplica(ctx context.Context, p int, epoch uint64, from str
 
 // handleReplicate is the JSON form of a replication call (the hot path
 // uses RPC).
-func (s *Server) handleReplicate(w http.ResponseWriter, r *http.Request) {
+func (s *Engine) handleReplicate(w http.ResponseWriter, r *http.Request) {
 	var req replicateReq
 	if !decodeJSON(w, r, &req) {
 		return
@@ -338,7 +338,7 @@ func (s *Server) handleReplicate(w http.ResponseWriter, r *http.Request) {
 // applyReplicate applies a primary's round on this replica, in sequence
 // order. A round that overlaps what is already applied (the primary
 // retried) is applied from the first write this copy lacks.
-func (s *Server) applyReplicate(ctx context.Context, req replicateReq) error {
+func (s *Engine) applyReplicate(ctx context.Context, req replicateReq) error {
 	if len(req.Ops) == 0 {
 		return errcode.New(errcode.BadRequest, "replication round without writes")
 	}
@@ -386,7 +386,7 @@ func (s *Server) applyReplicate(ctx context.Context, req replicateReq) error {
 
 // handleInstall replaces this replica's copy of a partition with the
 // primary's, streamed in the request body.
-func (s *Server) handleInstall(w http.ResponseWriter, r *http.Request) {
+func (s *Engine) handleInstall(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	p, err1 := strconv.Atoi(q.Get("partition"))
 	epoch, err2 := strconv.ParseUint(q.Get("epoch"), 10, 64)

@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 	"github.com/clusterkit/clusterkit/storage"
 )
 
-// Limits enforced on client requests.
+// Limits on the data every layer accepts.
 const (
 	// MaxKeyBytes is the longest key accepted, in bytes.
 	MaxKeyBytes = 1024
@@ -18,9 +18,6 @@ const (
 	// MaxBodyBytes caps a request body. A value of MaxValueBytes written
 	// entirely as \uXXXX escapes takes six times its size.
 	MaxBodyBytes = 7 << 20
-	// DefaultListLimit and MaxListLimit bound /kv/list.
-	DefaultListLimit = 1000
-	MaxListLimit     = 10000
 )
 
 // Route is one partition's row of the partition table as the data plane
@@ -83,13 +80,6 @@ type Storage interface {
 	Drop(p int) error
 	TableVersion() (uint64, error)
 	SetTableVersion(v uint64) error
-}
-
-// Info supplies the cluster facts /kv/stats reports.
-type Info interface {
-	ClusterNodes() int
-	IsLeader() bool
-	RaftState() string
 }
 
 var _ Storage = (*storage.DB)(nil)

@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 // Data-plane tests: several kvapi servers, each with its own real store and
 // real HTTP server, sharing one fake partition table (the Raft FSM's role).
@@ -72,13 +72,13 @@ func TestForwardedWriteReplicates(t *testing.T) {
 			key := "fw-" + tt.via.id
 			p := ring.PartitionOf(key, parts)
 			before := len(n1.rec.matching("/write"))
-			if r := kvSet(t, c.client, tt.via.url, key, "value-"+tt.via.id); r.status != http.StatusOK {
+			if r := kvSet(t, tt.via, key, "value-"+tt.via.id); r.status != http.StatusOK {
 				t.Fatalf("set: %s", r)
 			}
 			if fw := n1.rec.matching("/write")[before:]; len(fw) != 1 || fw[0].Status != http.StatusOK {
 				t.Errorf("primary saw forwarded writes %+v, want exactly one answered 200", fw)
 			}
-			mustValue(t, kvGet(t, c.client, n1.url, key, ""), key, "value-"+tt.via.id)
+			mustValue(t, kvGet(t, n1, key, ""), key, "value-"+tt.via.id)
 			if v, ok := storedValue(t, n2.db, p, key); !ok || v != "value-"+tt.via.id {
 				t.Errorf("replica storage has %q (present %v), want %q", v, ok, "value-"+tt.via.id)
 			}
@@ -89,7 +89,7 @@ func TestForwardedWriteReplicates(t *testing.T) {
 				t.Errorf("a node that owns nothing stored the key")
 			}
 
-			if r := kvDelete(t, c.client, tt.via.url, key); r.status != http.StatusOK {
+			if r := kvDelete(t, tt.via, key); r.status != http.StatusOK {
 				t.Fatalf("delete: %s", r)
 			}
 			for _, n := range []*testNode{n1, n2} {
@@ -124,9 +124,9 @@ func TestReplicaKeyCountUnderConcurrentWrites(t *testing.T) {
 				key := fmt.Sprintf("count-%d", (w*7+i)%25)
 				var r apiResp
 				if i%5 == 4 {
-					r = kvDelete(t, c.client, via.url, key)
+					r = kvDelete(t, via, key)
 				} else {
-					r = kvSet(t, c.client, via.url, key, fmt.Sprintf("v%d-%d", w, i))
+					r = kvSet(t, via, key, fmt.Sprintf("v%d-%d", w, i))
 				}
 				if r.status != http.StatusOK && r.status != http.StatusNotFound {
 					t.Errorf("write %s: %s", key, r)
@@ -168,7 +168,7 @@ func TestCatchUpAddsReplica(t *testing.T) {
 	c.waitReady(t)
 	n1, n2 := c.nodes["n1"], c.nodes["n2"]
 	for i := range 20 {
-		if r := kvSet(t, c.client, n1.url, fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)); r.status != http.StatusOK {
+		if r := kvSet(t, n1, fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)); r.status != http.StatusOK {
 			t.Fatalf("set: %s", r)
 		}
 	}
@@ -197,7 +197,7 @@ func TestCatchUpAddsReplica(t *testing.T) {
 		}
 	}
 
-	if r := kvSet(t, c.client, n1.url, "after", "sync"); r.status != http.StatusOK {
+	if r := kvSet(t, n1, "after", "sync"); r.status != http.StatusOK {
 		t.Fatalf("set: %s", r)
 	}
 	p := ring.PartitionOf("after", parts)
@@ -232,14 +232,12 @@ func TestCatchUpUnderConcurrentWrites(t *testing.T) {
 				default:
 				}
 				key := fmt.Sprintf("w%d-%d", g, i%25)
-				var r rawResp
+				op := Op{Key: key, Value: fmt.Sprint(i)}
 				if i%7 == 6 {
-					r = doReqNoFatal(c.client, http.MethodPost, n1.url+"/kv/delete?key="+key, nil)
-				} else {
-					r = doReqNoFatal(c.client, http.MethodPost, n1.url+"/kv/set", setBodyJSON(key, fmt.Sprint(i)))
+					op = Op{Delete: true, Key: key}
 				}
-				if r.err != nil || r.status != http.StatusOK {
-					errs <- fmt.Errorf("write %s: %v %d %s", key, r.err, r.status, r.body)
+				if err := n1.srv.Write(context.Background(), op); err != nil {
+					errs <- fmt.Errorf("write %s: %v", key, err)
 					return
 				}
 			}
@@ -273,7 +271,7 @@ func TestCatchUpUnderConcurrentWrites(t *testing.T) {
 
 func postReplicate(t *testing.T, c *http.Client, n *testNode, body []byte) apiResp {
 	t.Helper()
-	return doReq(t, c, http.MethodPost, n.url+internalPrefix+"/replicate", body)
+	return doReq(t, c, http.MethodPost, n.url+InternalPrefix+"/replicate", body)
 }
 
 // TestReplicateFencing drives a replica's /internal/v1/replicate directly:
@@ -310,12 +308,12 @@ func TestReplicateFencing(t *testing.T) {
 		t.Fatalf("replica meta after install = %+v", m)
 	}
 
-	reqN := func(p int, epoch, seq uint64, from string, ops ...opMsg) []byte {
+	reqN := func(p int, epoch, seq uint64, from string, ops ...Op) []byte {
 		b, _ := json.Marshal(replicateReq{Partition: p, Epoch: epoch, Seq: seq, From: from, Ops: ops})
 		return b
 	}
-	req := func(p int, epoch, seq uint64, from string, op opMsg) []byte { return reqN(p, epoch, seq, from, op) }
-	set := func(v string) opMsg { return opMsg{Key: "a", Value: v} }
+	req := func(p int, epoch, seq uint64, from string, op Op) []byte { return reqN(p, epoch, seq, from, op) }
+	set := func(v string) Op { return Op{Key: "a", Value: v} }
 	steps := []struct {
 		name       string
 		before     func()
@@ -327,7 +325,7 @@ func TestReplicateFencing(t *testing.T) {
 	}{
 		{name: "next seq applies", body: req(0, 5, 11, "n1", set("v11")), wantStatus: 200, wantSeq: 11, wantA: "v11"},
 		{name: "duplicate of the last write is acked, not applied", body: req(0, 5, 11, "n1", set("CHANGED")), wantStatus: 200, wantSeq: 11, wantA: "v11"},
-		{name: "old duplicate delete is acked, not applied", body: req(0, 5, 3, "n1", opMsg{Delete: true, Key: "a"}), wantStatus: 200, wantSeq: 11, wantA: "v11"},
+		{name: "old duplicate delete is acked, not applied", body: req(0, 5, 3, "n1", Op{Delete: true, Key: "a"}), wantStatus: 200, wantSeq: 11, wantA: "v11"},
 		{name: "gap in seq refused", body: req(0, 5, 13, "n1", set("v13")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 11, wantA: "v11"},
 		{name: "older epoch refused", body: req(0, 4, 12, "n1", set("old")), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
 		{name: "sender is not the primary", body: req(0, 5, 12, "n3", set("rogue")), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
@@ -338,21 +336,21 @@ func TestReplicateFencing(t *testing.T) {
 			// it: membership may have changed without a new epoch.
 			name: "table behind the sender's refused",
 			body: func() []byte {
-				b, _ := json.Marshal(replicateReq{Partition: 0, Epoch: 5, Seq: 12, From: "n1", Version: 1 << 40, Ops: []opMsg{set("ahead")}})
+				b, _ := json.Marshal(replicateReq{Partition: 0, Epoch: 5, Seq: 12, From: "n1", Version: 1 << 40, Ops: []Op{set("ahead")}})
 				return b
 			}(),
 			wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 11, wantA: "v11",
 		},
 		{name: "malformed", body: []byte(`{"partition":`), wantStatus: 400, wantCode: errcode.InvalidJSON, wantSeq: 11, wantA: "v11"},
-		{name: "in order again", body: req(0, 5, 12, "n1", opMsg{Delete: true, Key: "a"}), wantStatus: 200, wantSeq: 12},
+		{name: "in order again", body: req(0, 5, 12, "n1", Op{Delete: true, Key: "a"}), wantStatus: 200, wantSeq: 12},
 		{
 			name:       "round overlapping what is applied applies only the new writes",
-			body:       reqN(0, 5, 11, "n1", set("dup11"), opMsg{Delete: true, Key: "a"}, set("v13"), set("v14")),
+			body:       reqN(0, 5, 11, "n1", set("dup11"), Op{Delete: true, Key: "a"}, set("v13"), set("v14")),
 			wantStatus: 200, wantSeq: 14, wantA: "v14",
 		},
 		{name: "round with a gap refused whole", body: reqN(0, 5, 16, "n1", set("v16"), set("v17")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 14, wantA: "v14"},
 		{name: "empty round refused", body: reqN(0, 5, 15, "n1"), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 14, wantA: "v14"},
-		{name: "round with an empty key refused whole", body: reqN(0, 5, 15, "n1", set("v15"), opMsg{Key: ""}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 14, wantA: "v14"},
+		{name: "round with an empty key refused whole", body: reqN(0, 5, 15, "n1", set("v15"), Op{Key: ""}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 14, wantA: "v14"},
 		{
 			name:   "copy from an older epoch needs a sync",
 			before: func() { c.table.updateAll(func(r *Route) { r.Epoch = 6 }) },
@@ -415,13 +413,13 @@ func TestForwardedWriteStaleEpoch(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			key := fmt.Sprintf("stale-%d", i)
 			p := ring.PartitionOf(key, parts)
-			b, _ := json.Marshal(forwardReq{Partition: p, Epoch: tt.epoch, Op: opMsg{Key: key, Value: "v"}})
-			r := doReq(t, c.client, http.MethodPost, tt.to.url+internalPrefix+"/write", b)
+			b, _ := json.Marshal(forwardReq{Partition: p, Epoch: tt.epoch, Op: Op{Key: key, Value: "v"}})
+			r := doReq(t, c.client, http.MethodPost, tt.to.url+InternalPrefix+"/write", b)
 			if tt.wantStatus == http.StatusOK {
 				if r.status != http.StatusOK {
 					t.Fatalf("got %s", r)
 				}
-				mustValue(t, kvGet(t, c.client, n1.url, key, ""), key, "v")
+				mustValue(t, kvGet(t, n1, key, ""), key, "v")
 				return
 			}
 			checkError(t, r, tt.wantStatus, tt.wantCode)
@@ -467,7 +465,7 @@ func TestPublicWriteRetriesAfterTableChange(t *testing.T) {
 				row: primaryWithReplicas(1, []string{"n2"}, []string{"n2"}),
 			})
 			c.waitReady(t)
-			if r := kvSet(t, c.client, c.nodes["n3"].url, "before", "change"); r.status != http.StatusOK {
+			if r := kvSet(t, c.nodes["n3"], "before", "change"); r.status != http.StatusOK {
 				t.Fatalf("set: %s", r)
 			}
 			c.table.freeze("n3")
@@ -479,7 +477,7 @@ func TestPublicWriteRetriesAfterTableChange(t *testing.T) {
 				c.table.unfreeze("n3")
 			}()
 			start := time.Now()
-			r := kvSet(t, c.client, c.nodes["n3"].url, "during", "change")
+			r := kvSet(t, c.nodes["n3"], "during", "change")
 			if r.status != http.StatusOK {
 				t.Fatalf("set through a lagging node: %s", r)
 			}
@@ -501,7 +499,7 @@ func TestPublicWriteRetriesAfterTableChange(t *testing.T) {
 			// are readable from every node.
 			for _, key := range []string{"before", "during"} {
 				for _, n := range []string{"n1", "n2", "n3"} {
-					mustValue(t, kvGet(t, c.client, c.nodes[n].url, key, ""), key, "change")
+					mustValue(t, kvGet(t, c.nodes[n], key, ""), key, "change")
 				}
 			}
 		})
@@ -522,7 +520,7 @@ func TestStalePrimary(t *testing.T) {
 	c.waitReady(t)
 	n1, n2, n3 := c.nodes["n1"], c.nodes["n2"], c.nodes["n3"]
 	key := keyIn(t, "sp", 0, parts)
-	if r := kvSet(t, c.client, n1.url, key, "v1"); r.status != http.StatusOK {
+	if r := kvSet(t, n1, key, "v1"); r.status != http.StatusOK {
 		t.Fatalf("set: %s", r)
 	}
 	// n1 is cut off: it keeps the old table and the cluster sees it down.
@@ -535,7 +533,7 @@ func TestStalePrimary(t *testing.T) {
 		r.Epoch = 2
 	})
 	c.waitReady(t)
-	if r := kvSet(t, c.client, n3.url, key, "v2"); r.status != http.StatusOK {
+	if r := kvSet(t, n3, key, "v2"); r.status != http.StatusOK {
 		t.Fatalf("set after failover: %s", r)
 	}
 
@@ -544,14 +542,14 @@ func TestStalePrimary(t *testing.T) {
 		check func(t *testing.T)
 	}{
 		{"linearizable read on the stale primary", func(t *testing.T) {
-			r := kvGet(t, c.client, n1.url, key, "")
+			r := kvGet(t, n1, key, "")
 			t.Logf("stale primary answered %s", r)
 			if r.status == http.StatusOK && r.object(t)["value"] == "v1" {
 				t.Errorf("stale primary answered a linearizable read with the overwritten value v1 (current value is v2)")
 			}
 		}},
 		{"write on the stale primary is not acknowledged", func(t *testing.T) {
-			r := kvSet(t, c.client, n1.url, key, "v3")
+			r := kvSet(t, n1, key, "v3")
 			t.Logf("stale primary answered %s", r)
 			if r.status == http.StatusOK {
 				t.Errorf("stale primary acknowledged a write")
@@ -564,7 +562,7 @@ func TestStalePrimary(t *testing.T) {
 				return slices.Contains(c.table.route(0).InSync, "n1")
 			})
 			for _, n := range []*testNode{n1, n2, n3} {
-				mustValue(t, kvGet(t, c.client, n.url, key, ""), key, "v2")
+				mustValue(t, kvGet(t, n, key, ""), key, "v2")
 			}
 			// The unacknowledged v3 on n1's disk was replaced by the copy.
 			if v, _ := storedValue(t, n1.db, 0, key); v != "v2" {
@@ -605,7 +603,7 @@ func TestReplicaDown(t *testing.T) {
 			})
 			c.waitReady(t)
 			key := keyIn(t, "down", 0, parts)
-			if r := kvSet(t, c.client, c.nodes["n1"].url, "warm", "up"); r.status != http.StatusOK {
+			if r := kvSet(t, c.nodes["n1"], "warm", "up"); r.status != http.StatusOK {
 				t.Fatalf("warm-up set: %s", r)
 			}
 			tt.failure(c)
@@ -619,7 +617,7 @@ func TestReplicaDown(t *testing.T) {
 			c.ctl.setDelay(100 * time.Millisecond)
 			c.ctl.setFailRemove(tt.controlFails)
 
-			r := kvSet(t, c.client, c.nodes[tt.via].url, key, "v")
+			r := kvSet(t, c.nodes[tt.via], key, "v")
 			c.events.add("client: got %d", r.status)
 			if tt.wantStatus != http.StatusOK {
 				checkError(t, r, tt.wantStatus, tt.wantCode)
@@ -642,7 +640,7 @@ func TestReplicaDown(t *testing.T) {
 			if v, ok := storedValue(t, c.nodes["n2"].db, 0, key); !ok || v != "v" {
 				t.Errorf("the surviving in-sync replica lacks the write: %q %v", v, ok)
 			}
-			mustValue(t, kvGet(t, c.client, c.nodes["n2"].url, key, ""), key, "v")
+			mustValue(t, kvGet(t, c.nodes["n2"], key, ""), key, "v")
 		})
 	}
 }
@@ -673,7 +671,7 @@ func TestReads(t *testing.T) {
 	c.waitReady(t)
 	n1, n2, n3 := c.nodes["n1"], c.nodes["n2"], c.nodes["n3"]
 	key := keyIn(t, "rd", 0, parts)
-	if r := kvSet(t, c.client, n1.url, key, "primary-copy"); r.status != http.StatusOK {
+	if r := kvSet(t, n1, key, "primary-copy"); r.status != http.StatusOK {
 		t.Fatalf("set: %s", r)
 	}
 	seq := meta(t, n2.db, 0).Seq
@@ -711,7 +709,7 @@ func TestReads(t *testing.T) {
 			for _, n := range c.nodes {
 				reads[n.id] = len(n.rec.matching("/read"))
 			}
-			mustValue(t, kvGet(t, c.client, tt.via.url, key, tt.consistency), key, tt.want)
+			mustValue(t, kvGet(t, tt.via, key, tt.consistency), key, tt.want)
 			for _, n := range c.nodes {
 				got := n.rec.matching("/read")[reads[n.id]:]
 				// A refused attempt (say, while a read lease is renewed)

@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 // Node-to-node calls on the hot path (forwarded writes and reads, and
 // replication) travel over persistent, multiplexed connections in a compact
@@ -68,7 +68,7 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-func appendOp(b []byte, op opMsg) []byte {
+func appendOp(b []byte, op Op) []byte {
 	var flags byte
 	if op.Delete {
 		flags = 1
@@ -124,9 +124,9 @@ func (d *decoder) string() string {
 	return s
 }
 
-func (d *decoder) op() opMsg {
+func (d *decoder) op() Op {
 	flags := d.byte()
-	return opMsg{Delete: flags&1 != 0, Key: d.string(), Value: d.string()}
+	return Op{Delete: flags&1 != 0, Key: d.string(), Value: d.string()}
 }
 
 func (d *decoder) int() int {
@@ -207,7 +207,7 @@ func decodeReplicate(b []byte) (replicateReq, error) {
 	if d.err != nil {
 		return r, d.err
 	}
-	r.Ops = make([]opMsg, 0, n)
+	r.Ops = make([]Op, 0, n)
 	for range n {
 		r.Ops = append(r.Ops, d.op())
 	}
@@ -542,7 +542,7 @@ func dialRPC(ctx context.Context, addr string) (*rpcConn, error) {
 	if dl, ok := dctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
-	req := "GET " + internalPrefix + rpcPath + " HTTP/1.1\r\nHost: " + addr +
+	req := "GET " + InternalPrefix + rpcPath + " HTTP/1.1\r\nHost: " + addr +
 		"\r\nConnection: Upgrade\r\nUpgrade: " + rpcProtocol + "\r\n\r\n"
 	if _, err := io.WriteString(nc, req); err != nil {
 		nc.Close()
@@ -572,7 +572,7 @@ func dialRPC(ctx context.Context, addr string) (*rpcConn, error) {
 type rpcHandler func(ctx context.Context) ([]byte, error)
 
 // handleRPC upgrades an HTTP request to an RPC connection and serves it.
-func (s *Server) handleRPC(w http.ResponseWriter, r *http.Request) {
+func (s *Engine) handleRPC(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Upgrade") != rpcProtocol {
 		writeError(w, errcode.New(errcode.BadRequest, "this route needs Upgrade: %s", rpcProtocol))
 		return
@@ -596,7 +596,7 @@ func (s *Server) handleRPC(w http.ResponseWriter, r *http.Request) {
 	s.serveConn(c, brw.Reader)
 }
 
-func (s *Server) trackConn(c *rpcConn) bool {
+func (s *Engine) trackConn(c *rpcConn) bool {
 	s.connMu.Lock()
 	defer s.connMu.Unlock()
 	if s.connsClosed {
@@ -606,7 +606,7 @@ func (s *Server) trackConn(c *rpcConn) bool {
 	return true
 }
 
-func (s *Server) untrackConn(c *rpcConn) {
+func (s *Engine) untrackConn(c *rpcConn) {
 	s.connMu.Lock()
 	delete(s.conns, c)
 	s.connMu.Unlock()
@@ -615,7 +615,7 @@ func (s *Server) untrackConn(c *rpcConn) {
 // stopRPC ends every served RPC connection (http.Server.Shutdown does not
 // know about hijacked connections) and waits for the requests in flight on
 // them, which may use the store.
-func (s *Server) stopRPC() {
+func (s *Engine) stopRPC() {
 	s.connMu.Lock()
 	s.connsClosed = true
 	conns := s.conns
@@ -628,7 +628,7 @@ func (s *Server) stopRPC() {
 }
 
 // startRequest counts a request in flight, unless the server is stopping.
-func (s *Server) startRequest() bool {
+func (s *Engine) startRequest() bool {
 	s.connMu.Lock()
 	defer s.connMu.Unlock()
 	if s.connsClosed {
@@ -638,7 +638,7 @@ func (s *Server) startRequest() bool {
 	return true
 }
 
-func (s *Server) serveConn(c *rpcConn, r *bufio.Reader) {
+func (s *Engine) serveConn(c *rpcConn, r *bufio.Reader) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for {
@@ -662,7 +662,7 @@ func (s *Server) serveConn(c *rpcConn, r *bufio.Reader) {
 }
 
 // serveRPC decodes and runs one request.
-func (s *Server) serveRPC(ctx context.Context, kind byte, payload []byte) ([]byte, error) {
+func (s *Engine) serveRPC(ctx context.Context, kind byte, payload []byte) ([]byte, error) {
 	var h rpcHandler
 	var decoded any
 	var err error

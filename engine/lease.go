@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 import (
 	"bytes"
@@ -118,7 +118,7 @@ func (l *leases) primaryBlockedUntil(p int) time.Time {
 }
 
 // handleLease grants leases to the primary of the listed partitions.
-func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
+func (s *Engine) handleLease(w http.ResponseWriter, r *http.Request) {
 	var req leaseReq
 	if !decodeJSON(w, r, &req) {
 		return
@@ -156,7 +156,7 @@ func (c *peerClient) lease(ctx context.Context, addr string, req leaseReq) (leas
 // (one request per replica node) for a lease, and records the partitions
 // for which all in-sync replicas granted it. Replicas that do not answer are
 // reported so the caller can shrink them out of the in-sync set.
-func (s *Server) renewLeases(ctx context.Context) map[int][]string {
+func (s *Engine) renewLeases(ctx context.Context) map[int][]string {
 	self := s.router.Self()
 	routes := map[int]Route{}
 	byNode := map[string][]leasePartEpoch{}
@@ -217,7 +217,7 @@ func (s *Server) renewLeases(ctx context.Context) map[int][]string {
 // runLeases keeps the leases of the partitions this node leads fresh. A
 // replica that cannot be reached is removed from the in-sync set (as a
 // failed write would do), so reads do not stay blocked on a dead replica.
-func (s *Server) runLeases(ctx context.Context) {
+func (s *Engine) runLeases(ctx context.Context) {
 	t := time.NewTicker(leaseRenew)
 	defer t.Stop()
 	for {
@@ -247,7 +247,7 @@ func (s *Server) runLeases(ctx context.Context) {
 // confirm asks every in-sync replica of p, now, whether this node is still
 // its primary at rt's epoch (a lease request for this one partition), for
 // ReadMode "confirm".
-func (s *Server) confirm(p int, rt Route) bool {
+func (s *Engine) confirm(p int, rt Route) bool {
 	if len(rt.InSync) == 0 {
 		return true
 	}

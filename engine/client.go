@@ -1,4 +1,4 @@
-package kvapi
+package engine
 
 import (
 	"bufio"
@@ -19,24 +19,24 @@ import (
 	"github.com/clusterkit/clusterkit/storage"
 )
 
-// Internal route prefix for node-to-node traffic.
-const internalPrefix = "/internal/v1"
+// InternalPrefix is the path prefix of the node-to-node routes.
+const InternalPrefix = "/internal/v1"
 
-// opMsg is a write as it travels between nodes.
-type opMsg struct {
+// Op is a write (a set or a delete) as it travels between nodes.
+type Op struct {
 	Delete bool   `json:"delete,omitempty"`
 	Key    string `json:"key"`
 	Value  string `json:"value,omitempty"`
 }
 
-func (o opMsg) storageOp() storage.Op {
+func (o Op) storageOp() storage.Op {
 	return storage.Op{Delete: o.Delete, Key: []byte(o.Key), Value: []byte(o.Value)}
 }
 
 type forwardReq struct {
 	Partition int    `json:"partition"`
 	Epoch     uint64 `json:"epoch"`
-	Op        opMsg  `json:"op"`
+	Op        Op     `json:"op"`
 }
 
 // replicateReq carries a batch of consecutive writes: Ops[i] is write
@@ -48,8 +48,8 @@ type replicateReq struct {
 	From      string `json:"from"`
 	// Version is the sender's partition-table version; the replica acts
 	// only once its own table has reached it.
-	Version uint64  `json:"version"`
-	Ops     []opMsg `json:"ops"`
+	Version uint64 `json:"version"`
+	Ops     []Op   `json:"ops"`
 	// Keys, when set, is the primary's key count after Ops; the replica,
 	// whose copy mirrors the primary's, then writes without reading each
 	// key to count it. Senders that predate it leave it out.
@@ -86,7 +86,7 @@ func (c *peerClient) close() {
 // failure to connect is errcode.ErrUnavailable (nothing was sent); a failure after
 // the request may have been delivered is errcode.ErrOutcomeUnknown.
 func (c *peerClient) do(ctx context.Context, method, addr, path string, q url.Values, body io.Reader, out any) error {
-	u := "http://" + addr + internalPrefix + path
+	u := "http://" + addr + InternalPrefix + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}

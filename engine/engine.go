@@ -1,0 +1,368 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/internal/httpapi"
+	"github.com/go-chi/chi/v5"
+)
+
+// Options configures an Engine.
+type Options struct {
+	Router  Router
+	Control Control
+	Storage Storage
+	Logger  *slog.Logger
+	// RequestTimeout bounds a client operation, including retries while the
+	// partition table changes under it. Default 5s.
+	RequestTimeout time.Duration
+	// ReplicationTimeout bounds one replica's answer before it is dropped
+	// from the in-sync set. Default 1s.
+	ReplicationTimeout time.Duration
+	// ReadMode is "lease" (default: reads are answered under a read lease)
+	// or "confirm" (every read asks the in-sync replicas first). Both are
+	// linearizable; confirm exists to measure what the lease saves.
+	ReadMode string
+}
+
+// Engine is one node's data plane: it runs the partitions this node leads
+// (write rounds, replication, read leases, catch-up of replicas) and applies
+// what their primaries send to the copies it holds.
+type Engine struct {
+	router  Router
+	control Control
+	store   Storage
+	log     *slog.Logger
+	peers   *peerClient
+
+	reqTimeout  time.Duration
+	replTimeout time.Duration
+
+	locksMu sync.Mutex
+	locks   map[int]*sync.RWMutex
+
+	queuesMu sync.Mutex
+	queues   map[int]*writeQueue
+
+	// Served RPC connections and their in-flight requests.
+	connMu      sync.Mutex
+	conns       map[*rpcConn]struct{}
+	connsClosed bool
+	rpcWG       sync.WaitGroup
+	// intercept, if set (by tests), wraps every request served over RPC.
+	intercept func(ctx context.Context, path string, req any, h rpcHandler) ([]byte, error)
+
+	kick        chan struct{}
+	leases      *leases
+	guard       *tableGuard
+	confirmRead bool
+}
+
+// New builds an Engine. Call Run to start its background replica sync.
+func New(o Options) (*Engine, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	s := &Engine{
+		router: o.Router, control: o.Control, store: o.Storage,
+		log: o.Logger, peers: newPeerClient(),
+		reqTimeout:  cmpOr(o.RequestTimeout, 5*time.Second),
+		replTimeout: cmpOr(o.ReplicationTimeout, time.Second),
+		locks:       map[int]*sync.RWMutex{},
+		queues:      map[int]*writeQueue{},
+		conns:       map[*rpcConn]struct{}{},
+		kick:        make(chan struct{}, 1),
+		leases:      newLeases(time.Now()),
+		confirmRead: o.ReadMode == "confirm",
+	}
+	g, err := newTableGuard(o.Storage)
+	if err != nil {
+		return nil, err
+	}
+	s.guard = g
+	return s, nil
+}
+
+func cmpOr(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+func (s *Engine) lock(p int) *sync.RWMutex {
+	s.locksMu.Lock()
+	defer s.locksMu.Unlock()
+	l, ok := s.locks[p]
+	if !ok {
+		l = &sync.RWMutex{}
+		s.locks[p] = l
+	}
+	return l
+}
+
+// InternalHandler serves the node-to-node routes, which the KV listener
+// mounts under InternalPrefix beside the client API.
+func (s *Engine) InternalHandler() http.Handler {
+	r := chi.NewRouter()
+	r.Get(rpcPath, s.handleRPC)
+	r.Post("/write", s.handleForwardedWrite)
+	r.Get("/read", s.handleForwardedRead)
+	r.Post("/replicate", s.handleReplicate)
+	r.Post("/install", s.handleInstall)
+	r.Post("/lease", s.handleLease)
+	r.Get("/digest", s.handleDigest)
+	return r
+}
+
+// Partitions is the cluster's partition count (0 until it is initialised).
+func (s *Engine) Partitions() int { return s.router.Partitions() }
+
+// ownedPartitions lists the partitions this node holds a copy of according
+// to the table (as primary or replica).
+func (s *Engine) ownedPartitions() []int {
+	self := s.router.Self()
+	var out []int
+	for p := range s.router.Partitions() {
+		if rt, ok := s.router.Route(p); ok && slices.Contains(rt.Owners(), self) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// LocalKeys counts the keys this node holds for the partitions it owns.
+func (s *Engine) LocalKeys() int {
+	n := 0
+	for _, p := range s.ownedPartitions() {
+		if m, err := s.store.Meta(p); err == nil {
+			n += int(m.Keys)
+		}
+	}
+	return n
+}
+
+// ListKeys returns up to limit keys this node holds (for the partitions it
+// owns, as primary or replica), in order, and how many it holds in all.
+func (s *Engine) ListKeys(limit int) (keys []string, total int, err error) {
+	keys = []string{}
+	for _, p := range s.ownedPartitions() {
+		m, err := s.store.Meta(p)
+		if err != nil {
+			return nil, 0, err
+		}
+		total += int(m.Keys)
+		if len(keys) < limit {
+			ks, err := s.store.Keys(p, limit-len(keys))
+			if err != nil {
+				return nil, 0, err
+			}
+			keys = append(keys, ks...)
+		}
+	}
+	slices.Sort(keys)
+	return keys, total, nil
+}
+
+// withDeadline bounds a client operation.
+func (s *Engine) withDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, s.reqTimeout)
+}
+
+// retry runs attempt until it succeeds, fails for good, or ctx ends. Only
+// errors that guarantee nothing was applied are retried, with a short
+// backoff so the partition table can catch up.
+func retry(ctx context.Context, attempt func() error) error {
+	backoff := 5 * time.Millisecond
+	var last error
+	for {
+		err := attempt()
+		if err == nil || !errcode.Retryable(err) {
+			return err
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return errcode.New(errcode.Unavailable, "partition owners unavailable: %v", last)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 200*time.Millisecond)
+	}
+}
+
+// Write applies a set or delete through the key's primary.
+func (s *Engine) Write(ctx context.Context, op Op) error {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	if s.router.Partitions() == 0 {
+		return errcode.New(errcode.Unavailable, "cluster is not initialised yet")
+	}
+	p := s.router.PartitionOf(op.Key)
+	return retry(ctx, func() error {
+		rt, ok := s.router.Route(p)
+		if !ok || rt.Primary == "" {
+			return errcode.New(errcode.Unavailable, "partition %d has no primary", p)
+		}
+		if rt.Primary == s.router.Self() {
+			return s.primaryWrite(ctx, p, rt.Epoch, op)
+		}
+		addr, ok := s.router.KVAddr(rt.Primary)
+		if !ok {
+			return errcode.New(errcode.Unavailable, "no address for primary %s", rt.Primary)
+		}
+		return s.peers.forward(ctx, addr, forwardReq{Partition: p, Epoch: rt.Epoch, Op: op})
+	})
+}
+
+// Read answers a get, from the primary unless stale reads are allowed.
+func (s *Engine) Read(ctx context.Context, key string, stale bool) (string, error) {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	if s.router.Partitions() == 0 {
+		return "", errcode.New(errcode.Unavailable, "cluster is not initialised yet")
+	}
+	p := s.router.PartitionOf(key)
+	var out string
+	err := retry(ctx, func() error {
+		rt, ok := s.router.Route(p)
+		if !ok || rt.Primary == "" {
+			return errcode.New(errcode.Unavailable, "partition %d has no primary", p)
+		}
+		self := s.router.Self()
+		// A stale read may be served by the primary or an in-sync
+		// replica, never by a copy that is still catching up.
+		current := append([]string{rt.Primary}, rt.InSync...)
+		if stale && slices.Contains(current, self) {
+			v, err := s.localRead(p, 0, key, true)
+			out = v
+			return err
+		}
+		target := rt.Primary
+		if stale && !s.router.Alive(target) {
+			for _, n := range rt.InSync {
+				if s.router.Alive(n) {
+					target = n
+					break
+				}
+			}
+		}
+		if target == self {
+			v, err := s.localRead(p, rt.Epoch, key, false)
+			out = v
+			return err
+		}
+		addr, ok := s.router.KVAddr(target)
+		if !ok {
+			return errcode.New(errcode.Unavailable, "no address for %s", target)
+		}
+		v, err := s.peers.read(ctx, addr, p, rt.Epoch, key, stale)
+		if errors.Is(err, errcode.ErrOutcomeUnknown) {
+			// A read changes nothing, so a lost answer is safe to retry.
+			err = errcode.New(errcode.Unavailable, "%v", err)
+		}
+		out = v
+		return err
+	})
+	return out, err
+}
+
+// localRead reads key from this node's copy. Unless stale, this node must be
+// the partition's primary at epoch, reconciled, and the read waits for any
+// write in flight so it never returns a value that is not yet acknowledged.
+func (s *Engine) localRead(p int, epoch uint64, key string, stale bool) (string, error) {
+	if stale {
+		return s.get(p, key)
+	}
+	for attempt := 0; ; attempt++ {
+		v, err := s.leasedRead(p, epoch, key)
+		if err != errNoLease || attempt > 0 {
+			return v, err
+		}
+		// The lease ran out (an idle partition, or a new in-sync
+		// replica): renew it once, right now, and try again.
+		ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
+		s.renewLeases(ctx)
+		cancel()
+	}
+}
+
+var errNoLease = errcode.New(errcode.NotReady, "the primary holds no read lease from its in-sync replicas")
+
+// leasedRead reads under the partition's read lock and checks the lease
+// after reading: the value was then current when it was read.
+func (s *Engine) leasedRead(p int, epoch uint64, key string) (string, error) {
+	l := s.lock(p)
+	l.RLock()
+	defer l.RUnlock()
+	rt, err := s.checkPrimary(p, epoch)
+	if err != nil {
+		return "", err
+	}
+	v, err := s.get(p, key)
+	if s.confirmRead {
+		if !s.confirm(p, rt) {
+			return "", errNoLease
+		}
+		return v, err
+	}
+	if !s.leases.valid(p, rt.Epoch, rt.InSync, time.Now()) {
+		return "", errNoLease
+	}
+	return v, err
+}
+
+func (s *Engine) get(p int, key string) (string, error) {
+	v, ok, err := s.store.Get(p, []byte(key))
+	if err != nil {
+		return "", fmt.Errorf("read %q: %w", key, err)
+	}
+	if !ok {
+		return "", errcode.ErrKeyNotFound
+	}
+	return string(v), nil
+}
+
+// checkPrimary verifies, under the partition lock, that this node is the
+// primary of p at epoch (if epoch is not zero) and has reconciled its
+// replicas for that epoch.
+// It returns the route it checked, which the caller must use: the table
+// may change again right after.
+func (s *Engine) checkPrimary(p int, epoch uint64) (Route, error) {
+	if err := s.checkTable(); err != nil {
+		return Route{}, err
+	}
+	rt, ok := s.router.Route(p)
+	if !ok || rt.Primary != s.router.Self() {
+		return Route{}, errcode.New(errcode.EpochMismatch, "%s is not the primary of partition %d", s.router.Self(), p)
+	}
+	if epoch != 0 && rt.Epoch != epoch {
+		return Route{}, errcode.New(errcode.EpochMismatch, "partition %d is at epoch %d here, request used %d", p, rt.Epoch, epoch)
+	}
+	m, err := s.store.Meta(p)
+	if err != nil {
+		return Route{}, fmt.Errorf("partition %d meta: %w", p, err)
+	}
+	if m.Epoch != rt.Epoch {
+		s.Kick()
+		return Route{}, errcode.New(errcode.NotReady, "partition %d is being reconciled for epoch %d", p, rt.Epoch)
+	}
+	if until := s.leases.primaryBlockedUntil(p); time.Now().Before(until) {
+		return Route{}, errcode.New(errcode.NotReady, "partition %d: waiting %s for the previous primary's read lease to run out", p, time.Until(until).Round(time.Millisecond))
+	}
+	return rt, nil
+}
+
+func writeError(w http.ResponseWriter, err error) { httpapi.WriteError(w, err) }
+
+func writeJSON(w http.ResponseWriter, status int, v any) { httpapi.WriteJSON(w, status, v) }
