@@ -26,9 +26,9 @@ var ErrNotLeader = errors.New("not the raft leader")
 // Options configures a Store.
 type Options struct {
 	NodeID string
-	// Listener is the already-bound Raft listener; binding it before Open
-	// lets the caller report port clashes early and use port 0 in tests.
-	Listener net.Listener
+	// Stream carries Raft's connections: in a node, the Raft side of the
+	// internal port (package peer); TCPStream for a plain listener.
+	Stream StreamLayer
 	// Advertise is the address other servers dial to reach this one.
 	Advertise string
 	DataDir   string
@@ -99,7 +99,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, fmt.Errorf("resolve raft advertise address %q: %w", opts.Advertise, err)
 	}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  &streamLayer{Listener: opts.Listener, advertise: adv},
+		Stream:  &streamLayer{s: opts.Stream, advertise: adv},
 		MaxPool: 4,
 		Timeout: 5 * time.Second,
 		Logger:  hl,
@@ -351,14 +351,33 @@ func timeoutFrom(ctx context.Context, def time.Duration) time.Duration {
 	return def
 }
 
-// streamLayer adapts a pre-bound listener to raft.StreamLayer.
+// StreamLayer is where Raft accepts and dials its connections.
+type StreamLayer interface {
+	Accept() (net.Conn, error)
+	Close() error
+	Dial(addr string, timeout time.Duration) (net.Conn, error)
+}
+
+// TCPStream is a StreamLayer of plain TCP on an already-bound listener.
+func TCPStream(ln net.Listener) StreamLayer { return tcpStream{ln} }
+
+type tcpStream struct{ net.Listener }
+
+func (t tcpStream) Dial(addr string, timeout time.Duration) (net.Conn, error) {
+	return net.DialTimeout("tcp", addr, timeout)
+}
+
+// streamLayer adapts a StreamLayer to raft.StreamLayer, which also wants
+// the advertised address.
 type streamLayer struct {
-	net.Listener
+	s         StreamLayer
 	advertise net.Addr
 }
 
-func (l *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	return net.DialTimeout("tcp", string(addr), timeout)
-}
+func (l *streamLayer) Accept() (net.Conn, error) { return l.s.Accept() }
+func (l *streamLayer) Close() error              { return l.s.Close() }
+func (l *streamLayer) Addr() net.Addr            { return l.advertise }
 
-func (l *streamLayer) Addr() net.Addr { return l.advertise }
+func (l *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	return l.s.Dial(string(addr), timeout)
+}

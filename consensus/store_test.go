@@ -91,7 +91,7 @@ func openStore(t *testing.T, id, dir string, ln net.Listener, bootstrap bool, lo
 		logger = testLogger(t)
 	}
 	o := Options{
-		NodeID: id, Listener: ln, Advertise: ln.Addr().String(), DataDir: dir,
+		NodeID: id, Stream: TCPStream(ln), Advertise: ln.Addr().String(), DataDir: dir,
 		Bootstrap: bootstrap, Logger: logger,
 		HeartbeatTimeout: testHeartbeat, ElectionTimeout: testElection, LeaderLease: testLease,
 	}

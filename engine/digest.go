@@ -1,28 +1,17 @@
 package engine
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"net/http"
 
+	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/storage"
 )
 
-// PartitionDigest summarises one partition's local copy, so that tests and
-// operators can check that the copies of a partition are identical.
-type PartitionDigest struct {
-	Partition int    `json:"partition"`
-	Role      string `json:"role"` // primary, in-sync, catching-up or none
-	Epoch     uint64 `json:"epoch"`
-	Seq       uint64 `json:"seq"`
-	Keys      uint64 `json:"keys"`
-	// SHA256 covers every key and value in key order.
-	SHA256 string `json:"sha256"`
-}
-
 // digest hashes partition p's copy from one storage snapshot.
-func (s *Engine) digest(p int) (PartitionDigest, error) {
+func (s *Engine) digest(p int) (peer.Digest, error) {
 	h := sha256.New()
 	var m storage.Meta
 	var lenBuf [binary.MaxVarintLen64]byte
@@ -34,9 +23,9 @@ func (s *Engine) digest(p int) (PartitionDigest, error) {
 		return nil
 	})
 	if err != nil {
-		return PartitionDigest{}, err
+		return peer.Digest{}, err
 	}
-	d := PartitionDigest{Partition: p, Epoch: m.Epoch, Seq: m.Seq, Keys: m.Keys, SHA256: hex.EncodeToString(h.Sum(nil)), Role: "none"}
+	d := peer.Digest{Partition: p, Epoch: m.Epoch, Seq: m.Seq, Keys: m.Keys, SHA256: hex.EncodeToString(h.Sum(nil)), Role: "none"}
 	if rt, ok := s.router.Route(p); ok {
 		self := s.router.Self()
 		switch {
@@ -51,20 +40,19 @@ func (s *Engine) digest(p int) (PartitionDigest, error) {
 	return d, nil
 }
 
-// handleDigest serves GET /internal/v1/digest: one digest per partition.
-// Each partition is read under its lock, so no write is half-applied.
-func (s *Engine) handleDigest(w http.ResponseWriter, r *http.Request) {
-	out := []PartitionDigest{}
+// ServeDigest returns one digest per partition. Each partition is read
+// under its lock, so no write is half-applied.
+func (s *Engine) ServeDigest(ctx context.Context) ([]peer.Digest, error) {
+	out := []peer.Digest{}
 	for p := range s.router.Partitions() {
 		l := s.lock(p)
 		l.RLock()
 		d, err := s.digest(p)
 		l.RUnlock()
 		if err != nil {
-			writeError(w, err)
-			return
+			return nil, err
 		}
 		out = append(out, d)
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out, nil
 }

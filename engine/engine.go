@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/clusterkit/clusterkit/errcode"
-	"github.com/clusterkit/clusterkit/internal/httpapi"
-	"github.com/go-chi/chi/v5"
+	"github.com/clusterkit/clusterkit/peer"
 )
 
 // Options configures an Engine.
@@ -20,7 +18,9 @@ type Options struct {
 	Router  Router
 	Control Control
 	Storage Storage
-	Logger  *slog.Logger
+	// Transport reaches the other nodes.
+	Transport Transport
+	Logger    *slog.Logger
 	// RequestTimeout bounds a client operation, including retries while the
 	// partition table changes under it. Default 5s.
 	RequestTimeout time.Duration
@@ -41,7 +41,7 @@ type Engine struct {
 	control Control
 	store   Storage
 	log     *slog.Logger
-	peers   *peerClient
+	peers   Transport
 
 	reqTimeout  time.Duration
 	replTimeout time.Duration
@@ -51,14 +51,6 @@ type Engine struct {
 
 	queuesMu sync.Mutex
 	queues   map[int]*writeQueue
-
-	// Served RPC connections and their in-flight requests.
-	connMu      sync.Mutex
-	conns       map[*rpcConn]struct{}
-	connsClosed bool
-	rpcWG       sync.WaitGroup
-	// intercept, if set (by tests), wraps every request served over RPC.
-	intercept func(ctx context.Context, path string, req any, h rpcHandler) ([]byte, error)
 
 	kick        chan struct{}
 	leases      *leases
@@ -73,12 +65,11 @@ func New(o Options) (*Engine, error) {
 	}
 	s := &Engine{
 		router: o.Router, control: o.Control, store: o.Storage,
-		log: o.Logger, peers: newPeerClient(),
+		log: o.Logger, peers: o.Transport,
 		reqTimeout:  cmpOr(o.RequestTimeout, 5*time.Second),
 		replTimeout: cmpOr(o.ReplicationTimeout, time.Second),
 		locks:       map[int]*sync.RWMutex{},
 		queues:      map[int]*writeQueue{},
-		conns:       map[*rpcConn]struct{}{},
 		kick:        make(chan struct{}, 1),
 		leases:      newLeases(time.Now()),
 		confirmRead: o.ReadMode == "confirm",
@@ -107,20 +98,6 @@ func (s *Engine) lock(p int) *sync.RWMutex {
 		s.locks[p] = l
 	}
 	return l
-}
-
-// InternalHandler serves the node-to-node routes, which the KV listener
-// mounts under InternalPrefix beside the client API.
-func (s *Engine) InternalHandler() http.Handler {
-	r := chi.NewRouter()
-	r.Get(rpcPath, s.handleRPC)
-	r.Post("/write", s.handleForwardedWrite)
-	r.Get("/read", s.handleForwardedRead)
-	r.Post("/replicate", s.handleReplicate)
-	r.Post("/install", s.handleInstall)
-	r.Post("/lease", s.handleLease)
-	r.Get("/digest", s.handleDigest)
-	return r
 }
 
 // Partitions is the cluster's partition count (0 until it is initialised).
@@ -214,14 +191,7 @@ func (s *Engine) Write(ctx context.Context, op Op) error {
 		if !ok || rt.Primary == "" {
 			return errcode.New(errcode.Unavailable, "partition %d has no primary", p)
 		}
-		if rt.Primary == s.router.Self() {
-			return s.primaryWrite(ctx, p, rt.Epoch, op)
-		}
-		addr, ok := s.router.KVAddr(rt.Primary)
-		if !ok {
-			return errcode.New(errcode.Unavailable, "no address for primary %s", rt.Primary)
-		}
-		return s.peers.forward(ctx, addr, forwardReq{Partition: p, Epoch: rt.Epoch, Op: op})
+		return s.peers.Forward(ctx, rt.Primary, peer.ForwardReq{Partition: p, Epoch: rt.Epoch, Op: op})
 	})
 }
 
@@ -239,17 +209,14 @@ func (s *Engine) Read(ctx context.Context, key string, stale bool) (string, erro
 		if !ok || rt.Primary == "" {
 			return errcode.New(errcode.Unavailable, "partition %d has no primary", p)
 		}
-		self := s.router.Self()
 		// A stale read may be served by the primary or an in-sync
-		// replica, never by a copy that is still catching up.
-		current := append([]string{rt.Primary}, rt.InSync...)
-		if stale && slices.Contains(current, self) {
-			v, err := s.localRead(p, 0, key, true)
-			out = v
-			return err
-		}
+		// replica, never by a copy that is still catching up; this
+		// node's own copy is the cheapest.
 		target := rt.Primary
-		if stale && !s.router.Alive(target) {
+		switch self := s.router.Self(); {
+		case stale && (rt.Primary == self || rt.IsInSync(self)):
+			target = self
+		case stale && !s.router.Alive(target):
 			for _, n := range rt.InSync {
 				if s.router.Alive(n) {
 					target = n
@@ -257,16 +224,7 @@ func (s *Engine) Read(ctx context.Context, key string, stale bool) (string, erro
 				}
 			}
 		}
-		if target == self {
-			v, err := s.localRead(p, rt.Epoch, key, false)
-			out = v
-			return err
-		}
-		addr, ok := s.router.KVAddr(target)
-		if !ok {
-			return errcode.New(errcode.Unavailable, "no address for %s", target)
-		}
-		v, err := s.peers.read(ctx, addr, p, rt.Epoch, key, stale)
+		v, err := s.peers.Read(ctx, target, peer.ReadReq{Partition: p, Epoch: rt.Epoch, Stale: stale, Key: key})
 		if errors.Is(err, errcode.ErrOutcomeUnknown) {
 			// A read changes nothing, so a lost answer is safe to retry.
 			err = errcode.New(errcode.Unavailable, "%v", err)
@@ -275,6 +233,17 @@ func (s *Engine) Read(ctx context.Context, key string, stale bool) (string, erro
 		return err
 	})
 	return out, err
+}
+
+// ServeRead answers a read sent to this node (by itself or a peer).
+func (s *Engine) ServeRead(ctx context.Context, req peer.ReadReq) (string, error) {
+	if err := s.validPartition(req.Partition); err != nil {
+		return "", err
+	}
+	if req.Stale {
+		return s.localRead(req.Partition, 0, req.Key, true)
+	}
+	return s.localRead(req.Partition, req.Epoch, req.Key, false)
 }
 
 // localRead reads key from this node's copy. Unless stale, this node must be
@@ -362,7 +331,3 @@ func (s *Engine) checkPrimary(p int, epoch uint64) (Route, error) {
 	}
 	return rt, nil
 }
-
-func writeError(w http.ResponseWriter, err error) { httpapi.WriteError(w, err) }
-
-func writeJSON(w http.ResponseWriter, status int, v any) { httpapi.WriteJSON(w, status, v) }

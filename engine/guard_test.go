@@ -5,13 +5,14 @@ package engine
 // per-partition digests used to compare copies.
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/storage"
 )
 
@@ -121,15 +122,14 @@ func TestDigest(t *testing.T) {
 			t.Fatalf("set: %s", r)
 		}
 	}
-	digests := map[string][]PartitionDigest{}
+	// Asked over the internal port, as the fault-injection suite does.
+	asker := peer.NewClient(peer.Config{Self: "test", ClusterName: "test"}, peer.ByAddress)
+	defer asker.Close()
+	digests := map[string][]peer.Digest{}
 	for id, n := range c.nodes {
-		r := doReq(t, c.client, http.MethodGet, n.url+InternalPrefix+"/digest", nil)
-		if r.status != http.StatusOK {
-			t.Fatalf("digest on %s: %s", id, r)
-		}
-		var ds []PartitionDigest
-		if err := json.Unmarshal(r.body, &ds); err != nil || len(ds) != parts {
-			t.Fatalf("digest on %s: %q (%v)", id, r.body, err)
+		ds, err := asker.Digest(context.Background(), n.addr())
+		if err != nil || len(ds) != parts {
+			t.Fatalf("digest on %s: %+v (%v)", id, ds, err)
 		}
 		digests[id] = ds
 	}

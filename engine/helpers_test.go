@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -23,9 +24,9 @@ import (
 
 	"github.com/clusterkit/clusterkit/errcode"
 	"github.com/clusterkit/clusterkit/internal/httpapi"
+	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/ring"
 	"github.com/clusterkit/clusterkit/storage"
-	"github.com/go-chi/chi/v5"
 )
 
 // fakeTable is the cluster's partition table as every node sees it. It is
@@ -200,10 +201,11 @@ func (v *tableView) Route(p int) (Route, bool) {
 	return cloneRoute(rows[p]), true
 }
 
-func (v *tableView) KVAddr(node string) (string, bool) {
-	v.f.mu.Lock()
-	defer v.f.mu.Unlock()
-	a, ok := v.f.addrs[node]
+// addr resolves a node's internal address, for its peer.Client.
+func (f *fakeTable) addr(node string) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a, ok := f.addrs[node]
 	return a, ok
 }
 
@@ -332,6 +334,18 @@ func (c *fakeControl) recorded() []inSyncCall {
 	return slices.Clone(c.calls)
 }
 
+// noControl is the control plane of an engine test: there is no Raft, so
+// peers never ask this node for one.
+type noControl struct{}
+
+func (noControl) ServeApply(context.Context, []byte) (uint64, error) {
+	return 0, errcode.New(errcode.NotLeader, "no raft in engine tests")
+}
+func (noControl) ServeDrain(context.Context, string) error {
+	return errcode.New(errcode.NotLeader, "no raft in engine tests")
+}
+func (noControl) ServeMembers(context.Context) ([]peer.Member, error) { return nil, nil }
+
 func testLogger(tb testing.TB) *slog.Logger {
 	if _, ok := tb.(*testing.B); ok {
 		return slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -341,78 +355,36 @@ func testLogger(tb testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-// internalCall is one request a node's internal routes answered.
+// internalCall is one request a node served to a peer.
 type internalCall struct {
-	Method, Path, Query string
-	Status              int
+	Kind   string // "forward", "read", "replicate", ... (peer.KindName)
+	Stale  bool   // a read with consistency=stale
+	Status int    // the HTTP status its answer maps to
 }
 
-// callRecorder wraps a node's handler and records every /internal/v1 call
-// and its status, so tests can see which node served what.
+// callRecorder records every request a node serves to its peers, and its
+// answer, so tests can see which node served what.
 type callRecorder struct {
 	mu    sync.Mutex
 	calls []internalCall
-	stall map[string]bool // internal paths that hang until the caller gives up
+	stall map[string]bool // kinds that hang until the caller gives up
 }
 
-// setStall makes requests to the internal path hang until the caller gives
-// up: a node that is up but not answering.
-func (c *callRecorder) setStall(path string) {
+// setStall makes requests of the kind hang until the caller gives up: a
+// node that is up but not answering.
+func (c *callRecorder) setStall(kind string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stall == nil {
 		c.stall = map[string]bool{}
 	}
-	c.stall[path] = true
+	c.stall[kind] = true
 }
 
-func (c *callRecorder) wrap(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasPrefix(r.URL.Path, InternalPrefix) {
-			h.ServeHTTP(w, r)
-			return
-		}
-		path := strings.TrimPrefix(r.URL.Path, InternalPrefix)
-		c.mu.Lock()
-		stalled := c.stall[path]
-		c.mu.Unlock()
-		if stalled {
-			// The server notices the caller hanging up only once the body
-			// has been read; the timer is a backstop so Close never hangs.
-			_, _ = io.Copy(io.Discard, r.Body)
-			select {
-			case <-r.Context().Done():
-			case <-time.After(10 * time.Second):
-			}
-			return
-		}
-		rw := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		h.ServeHTTP(rw, r)
-		c.mu.Lock()
-		c.calls = append(c.calls, internalCall{Method: r.Method, Path: path, Query: r.URL.RawQuery, Status: rw.status})
-		c.mu.Unlock()
-	})
-}
-
-// statusRecorder remembers the status code a handler wrote.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-// Unwrap lets http.ResponseController reach the connection.
-func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-func (r *statusRecorder) WriteHeader(code int) {
-	r.status = code
-	r.ResponseWriter.WriteHeader(code)
-}
-
-// intercept is the RPC counterpart of wrap: Engine.intercept runs it for
-// every request served over a node-to-node connection.
-func (c *callRecorder) intercept(ctx context.Context, path string, req any, h rpcHandler) ([]byte, error) {
+// intercept is the node's peer.Intercept.
+func (c *callRecorder) intercept(ctx context.Context, kind string, req any, serve func(context.Context) ([]byte, error)) ([]byte, error) {
 	c.mu.Lock()
-	stalled := c.stall[path]
+	stalled := c.stall[kind]
 	c.mu.Unlock()
 	if stalled {
 		// The request's deadline is the caller's; answer well after
@@ -421,47 +393,45 @@ func (c *callRecorder) intercept(ctx context.Context, path string, req any, h rp
 		time.Sleep(time.Second)
 		return nil, errcode.New(errcode.Unavailable, "stalled by the test")
 	}
-	body, err := h(ctx)
+	body, err := serve(ctx)
 	status := http.StatusOK
 	if err != nil {
 		status = httpapi.Status(errcode.Of(err))
 	}
+	r, _ := req.(peer.ReadReq)
 	c.mu.Lock()
-	query := ""
-	if r, ok := req.(readReq); ok && r.Stale {
-		query = "consistency=stale"
-	}
-	c.calls = append(c.calls, internalCall{Method: "RPC", Path: path, Query: query, Status: status})
+	c.calls = append(c.calls, internalCall{Kind: kind, Stale: r.Stale, Status: status})
 	c.mu.Unlock()
 	return body, err
 }
 
-// matching returns the recorded calls to path (e.g. "/write").
-func (c *callRecorder) matching(path string) []internalCall {
+// matching returns the recorded calls of a kind (e.g. "forward").
+func (c *callRecorder) matching(kind string) []internalCall {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []internalCall
 	for _, x := range c.calls {
-		if x.Path == path {
+		if x.Kind == kind {
 			out = append(out, x)
 		}
 	}
 	return out
 }
 
-// testNode is one kvapi node: real storage, real HTTP server on loopback.
+// testNode is one node's data plane: real storage, and a real internal
+// port on loopback with the real node-to-node protocol.
 type testNode struct {
-	id   string
-	srv  *Engine
-	db   *storage.DB
-	ts   *httptest.Server
-	rec  *callRecorder
-	url  string
-	stop func() // stops Run and waits for it
+	id     string
+	srv    *Engine
+	db     *storage.DB
+	ln     *peer.Listener
+	client *peer.Client
+	rec    *callRecorder
+	stop   func() // stops Run and waits for it
 }
 
-// addr is the node's KV listener host:port.
-func (n *testNode) addr() string { return n.ts.Listener.Addr().String() }
+// addr is the node's internal host:port.
+func (n *testNode) addr() string { return n.ln.Addr().String() }
 
 type clusterConfig struct {
 	parts int
@@ -485,7 +455,6 @@ type cluster struct {
 	ctl    *fakeControl
 	events *eventLog
 	nodes  map[string]*testNode
-	client *http.Client
 }
 
 func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
@@ -497,10 +466,6 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 		ctl:    &fakeControl{table: table, events: events},
 		events: events,
 		nodes:  map[string]*testNode{},
-		client: &http.Client{
-			Timeout:   30 * time.Second,
-			Transport: &http.Transport{MaxIdleConnsPerHost: 128},
-		},
 	}
 	log := testLogger(tb)
 	for _, id := range cfg.ids {
@@ -511,8 +476,17 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 		if cfg.prepare != nil {
 			cfg.prepare(id, db)
 		}
+		raw, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("listen for %s: %v", id, err)
+		}
+		pcfg := peer.Config{Self: id, ClusterName: "test", Logger: log.With("node", id)}
+		rec := &callRecorder{}
+		ln := peer.NewListener(raw, pcfg)
+		ln.Intercept = rec.intercept
+		client := peer.NewClient(pcfg, table.addr)
 		srv, err := New(Options{
-			Router: table.view(id), Control: c.ctl, Storage: db,
+			Router: table.view(id), Control: c.ctl, Storage: db, Transport: client,
 			Logger: log.With("node", id), ReplicationTimeout: cfg.replTimeout,
 			RequestTimeout: cfg.requestTimeout,
 		})
@@ -520,12 +494,10 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 			_ = db.Close()
 			tb.Fatalf("new server %s: %v", id, err)
 		}
-		rec := &callRecorder{}
-		srv.intercept = rec.intercept
-		mux := chi.NewRouter()
-		mux.Mount(InternalPrefix, srv.InternalHandler())
-		ts := httptest.NewServer(rec.wrap(mux))
-		n := &testNode{id: id, srv: srv, db: db, ts: ts, rec: rec, url: ts.URL, stop: func() {}}
+		h := peer.Handlers{Data: srv, Control: noControl{}}
+		ln.SetHandlers(h)
+		client.SetLocal(h)
+		n := &testNode{id: id, srv: srv, db: db, ln: ln, client: client, rec: rec, stop: func() {}}
 		c.nodes[id] = n
 		table.mu.Lock()
 		table.addrs[id] = n.addr()
@@ -557,15 +529,12 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 		for _, n := range c.nodes {
 			n.stop()
 		}
-		// Nodes without a Run still serve and hold RPC connections.
+		// Nodes without a Run still serve and hold connections.
 		for _, n := range c.nodes {
-			n.srv.peers.close()
-			n.srv.stopRPC()
+			n.ln.StopServing()
+			n.client.Close()
+			_ = n.ln.Close()
 		}
-		for _, n := range c.nodes {
-			n.ts.Close()
-		}
-		c.client.CloseIdleConnections()
 		for _, n := range c.nodes {
 			if err := n.db.Close(); err != nil {
 				tb.Errorf("close storage of %s: %v", n.id, err)
@@ -607,19 +576,6 @@ func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 	}
 }
 
-// singleNode is one node that is the primary of every partition, with no
-// replicas, ready to serve.
-func singleNode(tb testing.TB, parts int) (*testNode, *http.Client) {
-	tb.Helper()
-	c := newCluster(tb, clusterConfig{
-		parts: parts,
-		ids:   []string{"n1"},
-		row:   func(int) Route { return Route{Primary: "n1", Epoch: 1} },
-	})
-	c.waitReady(tb)
-	return c.nodes["n1"], c.client
-}
-
 // apiResp is a raw HTTP answer.
 type apiResp struct {
 	status int
@@ -639,31 +595,6 @@ func (r apiResp) object(tb testing.TB) map[string]any {
 
 func (r apiResp) String() string {
 	return fmt.Sprintf("%d %s %s", r.status, r.ctype, bytes.TrimSpace(r.body))
-}
-
-func doReq(tb testing.TB, c *http.Client, method, u string, body []byte) apiResp {
-	tb.Helper()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequest(method, u, rd)
-	if err != nil {
-		tb.Fatalf("build %s %s: %v", method, u, err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		tb.Fatalf("%s %s: %v", method, u, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		tb.Fatalf("read answer of %s %s: %v", method, u, err)
-	}
-	return apiResp{status: resp.StatusCode, ctype: resp.Header.Get("Content-Type"), body: b}
 }
 
 // answer records what the KV API answers for err (nil: ok with body), in

@@ -3,7 +3,7 @@ package engine
 // The install protocol copies a whole partition from the primary to a
 // replica: a uvarint seq, then (uvarint key len, uvarint value len, key,
 // value) pairs, then a zero key length. These tests capture what the real
-// writer (peerClient.install) sends and decode it with readInstallStream.
+// writer (snapshotSender) sends and decode it with peer.ReadInstall.
 
 import (
 	"bufio"
@@ -11,46 +11,40 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
-	"net/http"
-	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/storage"
 )
 
-// captureInstall runs the real install writer for partition p of src against
-// a server that only records the body, and returns that body.
-func captureInstall(t *testing.T, src Storage, p int, epoch uint64) []byte {
+// captureInstall runs the real install writer for partition p of src and
+// returns the stream it writes.
+func captureInstall(t *testing.T, src Storage, p int) []byte {
 	t.Helper()
-	bodies := make(chan []byte, 1)
-	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != InternalPrefix+"/install" || r.URL.Query().Get("from") != "n1" {
-			t.Errorf("install went to %s?%s", r.URL.Path, r.URL.RawQuery)
-		}
-		b, err := io.ReadAll(r.Body)
-		if err != nil {
-			t.Errorf("read install body: %v", err)
-		}
-		bodies <- b
-		writeJSON(w, http.StatusOK, struct{}{})
-	}))
-	defer ts.Close()
-	peers := newPeerClient()
-	defer peers.close()
-	if err := peers.install(context.Background(), ts.Listener.Addr().String(), "n1", p, epoch, 0, src); err != nil {
-		t.Fatalf("install: %v", err)
+	var buf bytes.Buffer
+	if err := snapshotSender(src, p)(&buf); err != nil {
+		t.Fatalf("write the copy of partition %d: %v", p, err)
 	}
-	return <-bodies
+	return buf.Bytes()
+}
+
+// readStream decodes a stream with peer.ReadInstall, for Storage.Install.
+func readStream(r io.Reader, maxEntry uint64) (uint64, func() (storage.KV, bool, error), error) {
+	seq, next, err := peer.ReadInstall(r, maxEntry, maxEntry)
+	return seq, func() (storage.KV, bool, error) {
+		k, v, ok, err := next()
+		return storage.KV{Key: k, Value: v}, ok, err
+	}, err
 }
 
 // decodeAll reads a whole install stream.
 func decodeAll(t *testing.T, stream []byte, maxEntry uint64) (uint64, []storage.KV, error) {
 	t.Helper()
 	br := bufio.NewReader(bytes.NewReader(stream))
-	seq, next, err := readInstallStream(br, maxEntry)
+	seq, next, err := readStream(br, maxEntry)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -128,8 +122,8 @@ func TestInstallStreamRoundTrip(t *testing.T) {
 			}
 			want := dumpPartition(t, src, p)
 
-			stream := captureInstall(t, src, p, epoch)
-			seq, pairs, err := decodeAll(t, stream, MaxBodyBytes)
+			stream := captureInstall(t, src, p)
+			seq, pairs, err := decodeAll(t, stream, MaxValueBytes)
 			if err != nil {
 				t.Fatalf("decode: %v", err)
 			}
@@ -153,7 +147,7 @@ func TestInstallStreamRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer dst.Close()
-			seq, next, err := readInstallStream(bufio.NewReader(bytes.NewReader(stream)), MaxBodyBytes)
+			seq, next, err := readStream(bytes.NewReader(stream), MaxValueBytes)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -210,7 +204,7 @@ func TestInstallStreamErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := dumpPartition(t, db, 0)
-			seq, next, err := readInstallStream(bufio.NewReader(bytes.NewReader(tt.stream)), maxEntry)
+			seq, next, err := readStream(bytes.NewReader(tt.stream), maxEntry)
 			if err == nil {
 				if err := db.Install(0, 2, seq, next); err == nil {
 					t.Fatalf("Install accepted a damaged stream")
@@ -223,16 +217,16 @@ func TestInstallStreamErrors(t *testing.T) {
 	}
 }
 
-// TestInstallEndpoint drives /internal/v1/install on a replica: it refuses
-// copies from the wrong primary or epoch and damaged streams without
-// touching its copy, and a good copy replaces everything it held.
+// TestInstallEndpoint drives a replica's install call: it refuses copies
+// from the wrong primary or epoch and damaged streams without touching its
+// copy, and a good copy replaces everything it held.
 func TestInstallEndpoint(t *testing.T) {
 	c := newCluster(t, clusterConfig{
 		parts: 2, ids: []string{"n2"}, noRun: []string{"n2"},
 		row: func(int) Route { return Route{Primary: "n1", Replicas: []string{"n2"}, Epoch: 3} },
 	})
 	n2 := c.nodes["n2"]
-	if err := n2.db.Apply(0, 2, 50, storage.Op{Key: []byte("old"), Value: []byte("stale")}); err != nil {
+	if err := n2.db.Apply(0, 2, 50, storage.Op{Key: []byte(keyIn(t, "old", 0, 2)), Value: []byte("stale")}); err != nil {
 		t.Fatal(err)
 	}
 	src, err := storage.Open(t.TempDir(), storage.Options{Logger: testLogger(t)})
@@ -240,43 +234,50 @@ func TestInstallEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	for i, kv := range []storage.KV{{Key: []byte("\x00bin"), Value: []byte("\xff\x00")}, {Key: []byte("k"), Value: nil}, {Key: []byte("ü"), Value: []byte("v")}} {
-		if err := src.Apply(0, 3, uint64(i+7), storage.Op{Key: kv.Key, Value: kv.Value}); err != nil {
+	for i, k := range []string{keyIn(t, "\x00bin", 0, 2), keyIn(t, "k", 0, 2), keyIn(t, "ü", 0, 2)} {
+		if err := src.Apply(0, 3, uint64(i+7), storage.Op{Key: []byte(k), Value: []byte{0xff, byte(i)}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	good := captureInstall(t, src, 0, 3)
-	peers := newPeerClient()
-	defer peers.close()
+	good := captureInstall(t, src, 0)
+	misplaced, err := storage.Open(t.TempDir(), storage.Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer misplaced.Close()
+	if err := misplaced.Apply(0, 3, 1, storage.Op{Key: []byte(keyIn(t, "other", 1, 2)), Value: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	wrongPartition := captureInstall(t, misplaced, 0)
+	m := member(t)
 	oldCopy := dumpPartition(t, n2.db, 0)
 
-	post := func(t *testing.T, from string, epoch string, body []byte) apiResp {
-		return doReq(t, c.client, http.MethodPost, n2.url+InternalPrefix+"/install?partition=0&epoch="+epoch+"&from="+from, body)
+	send := func(from string, epoch uint64, body []byte) error {
+		return m.Install(context.Background(), n2.addr(), peer.InstallReq{Partition: 0, Epoch: epoch, From: from},
+			func(w io.Writer) error { _, err := w.Write(body); return err })
 	}
 	tests := []struct {
-		name       string
-		from       string
-		epoch      string
-		body       []byte
-		wantStatus int // 0: any error status
-		wantCode   string
+		name     string
+		from     string
+		epoch    uint64
+		body     []byte
+		wantCode string // "": any error
 	}{
-		{"not from the primary", "n3", "3", good, 409, errcode.EpochMismatch},
-		{"older epoch", "n1", "2", good, 409, errcode.EpochMismatch},
-		{"empty body", "n1", "3", []byte{}, 400, errcode.BadRequest},
-		{"truncated stream", "n1", "3", good[:len(good)-2], 0, ""},
-		{"missing end mark", "n1", "3", good[:len(good)-1], 0, ""},
+		{"not from the primary", "n3", 3, good, errcode.EpochMismatch},
+		{"older epoch", "n1", 2, good, errcode.EpochMismatch},
+		{"empty stream", "n1", 3, []byte{}, errcode.BadRequest},
+		{"truncated stream", "n1", 3, good[:len(good)-2], ""},
+		{"missing end mark", "n1", 3, good[:len(good)-1], ""},
+		{"a key of another partition", "n1", 3, wrongPartition, errcode.BadRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := post(t, tt.from, tt.epoch, tt.body)
-			if tt.wantStatus == 0 {
-				if r.status < 400 {
-					t.Errorf("damaged stream answered %s", r)
-				}
-				checkError(t, r, r.status, "")
-			} else {
-				checkError(t, r, tt.wantStatus, tt.wantCode)
+			err := send(tt.from, tt.epoch, tt.body)
+			if err == nil {
+				t.Fatal("the replica took the copy")
+			}
+			if tt.wantCode != "" && errcode.Of(err) != tt.wantCode {
+				t.Errorf("got %v, want code %s", err, tt.wantCode)
 			}
 			if got := dumpPartition(t, n2.db, 0); !reflect.DeepEqual(got, oldCopy) {
 				t.Errorf("refused install changed the copy: %+v", got)
@@ -285,7 +286,7 @@ func TestInstallEndpoint(t *testing.T) {
 	}
 
 	t.Run("good copy replaces the old one", func(t *testing.T) {
-		if err := peers.install(context.Background(), n2.addr(), "n1", 0, 3, 0, src); err != nil {
+		if err := send("n1", 3, good); err != nil {
 			t.Fatalf("install: %v", err)
 		}
 		want := dumpPartition(t, src, 0)

@@ -1,13 +1,12 @@
 package engine
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/clusterkit/clusterkit/peer"
 )
 
 // Read leases.
@@ -34,20 +33,6 @@ const (
 	leaseRenew    = LeaseDuration / 3
 	leaseSafety   = 0.85
 )
-
-type leaseReq struct {
-	From       string           `json:"from"`
-	Partitions []leasePartEpoch `json:"partitions"`
-}
-
-type leasePartEpoch struct {
-	Partition int    `json:"partition"`
-	Epoch     uint64 `json:"epoch"`
-}
-
-type leaseResp struct {
-	Granted []int `json:"granted"`
-}
 
 // leases is the primary-side record of valid leases and the replica-side
 // record of grants.
@@ -117,18 +102,13 @@ func (l *leases) primaryBlockedUntil(p int) time.Time {
 	return t
 }
 
-// handleLease grants leases to the primary of the listed partitions.
-func (s *Engine) handleLease(w http.ResponseWriter, r *http.Request) {
-	var req leaseReq
-	if !decodeJSON(w, r, &req) {
-		return
-	}
+// ServeLease grants leases to the primary of the listed partitions.
+func (s *Engine) ServeLease(ctx context.Context, req peer.LeaseReq) (peer.LeaseResp, error) {
 	now := time.Now()
 	self := s.router.Self()
-	var out leaseResp
+	var out peer.LeaseResp
 	if s.checkTable() != nil {
-		writeJSON(w, http.StatusOK, out) // catching up: grant nothing yet
-		return
+		return out, nil // catching up: grant nothing yet
 	}
 	for _, pe := range req.Partitions {
 		rt, ok := s.router.Route(pe.Partition)
@@ -142,14 +122,7 @@ func (s *Engine) handleLease(w http.ResponseWriter, r *http.Request) {
 		s.leases.grant(pe.Partition, now)
 		out.Granted = append(out.Granted, pe.Partition)
 	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-func (c *peerClient) lease(ctx context.Context, addr string, req leaseReq) (leaseResp, error) {
-	b, _ := json.Marshal(req)
-	var out leaseResp
-	err := c.do(ctx, http.MethodPost, addr, "/lease", nil, bytes.NewReader(b), &out)
-	return out, err
+	return out, nil
 }
 
 // renewLeases asks every in-sync replica of the partitions this node leads
@@ -159,7 +132,7 @@ func (c *peerClient) lease(ctx context.Context, addr string, req leaseReq) (leas
 func (s *Engine) renewLeases(ctx context.Context) map[int][]string {
 	self := s.router.Self()
 	routes := map[int]Route{}
-	byNode := map[string][]leasePartEpoch{}
+	byNode := map[string][]peer.LeasePart{}
 	for p := range s.router.Partitions() {
 		rt, ok := s.router.Route(p)
 		if !ok || rt.Primary != self {
@@ -167,7 +140,7 @@ func (s *Engine) renewLeases(ctx context.Context) map[int][]string {
 		}
 		routes[p] = rt
 		for _, n := range rt.InSync {
-			byNode[n] = append(byNode[n], leasePartEpoch{Partition: p, Epoch: rt.Epoch})
+			byNode[n] = append(byNode[n], peer.LeasePart{Partition: p, Epoch: rt.Epoch})
 		}
 	}
 	if len(routes) == 0 {
@@ -180,14 +153,10 @@ func (s *Engine) renewLeases(ctx context.Context) map[int][]string {
 	unreachable := map[string]bool{}
 	var wg sync.WaitGroup
 	for n, parts := range byNode {
-		addr, ok := s.router.KVAddr(n)
-		if !ok {
-			continue
-		}
 		wg.Go(func() {
 			rctx, cancel := context.WithTimeout(ctx, leaseRenew)
 			defer cancel()
-			resp, err := s.peers.lease(rctx, addr, leaseReq{From: self, Partitions: parts})
+			resp, err := s.peers.Lease(rctx, n, peer.LeaseReq{From: self, Partitions: parts})
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -253,17 +222,13 @@ func (s *Engine) confirm(p int, rt Route) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
 	defer cancel()
-	req := leaseReq{From: s.router.Self(), Partitions: []leasePartEpoch{{Partition: p, Epoch: rt.Epoch}}}
+	req := peer.LeaseReq{From: s.router.Self(), Partitions: []peer.LeasePart{{Partition: p, Epoch: rt.Epoch}}}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	all := true
 	for _, n := range rt.InSync {
-		addr, found := s.router.KVAddr(n)
-		if !found {
-			return false
-		}
 		wg.Go(func() {
-			resp, err := s.peers.lease(ctx, addr, req)
+			resp, err := s.peers.Lease(ctx, n, req)
 			if err != nil || !slices.Contains(resp.Granted, p) {
 				mu.Lock()
 				all = false

@@ -1,18 +1,15 @@
 package engine
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"net/http"
+	"io"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/storage"
 )
 
@@ -162,7 +159,7 @@ func (s *Engine) replicateRound(p int, rt Route, ops []Op) error {
 	seq := m.Seq + 1
 	sops := make([]storage.Op, len(ops))
 	for i, op := range ops {
-		sops[i] = op.storageOp()
+		sops[i] = storageOp(op)
 	}
 	after, err := s.store.ApplyBatch(p, rt.Epoch, seq, sops)
 	if err != nil {
@@ -171,7 +168,7 @@ func (s *Engine) replicateRound(p int, rt Route, ops []Op) error {
 		return errcode.New(errcode.Unavailable, "persist write: %v", err)
 	}
 
-	req := replicateReq{Partition: p, Epoch: rt.Epoch, Seq: seq, From: s.router.Self(), Version: s.router.Version(), Ops: ops, Keys: &after.Keys}
+	req := peer.ReplicateReq{Partition: p, Epoch: rt.Epoch, Seq: seq, From: s.router.Self(), Version: s.router.Version(), Ops: ops, Keys: &after.Keys}
 	failed := s.fanOut(context.Background(), rt.InSync, req)
 	// From here on the writes are on this node's disk: any failure leaves
 	// their outcome unknown to the clients, never "not applied".
@@ -190,7 +187,7 @@ func (s *Engine) replicateRound(p int, rt Route, ops []Op) error {
 }
 
 // fanOut sends req to every node in parallel and returns those that failed.
-func (s *Engine) fanOut(ctx context.Context, nodes []string, req replicateReq) map[string]error {
+func (s *Engine) fanOut(ctx context.Context, nodes []string, req peer.ReplicateReq) map[string]error {
 	if len(nodes) == 0 {
 		return nil
 	}
@@ -198,15 +195,10 @@ func (s *Engine) fanOut(ctx context.Context, nodes []string, req replicateReq) m
 	failed := map[string]error{}
 	var wg sync.WaitGroup
 	for _, n := range nodes {
-		addr, ok := s.router.KVAddr(n)
-		if !ok {
-			failed[n] = errors.New("no address known")
-			continue
-		}
 		wg.Go(func() {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.replTimeout)
 			defer cancel()
-			if err := s.peers.replicate(rctx, addr, req); err != nil {
+			if err := s.peers.Replicate(rctx, n, req); err != nil {
 				mu.Lock()
 				failed[n] = err
 				mu.Unlock()
@@ -217,47 +209,46 @@ func (s *Engine) fanOut(ctx context.Context, nodes []string, req replicateReq) m
 	return failed
 }
 
-func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes)).Decode(v); err != nil {
-		writeError(w, errcode.New(errcode.InvalidJSON, "decode request: %v", err))
-		return false
+// ServeForward runs a write sent to this node as the partition's primary
+// (by a peer, or by this node itself).
+func (s *Engine) ServeForward(ctx context.Context, req peer.ForwardReq) error {
+	if err := s.validOp(req.Partition, req.Op); err != nil {
+		return err
 	}
-	return true
-}
-
-// handleForwardedWrite runs a write sent by another node to this primary.
-func (s *Engine) handleForwardedWrite(w http.ResponseWriter, r *http.Request) {
-	var req forwardReq
-	if !decodeJSON(w, r, &req) {
-		return
-	}
-	ctx, cancel := s.withDeadline(r.Context())
+	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
-	if err := s.primaryWrite(ctx, req.Partition, req.Epoch, req.Op); err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, struct{}{})
+	return s.primaryWrite(ctx, req.Partition, req.Epoch, req.Op)
 }
 
-func (s *Engine) handleForwardedRead(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	p, err1 := strconv.Atoi(q.Get("partition"))
-	epoch, err2 := strconv.ParseUint(q.Get("epoch"), 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		writeError(w, errcode.New(errcode.BadRequest, "bad partition or epoch: %v", err))
-		return
+// validPartition checks a partition number a peer sent.
+func (s *Engine) validPartition(p int) error {
+	switch parts := s.router.Partitions(); {
+	case parts == 0:
+		// A node that has just restarted knows no table yet: the sender
+		// may try again (or elsewhere).
+		return errcode.New(errcode.NotReady, "no partition table on %s yet", s.router.Self())
+	case p < 0 || p >= parts:
+		return errcode.New(errcode.BadRequest, "no partition %d", p)
 	}
-	stale := q.Get("consistency") == "stale"
-	if stale {
-		epoch = 0
+	return nil
+}
+
+// validOp checks what a peer sent: a write of a key of partition p, within
+// the limits. Clients' writes were checked by the KV API already; this
+// keeps a buggy or hostile sender from storing what no client could.
+func (s *Engine) validOp(p int, op Op) error {
+	if err := s.validPartition(p); err != nil {
+		return err
 	}
-	v, err := s.localRead(p, epoch, q.Get("key"), stale)
-	if err != nil {
-		writeError(w, err)
-		return
+	switch {
+	case op.Key == "":
+		return errcode.New(errcode.BadRequest, "write without a key")
+	case len(op.Key) > MaxKeyBytes || len(op.Value) > MaxValueBytes:
+		return errcode.New(errcode.BadRequest, "write of a %d-byte key and a %d-byte value is over the limits", len(op.Key), len(op.Value))
+	case s.router.PartitionOf(op.Key) != p:
+		return errcode.New(errcode.BadRequest, "key %q belongs to partition %d, not %d", op.Key, s.router.PartitionOf(op.Key), p)
 	}
-	writeJSON(w, http.StatusOK, readResp{Value: v})
+	return nil
 }
 
 // awaitEpoch waits briefly for this node's table to reach epoch for p: a
@@ -321,30 +312,21 @@ func (s *Engine) checkReplica(ctx context.Context, p int, epoch uint64, from str
 	return nil
 }
 
-// handleReplicate is the JSON form of a replication call (the hot path
-// uses RPC).
-func (s *Engine) handleReplicate(w http.ResponseWriter, r *http.Request) {
-	var req replicateReq
-	if !decodeJSON(w, r, &req) {
-		return
-	}
-	if err := s.applyReplicate(r.Context(), req); err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, struct{}{})
+// ServeReplicate applies a primary's replication round on this replica.
+func (s *Engine) ServeReplicate(ctx context.Context, req peer.ReplicateReq) error {
+	return s.applyReplicate(ctx, req)
 }
 
 // applyReplicate applies a primary's round on this replica, in sequence
 // order. A round that overlaps what is already applied (the primary
 // retried) is applied from the first write this copy lacks.
-func (s *Engine) applyReplicate(ctx context.Context, req replicateReq) error {
+func (s *Engine) applyReplicate(ctx context.Context, req peer.ReplicateReq) error {
 	if len(req.Ops) == 0 {
 		return errcode.New(errcode.BadRequest, "replication round without writes")
 	}
 	for _, op := range req.Ops {
-		if op.Key == "" {
-			return errcode.New(errcode.BadRequest, "replicated write without a key")
+		if err := s.validOp(req.Partition, op); err != nil {
+			return err
 		}
 	}
 	l := s.lock(req.Partition)
@@ -369,7 +351,7 @@ func (s *Engine) applyReplicate(ctx context.Context, req replicateReq) error {
 	ops := req.Ops[m.Seq+1-req.Seq:]
 	sops := make([]storage.Op, len(ops))
 	for i, op := range ops {
-		sops[i] = op.storageOp()
+		sops[i] = storageOp(op)
 	}
 	// The primary's key count is for the end of the round, which is where
 	// this copy will be too, however much of the round it already had.
@@ -384,35 +366,52 @@ func (s *Engine) applyReplicate(ctx context.Context, req replicateReq) error {
 	return nil
 }
 
-// handleInstall replaces this replica's copy of a partition with the
-// primary's, streamed in the request body.
-func (s *Engine) handleInstall(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	p, err1 := strconv.Atoi(q.Get("partition"))
-	epoch, err2 := strconv.ParseUint(q.Get("epoch"), 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		writeError(w, errcode.New(errcode.BadRequest, "bad partition or epoch: %v", err))
-		return
+// ServeInstall replaces this replica's copy of a partition with the
+// primary's, streamed after accept. The copy is received and staged first, without
+// the partition lock (a slow or stalled sender holds up nothing), and then
+// swapped in under the lock once the table still says it should be.
+func (s *Engine) ServeInstall(ctx context.Context, req peer.InstallReq, accept func() (io.Reader, error)) error {
+	p, epoch := req.Partition, req.Epoch
+	if err := s.validPartition(p); err != nil {
+		return err
 	}
+	if err := s.checkReplica(ctx, p, epoch, req.From, req.Version); err != nil {
+		return err
+	}
+	r, err := accept()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	seq, next, err := peer.ReadInstall(r, MaxKeyBytes, MaxValueBytes)
+	if err != nil {
+		return errcode.New(errcode.BadRequest, "%v", err)
+	}
+	staged, err := s.store.StageInstall(p, epoch, seq, func() (storage.KV, bool, error) {
+		k, v, ok, err := next()
+		if err != nil || !ok {
+			return storage.KV{}, ok, err
+		}
+		if err := s.validOp(p, Op{Key: string(k)}); err != nil {
+			return storage.KV{}, false, err
+		}
+		return storage.KV{Key: k, Value: v}, true, nil
+	})
+	if err != nil {
+		return errcode.New(errcode.BadRequest, "receive partition %d: %v", p, err)
+	}
+	defer staged.Close()
 	l := s.lock(p)
 	l.Lock()
 	defer l.Unlock()
-	version, _ := strconv.ParseUint(q.Get("version"), 10, 64)
-	if err := s.checkReplica(r.Context(), p, epoch, q.Get("from"), version); err != nil {
-		writeError(w, err)
-		return
+	// The table may have moved on while the copy arrived.
+	if err := s.checkReplica(ctx, p, epoch, req.From, req.Version); err != nil {
+		return err
 	}
-	seq, next, err := readInstallStream(bufio.NewReaderSize(r.Body, 64<<10), MaxBodyBytes)
-	if err != nil {
-		writeError(w, errcode.New(errcode.BadRequest, "%v", err))
-		return
-	}
-	start := time.Now()
-	if err := s.store.Install(p, epoch, seq, next); err != nil {
-		writeError(w, fmt.Errorf("install partition %d: %w", p, err))
-		return
+	if err := staged.Commit(); err != nil {
+		return fmt.Errorf("install partition %d: %w", p, err)
 	}
 	s.log.Info("installed partition copy from primary", "partition", p, "epoch", epoch, "seq", seq,
-		"from", q.Get("from"), "took", time.Since(start).Round(time.Millisecond))
-	writeJSON(w, http.StatusOK, struct{}{})
+		"from", req.From, "took", time.Since(start).Round(time.Millisecond))
+	return nil
 }

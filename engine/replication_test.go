@@ -8,7 +8,6 @@ package engine
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"reflect"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/ring"
 	"github.com/clusterkit/clusterkit/storage"
 )
@@ -71,11 +71,11 @@ func TestForwardedWriteReplicates(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			key := "fw-" + tt.via.id
 			p := ring.PartitionOf(key, parts)
-			before := len(n1.rec.matching("/write"))
+			before := len(n1.rec.matching("forward"))
 			if r := kvSet(t, tt.via, key, "value-"+tt.via.id); r.status != http.StatusOK {
 				t.Fatalf("set: %s", r)
 			}
-			if fw := n1.rec.matching("/write")[before:]; len(fw) != 1 || fw[0].Status != http.StatusOK {
+			if fw := n1.rec.matching("forward")[before:]; len(fw) != 1 || fw[0].Status != http.StatusOK {
 				t.Errorf("primary saw forwarded writes %+v, want exactly one answered 200", fw)
 			}
 			mustValue(t, kvGet(t, n1, key, ""), key, "value-"+tt.via.id)
@@ -269,12 +269,15 @@ func TestCatchUpUnderConcurrentWrites(t *testing.T) {
 	}
 }
 
-func postReplicate(t *testing.T, c *http.Client, n *testNode, body []byte) apiResp {
-	t.Helper()
-	return doReq(t, c, http.MethodPost, n.url+InternalPrefix+"/replicate", body)
+// member is a client of the internal port that holds no node: a member
+// sending requests by hand, as a test or a buggy peer would.
+func member(t *testing.T) *peer.Client {
+	c := peer.NewClient(peer.Config{Self: "test", ClusterName: "test"}, peer.ByAddress)
+	t.Cleanup(c.Close)
+	return c
 }
 
-// TestReplicateFencing drives a replica's /internal/v1/replicate directly:
+// TestReplicateFencing drives a replica's replication call directly:
 // writes apply strictly in sequence, duplicates are acknowledged without
 // being applied again, and anything from another epoch or another primary is
 // refused. The steps run in order against one replica copy.
@@ -289,6 +292,7 @@ func TestReplicateFencing(t *testing.T) {
 		},
 	})
 	n2 := c.nodes["n2"]
+	a, b := keyIn(t, "a", 0, 2), keyIn(t, "b", 1, 2)
 	// Give the replica a copy at epoch 5, seq 10, through the install
 	// protocol the primary would use.
 	src, err := storage.Open(t.TempDir(), storage.Options{Logger: testLogger(t)})
@@ -296,28 +300,28 @@ func TestReplicateFencing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	if err := src.Apply(0, 5, 10, storage.Op{Key: []byte("a"), Value: []byte("v10")}); err != nil {
+	if err := src.Apply(0, 5, 10, storage.Op{Key: []byte(a), Value: []byte("v10")}); err != nil {
 		t.Fatal(err)
 	}
-	peers := newPeerClient()
-	defer peers.close()
-	if err := peers.install(context.Background(), n2.addr(), "n1", 0, 5, 0, src); err != nil {
+	m := member(t)
+	if err := m.Install(context.Background(), n2.addr(), peer.InstallReq{Partition: 0, Epoch: 5, From: "n1"}, snapshotSender(src, 0)); err != nil {
 		t.Fatalf("install: %v", err)
 	}
 	if m := meta(t, n2.db, 0); m != (storage.Meta{Epoch: 5, Seq: 10, Keys: 1}) {
 		t.Fatalf("replica meta after install = %+v", m)
 	}
 
-	reqN := func(p int, epoch, seq uint64, from string, ops ...Op) []byte {
-		b, _ := json.Marshal(replicateReq{Partition: p, Epoch: epoch, Seq: seq, From: from, Ops: ops})
-		return b
+	reqN := func(p int, epoch, seq uint64, from string, ops ...Op) peer.ReplicateReq {
+		return peer.ReplicateReq{Partition: p, Epoch: epoch, Seq: seq, From: from, Ops: ops}
 	}
-	req := func(p int, epoch, seq uint64, from string, op Op) []byte { return reqN(p, epoch, seq, from, op) }
-	set := func(v string) Op { return Op{Key: "a", Value: v} }
+	req := func(p int, epoch, seq uint64, from string, op Op) peer.ReplicateReq {
+		return reqN(p, epoch, seq, from, op)
+	}
+	set := func(v string) Op { return Op{Key: a, Value: v} }
 	steps := []struct {
 		name       string
 		before     func()
-		body       []byte
+		body       peer.ReplicateReq
 		wantStatus int
 		wantCode   string
 		wantSeq    uint64
@@ -325,27 +329,26 @@ func TestReplicateFencing(t *testing.T) {
 	}{
 		{name: "next seq applies", body: req(0, 5, 11, "n1", set("v11")), wantStatus: 200, wantSeq: 11, wantA: "v11"},
 		{name: "duplicate of the last write is acked, not applied", body: req(0, 5, 11, "n1", set("CHANGED")), wantStatus: 200, wantSeq: 11, wantA: "v11"},
-		{name: "old duplicate delete is acked, not applied", body: req(0, 5, 3, "n1", Op{Delete: true, Key: "a"}), wantStatus: 200, wantSeq: 11, wantA: "v11"},
+		{name: "old duplicate delete is acked, not applied", body: req(0, 5, 3, "n1", Op{Delete: true, Key: a}), wantStatus: 200, wantSeq: 11, wantA: "v11"},
 		{name: "gap in seq refused", body: req(0, 5, 13, "n1", set("v13")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 11, wantA: "v11"},
 		{name: "older epoch refused", body: req(0, 4, 12, "n1", set("old")), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
 		{name: "sender is not the primary", body: req(0, 5, 12, "n3", set("rogue")), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
-		{name: "this node is not a replica", body: req(1, 5, 1, "n1", set("x")), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
+		{name: "this node is not a replica", body: req(1, 5, 1, "n1", Op{Key: b, Value: "x"}), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
 		{name: "epoch not known here yet", body: req(0, 6, 12, "n1", set("future")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 11, wantA: "v11"},
 		{
 			// A replica whose table is behind the sender's must not act on
 			// it: membership may have changed without a new epoch.
-			name: "table behind the sender's refused",
-			body: func() []byte {
-				b, _ := json.Marshal(replicateReq{Partition: 0, Epoch: 5, Seq: 12, From: "n1", Version: 1 << 40, Ops: []Op{set("ahead")}})
-				return b
-			}(),
+			name:       "table behind the sender's refused",
+			body:       peer.ReplicateReq{Partition: 0, Epoch: 5, Seq: 12, From: "n1", Version: 1 << 40, Ops: []Op{set("ahead")}},
 			wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 11, wantA: "v11",
 		},
-		{name: "malformed", body: []byte(`{"partition":`), wantStatus: 400, wantCode: errcode.InvalidJSON, wantSeq: 11, wantA: "v11"},
-		{name: "in order again", body: req(0, 5, 12, "n1", Op{Delete: true, Key: "a"}), wantStatus: 200, wantSeq: 12},
+		{name: "key of another partition refused", body: req(0, 5, 12, "n1", Op{Key: b, Value: "misplaced"}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 11, wantA: "v11"},
+		{name: "key over the limit refused", body: req(0, 5, 12, "n1", Op{Key: strings.Repeat("k", MaxKeyBytes+1)}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 11, wantA: "v11"},
+		{name: "value over the limit refused", body: req(0, 5, 12, "n1", Op{Key: a, Value: strings.Repeat("v", MaxValueBytes+1)}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 11, wantA: "v11"},
+		{name: "in order again", body: req(0, 5, 12, "n1", Op{Delete: true, Key: a}), wantStatus: 200, wantSeq: 12},
 		{
 			name:       "round overlapping what is applied applies only the new writes",
-			body:       reqN(0, 5, 11, "n1", set("dup11"), Op{Delete: true, Key: "a"}, set("v13"), set("v14")),
+			body:       reqN(0, 5, 11, "n1", set("dup11"), Op{Delete: true, Key: a}, set("v13"), set("v14")),
 			wantStatus: 200, wantSeq: 14, wantA: "v14",
 		},
 		{name: "round with a gap refused whole", body: reqN(0, 5, 16, "n1", set("v16"), set("v17")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 14, wantA: "v14"},
@@ -362,7 +365,7 @@ func TestReplicateFencing(t *testing.T) {
 			if s.before != nil {
 				s.before()
 			}
-			r := postReplicate(t, c.client, n2, s.body)
+			r := answer(m.Replicate(context.Background(), n2.addr(), s.body), struct{}{})
 			if s.wantStatus == http.StatusOK {
 				if r.status != http.StatusOK {
 					t.Errorf("got %s, want 200", r)
@@ -373,7 +376,7 @@ func TestReplicateFencing(t *testing.T) {
 			if m := meta(t, n2.db, 0); m.Seq != s.wantSeq {
 				t.Errorf("replica seq = %d, want %d", m.Seq, s.wantSeq)
 			}
-			v, present := storedValue(t, n2.db, 0, "a")
+			v, present := storedValue(t, n2.db, 0, a)
 			if s.wantA == "" && present || s.wantA != "" && v != s.wantA {
 				t.Errorf("replica a = %q (present %v), want %q", v, present, s.wantA)
 			}
@@ -413,8 +416,8 @@ func TestForwardedWriteStaleEpoch(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			key := fmt.Sprintf("stale-%d", i)
 			p := ring.PartitionOf(key, parts)
-			b, _ := json.Marshal(forwardReq{Partition: p, Epoch: tt.epoch, Op: Op{Key: key, Value: "v"}})
-			r := doReq(t, c.client, http.MethodPost, tt.to.url+InternalPrefix+"/write", b)
+			err := member(t).Forward(context.Background(), tt.to.addr(), peer.ForwardReq{Partition: p, Epoch: tt.epoch, Op: Op{Key: key, Value: "v"}})
+			r := answer(err, struct{}{})
 			if tt.wantStatus == http.StatusOK {
 				if r.status != http.StatusOK {
 					t.Fatalf("got %s", r)
@@ -485,13 +488,13 @@ func TestPublicWriteRetriesAfterTableChange(t *testing.T) {
 				t.Errorf("succeeded after %v, before the forwarder's table caught up (%v): the stale epoch was accepted", el, lag)
 			}
 			refused := false
-			for _, x := range c.nodes[tt.refusedBy].rec.matching("/write") {
+			for _, x := range c.nodes[tt.refusedBy].rec.matching("forward") {
 				refused = refused || x.Status == http.StatusConflict
 			}
 			if !refused {
-				t.Errorf("%s never refused the stale forward: %+v", tt.refusedBy, c.nodes[tt.refusedBy].rec.matching("/write"))
+				t.Errorf("%s never refused the stale forward: %+v", tt.refusedBy, c.nodes[tt.refusedBy].rec.matching("forward"))
 			}
-			served := slices.ContainsFunc(c.nodes[tt.servedBy].rec.matching("/write"), func(x internalCall) bool { return x.Status == http.StatusOK })
+			served := slices.ContainsFunc(c.nodes[tt.servedBy].rec.matching("forward"), func(x internalCall) bool { return x.Status == http.StatusOK })
 			if !served {
 				t.Errorf("%s never applied the forwarded write", tt.servedBy)
 			}
@@ -648,12 +651,13 @@ func TestReplicaDown(t *testing.T) {
 // closeN3 makes n3 go away as a crashed process would: its listener and
 // every connection to it close.
 func closeN3(c *cluster) {
-	c.nodes["n3"].ts.Close()
-	c.nodes["n3"].srv.stopRPC()
+	n := c.nodes["n3"]
+	_ = n.ln.Close()
+	n.ln.StopServing()
 }
 
 // stallN3 makes n3 accept replicate requests and never answer them.
-func stallN3(c *cluster) { c.nodes["n3"].rec.setStall("/replicate") }
+func stallN3(c *cluster) { c.nodes["n3"].rec.setStall("replicate") }
 
 // TestReads: reads go to the primary unless stale reads are asked for, and a
 // stale read is answered locally only by the primary or an in-sync replica.
@@ -707,11 +711,11 @@ func TestReads(t *testing.T) {
 			}
 			reads := map[string]int{}
 			for _, n := range c.nodes {
-				reads[n.id] = len(n.rec.matching("/read"))
+				reads[n.id] = len(n.rec.matching("read"))
 			}
 			mustValue(t, kvGet(t, tt.via, key, tt.consistency), key, tt.want)
 			for _, n := range c.nodes {
-				got := n.rec.matching("/read")[reads[n.id]:]
+				got := n.rec.matching("read")[reads[n.id]:]
 				// A refused attempt (say, while a read lease is renewed)
 				// may be retried, so count the answered ones.
 				answered := 0
@@ -727,8 +731,8 @@ func TestReads(t *testing.T) {
 					t.Errorf("%s got forwarded reads %+v, want none", n.id, got)
 				}
 				for _, x := range got {
-					if stale := strings.Contains(x.Query, "consistency=stale"); stale != (tt.consistency == "stale") {
-						t.Errorf("forwarded read %q lost or invented consistency=stale", x.Query)
+					if x.Stale != (tt.consistency == "stale") {
+						t.Errorf("forwarded read %+v lost or invented consistency=stale", x)
 					}
 				}
 			}

@@ -2,12 +2,14 @@ package engine
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"slices"
 	"sync"
 	"time"
 
-	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/peer"
+	"github.com/clusterkit/clusterkit/storage"
 )
 
 // Kick asks the background sync loop to look at the partitions now.
@@ -29,8 +31,6 @@ func (s *Engine) Run(ctx context.Context) {
 	wg.Go(func() { s.runLeases(ctx) })
 	changed, stop := s.router.Changed()
 	defer stop()
-	defer s.peers.close()
-	defer s.stopRPC()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	w := &syncWork{busy: map[string]bool{}, until: map[string]time.Time{}, copies: make(chan struct{}, syncWorkers)}
@@ -212,23 +212,32 @@ func (s *Engine) reconcile(ctx context.Context, p int, epoch uint64) bool {
 const catchUpTimeout = 15 * time.Second
 
 func (s *Engine) installOn(ctx context.Context, p int, epoch uint64, node string) error {
-	addr, ok := s.router.KVAddr(node)
-	if !ok {
-		return errcode.New(errcode.Unavailable, "no address for %s", node)
+	req := peer.InstallReq{Partition: p, Epoch: epoch, Version: s.router.Version(), From: s.router.Self()}
+	return s.peers.Install(ctx, node, req, snapshotSender(s.store, p))
+}
+
+// snapshotSender writes partition p's copy, read straight out of one
+// storage snapshot, as a partition copy's stream.
+func snapshotSender(st Storage, p int) func(io.Writer) error {
+	return func(w io.Writer) error {
+		var iw *peer.InstallWriter
+		err := st.Snapshot(p, func(m storage.Meta) (err error) {
+			iw, err = peer.NewInstallWriter(w, m.Seq)
+			return err
+		}, func(k, v []byte) error { return iw.Pair(k, v) })
+		if err != nil {
+			return err
+		}
+		return iw.End()
 	}
-	return s.peers.install(ctx, addr, s.router.Self(), p, epoch, s.router.Version(), s.store)
 }
 
 // probe checks within a second that node's data plane answers (an empty
 // lease request).
 func (s *Engine) probe(ctx context.Context, node string) error {
-	addr, ok := s.router.KVAddr(node)
-	if !ok {
-		return errcode.New(errcode.Unavailable, "no address for %s", node)
-	}
 	pctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	_, err := s.peers.lease(pctx, addr, leaseReq{From: s.router.Self()})
+	_, err := s.peers.Lease(pctx, node, peer.LeaseReq{From: s.router.Self()})
 	return err
 }
 

@@ -48,8 +48,6 @@ type Router interface {
 	PartitionOf(key string) int
 	// Route returns the current row for partition p.
 	Route(p int) (Route, bool)
-	// KVAddr returns the host:port of node's KV listener.
-	KVAddr(node string) (string, bool)
 	// Alive reports whether node is believed to be up.
 	Alive(node string) bool
 	// Version is the table's version; it grows with every change.
@@ -75,7 +73,7 @@ type Storage interface {
 	ApplyReplicated(p int, epoch, first uint64, ops []storage.Op, keys uint64) error
 	SetEpoch(p int, epoch uint64) error
 	Snapshot(p int, begin func(storage.Meta) error, fn func(k, v []byte) error) error
-	Install(p int, epoch, seq uint64, next func() (storage.KV, bool, error)) error
+	StageInstall(p int, epoch, seq uint64, next func() (storage.KV, bool, error)) (*storage.Staged, error)
 	Keys(p int, limit int) ([]string, error)
 	Drop(p int) error
 	TableVersion() (uint64, error)

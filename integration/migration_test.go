@@ -10,28 +10,12 @@ import (
 	tc "github.com/clusterkit/clusterkit/internal/testcluster"
 )
 
-type digest struct {
-	Partition int    `json:"partition"`
-	Role      string `json:"role"`
-	Keys      uint64 `json:"keys"`
-	SHA256    string `json:"sha256"`
-}
-
-func digests(n *tc.Node) ([]digest, error) {
-	r, err := tc.Get(n.KV, "/internal/v1/digest")
-	if err != nil {
-		return nil, err
-	}
-	var out []digest
-	return out, r.JSON(&out)
-}
-
 // checkCopies verifies that every copy of every partition is identical and
 // that no node still holds data for a partition it does not own.
 func checkCopies(nodes []*tc.Node) error {
 	hashes := map[int]string{}
 	for _, n := range nodes {
-		ds, err := digests(n)
+		ds, err := n.Digests()
 		if err != nil {
 			return err
 		}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/clusterkit/clusterkit/engine"
+	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/ring"
 	"github.com/clusterkit/clusterkit/storage"
 )
@@ -43,7 +44,6 @@ func (t oneNodeTable) Alive(node string) bool     { return node == t.self }
 func (t oneNodeTable) Changed() (<-chan struct{}, func()) {
 	return make(chan struct{}), func() {}
 }
-func (t oneNodeTable) KVAddr(string) (string, bool) { return "", false }
 func (t oneNodeTable) Route(p int) (engine.Route, bool) {
 	if p < 0 || p >= t.parts {
 		return engine.Route{}, false
@@ -82,10 +82,14 @@ func singleNode(tb testing.TB, parts int) (*testNode, *http.Client) {
 	if err != nil {
 		tb.Fatalf("open storage: %v", err)
 	}
-	eng, err := engine.New(engine.Options{Router: oneNodeTable{self: "n1", parts: parts}, Control: noControl{}, Storage: db, Logger: log})
+	// A node's calls to itself never leave it: the peer client serves
+	// them from the local engine.
+	transport := peer.NewClient(peer.Config{Self: "n1", ClusterName: "test"}, func(string) (string, bool) { return "", false })
+	eng, err := engine.New(engine.Options{Router: oneNodeTable{self: "n1", parts: parts}, Control: noControl{}, Storage: db, Transport: transport, Logger: log})
 	if err != nil {
 		tb.Fatalf("new engine: %v", err)
 	}
+	transport.SetLocal(peer.Handlers{Data: eng})
 	srv := New(Options{Engine: eng, Info: fixedInfo{}, Logger: log})
 	ts := httptest.NewServer(srv.Handler())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -99,6 +103,7 @@ func singleNode(tb testing.TB, parts int) (*testNode, *http.Client) {
 		cancel()
 		<-done
 		ts.Close()
+		transport.Close()
 		client.CloseIdleConnections()
 		if err := db.Close(); err != nil && !errors.Is(err, fs.ErrClosed) {
 			tb.Errorf("close storage: %v", err)

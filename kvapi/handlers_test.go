@@ -216,14 +216,18 @@ func TestBadInput(t *testing.T) {
 		{"PUT /kv/list", "PUT", "/kv/list", []byte(`{}`), 405, errcode.MethodNotAllowed},
 		{"GET /kv/delete", "GET", "/kv/delete?key=keep-1", nil, 405, errcode.MethodNotAllowed},
 		{"POST /kv/stats", "POST", "/kv/stats", nil, 405, errcode.MethodNotAllowed},
-		{"GET /internal/v1/write", "GET", "/internal/v1/write", nil, 405, errcode.MethodNotAllowed},
 		{"unknown path", "GET", "/nope", nil, 404, errcode.NotFound},
 		{"unknown kv path", "GET", "/kv/nope", nil, 404, errcode.NotFound},
 		{"bare /kv", "GET", "/kv", nil, 404, errcode.NotFound},
-		{"unknown internal path", "POST", "/internal/v1/nope", nil, 404, errcode.NotFound},
-		{"internal write not JSON", "POST", "/internal/v1/write", []byte("nope"), 400, errcode.InvalidJSON},
-		{"internal read bad partition", "GET", "/internal/v1/read?partition=x&epoch=1&key=a", nil, 400, errcode.BadRequest},
-		{"internal install bad epoch", "POST", "/internal/v1/install?partition=0&epoch=-1", nil, 400, errcode.BadRequest},
+		// Node-to-node calls travel on the internal port only: none of
+		// their old routes exists on the KV port.
+		{"no internal write", "POST", "/internal/v1/write", setBodyJSON("keep-1", "forged"), 404, errcode.NotFound},
+		{"no internal replicate", "POST", "/internal/v1/replicate", []byte(`{"partition":0,"epoch":1,"seq":1,"ops":[{"key":"keep-1","value":"x"}]}`), 404, errcode.NotFound},
+		{"no internal install", "POST", "/internal/v1/install?partition=0&epoch=1", nil, 404, errcode.NotFound},
+		{"no internal lease", "POST", "/internal/v1/lease", []byte(`{}`), 404, errcode.NotFound},
+		{"no internal digest", "GET", "/internal/v1/digest", nil, 404, errcode.NotFound},
+		{"no internal rpc upgrade", "GET", "/internal/v1/rpc", nil, 404, errcode.NotFound},
+		{"no internal read", "GET", "/internal/v1/read?partition=0&epoch=1&key=keep-1", nil, 404, errcode.NotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -40,8 +40,6 @@ type Engine interface {
 	LocalKeys() int
 	// Partitions is the partition count (0 until initialised).
 	Partitions() int
-	// InternalHandler serves the node-to-node routes.
-	InternalHandler() http.Handler
 }
 
 // Info supplies the cluster facts /kv/stats reports.
@@ -103,7 +101,6 @@ func (s *Server) Handler() http.Handler {
 		r.Get("/list", s.handleList)
 		r.Get("/stats", s.handleStats)
 	})
-	r.Mount(engine.InternalPrefix, s.eng.InternalHandler())
 	return r
 }
 

@@ -15,7 +15,8 @@
 //   - a final write to every key succeeds within 10 s of healing;
 //   - the cluster converges (every node active, every partition fully in
 //     sync, all nodes agree on the table), and every in-sync copy of every
-//     partition is identical to its primary's (GET /internal/v1/digest).
+//     partition is identical to its primary's (digests asked over the
+//     internal port, as a member).
 //
 // The nodes run with FAILOVER_GRACE=1s (failover 1 s after gossip declares
 // a node dead) and REQUEST_TIMEOUT=2s (below the clients' 3 s timeout), and

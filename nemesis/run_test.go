@@ -460,7 +460,10 @@ func (r *run) saveArtifacts(h history.History, rep *history.Report) string {
 		for file, get := range map[string]func() (tc.Response, error){
 			"cluster":   func() (tc.Response, error) { return tc.Get(n.HTTP, "/cluster") },
 			"consensus": func() (tc.Response, error) { return tc.Get(n.HTTP, "/consensus/stats") },
-			"digest":    func() (tc.Response, error) { return tc.Get(n.KV, "/internal/v1/digest") },
+			"digest": func() (tc.Response, error) {
+				b, err := n.DigestJSON()
+				return tc.Response{Body: b}, err
+			},
 		} {
 			if resp, err := get(); err == nil {
 				_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%s.json", n.ID, file)), resp.Body, 0o644)

@@ -2,14 +2,11 @@ package node
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/clusterkit/clusterkit/consensus"
-	"github.com/clusterkit/clusterkit/errcode"
 )
 
 // DefaultDrainTimeout bounds how long a graceful leave waits for this
@@ -90,24 +87,18 @@ func (ck *ClusterKit) othersAlive() bool {
 	return false
 }
 
-type drainRequest struct {
-	Node string `json:"node"`
-}
-
 // requestDrain marks this node draining through the leader.
 func (ck *ClusterKit) requestDrain(ctx context.Context) error {
 	if ck.raft.IsLeader() {
 		return ck.markDraining(ctx, ck.cfg.NodeID)
 	}
 	leaderID, _ := ck.raft.Leader()
-	leader, ok := ck.raft.State().Nodes[leaderID]
-	if leaderID == "" || !ok {
+	if leaderID == "" {
 		return consensus.ErrNotLeader
 	}
-	body, _ := json.Marshal(drainRequest{Node: ck.cfg.NodeID})
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return ck.postJSON(rctx, leader.MgmtAddr, "/internal/v1/drain", body, nil)
+	return ck.peers.Drain(rctx, leaderID, ck.cfg.NodeID)
 }
 
 // markDraining records a node as draining; only the leader can.
@@ -130,23 +121,6 @@ func (ck *ClusterKit) markDraining(ctx context.Context, id string) error {
 	ck.log.Info("node is draining", "node", id)
 	ck.nudgeReconcile()
 	return nil
-}
-
-func (ck *ClusterKit) handleDrain(w http.ResponseWriter, r *http.Request) {
-	var req drainRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
-		writeError(w, errcode.InvalidJSON, err)
-		return
-	}
-	err := ck.markDraining(r.Context(), req.Node)
-	switch {
-	case errors.Is(err, consensus.ErrNotLeader):
-		writeError(w, codeNotLeader, err)
-	case err != nil:
-		writeError(w, errcode.Internal, err)
-	default:
-		writeJSON(w, http.StatusOK, map[string]string{"status": "draining", "node_id": req.Node})
-	}
 }
 
 // LeaveRequested is closed when POST /cluster/leave asked this node to

@@ -1,12 +1,10 @@
 package node
 
 import (
-	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -20,8 +18,6 @@ import (
 	"github.com/clusterkit/clusterkit/internal/httpapi"
 	"github.com/clusterkit/clusterkit/ring"
 )
-
-const codeNotLeader = errcode.NotLeader
 
 func writeJSON(w http.ResponseWriter, status int, v any) { httpapi.WriteJSON(w, status, v) }
 
@@ -46,11 +42,6 @@ func (ck *ClusterKit) mgmtHandler() http.Handler {
 	r.Get("/metrics", ck.handleMetrics)
 	r.Get("/consensus/leader", ck.handleLeader)
 	r.Get("/consensus/stats", ck.handleConsensusStats)
-	r.Route("/internal/v1", func(r chi.Router) {
-		r.Get("/members", ck.handleMembers)
-		r.Post("/in-sync", ck.handleInSync)
-		r.Post("/drain", ck.handleDrain)
-	})
 	if ck.cfg.Pprof {
 		r.HandleFunc("/debug/pprof/*", pprof.Index)
 		r.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -309,42 +300,4 @@ func (ck *ClusterKit) handleConsensusStats(w http.ResponseWriter, r *http.Reques
 		"commit_index": s.CommitIndex, "applied_index": s.AppliedIndex, "num_peers": s.NumPeers,
 		"leader": s.LeaderID, "leader_addr": s.LeaderAddress, "last_contact": s.LastContact,
 	})
-}
-
-// handleMembers tells a joining node whom to gossip with. Only a node that
-// is part of a working cluster (it knows a Raft leader and the cluster is
-// initialised) answers: two nodes started before the bootstrap node must not
-// join each other and form a cluster of their own.
-func (ck *ClusterKit) handleMembers(w http.ResponseWriter, r *http.Request) {
-	if !ck.healthy() {
-		writeError(w, errcode.NotReady, errors.New("this node is not part of a working cluster yet"))
-		return
-	}
-	out := []gossipPeer{}
-	for _, m := range ck.members.Members() {
-		out = append(out, gossipPeer{ID: m.Meta.ID, Gossip: m.Meta.GossipAddr, State: string(m.State)})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	writeJSON(w, http.StatusOK, out)
-}
-
-// handleInSync lets a primary change its partition's in-sync set through
-// this node, which must be the Raft leader.
-func (ck *ClusterKit) handleInSync(w http.ResponseWriter, r *http.Request) {
-	var req inSyncRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
-		writeError(w, errcode.InvalidJSON, err)
-		return
-	}
-	idx, err := ck.applyInSync(r.Context(), req)
-	switch {
-	case errors.Is(err, consensus.ErrNotLeader):
-		writeError(w, codeNotLeader, err)
-	case errors.Is(err, consensus.ErrStaleEpoch):
-		writeError(w, errcode.EpochMismatch, err)
-	case err != nil:
-		writeError(w, errcode.Internal, err)
-	default:
-		writeJSON(w, http.StatusOK, indexResponse{Index: idx})
-	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/clusterkit/clusterkit/engine"
 	"github.com/clusterkit/clusterkit/kvapi"
 	"github.com/clusterkit/clusterkit/membership"
+	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/storage"
 )
 
@@ -42,7 +43,11 @@ type ClusterKit struct {
 	metrics *prometheus.Registry
 
 	mgmtSrv, kvSrv *http.Server
-	peerHTTP       *http.Client
+	// peerLn serves the internal port; peers makes this node's calls.
+	peerLn *peer.Listener
+	peers  *peer.Client
+	// mgmtClient reads seeds' management APIs when joining.
+	mgmtClient *http.Client
 
 	reconcileCh chan struct{}
 	leaveCh     chan struct{}
@@ -70,7 +75,7 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	}
 	logger = logger.With("self", cfg.NodeID)
 	ck = &ClusterKit{cfg: cfg, log: logger, started: time.Now(), reconcileCh: make(chan struct{}, 1),
-		leaveCh: make(chan struct{}), peerHTTP: &http.Client{Timeout: 5 * time.Second}}
+		leaveCh: make(chan struct{}), mgmtClient: &http.Client{Timeout: 5 * time.Second}}
 	var closers []func() error
 	defer func() {
 		if err != nil {
@@ -131,8 +136,12 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	closers = append(closers, ck.members.Shutdown)
 	ck.adv.gossip = ck.members.LocalAddr()
 
+	pcfg := peer.Config{Self: cfg.NodeID, ClusterName: cfg.ClusterName, Logger: logger.With("component", "peer")}
+	ck.peerLn = peer.NewListener(ck.raftLn, pcfg)
+	closers = append(closers, ck.peerLn.Close)
+	ck.peers = peer.NewClient(pcfg, ck.resolveInternal)
 	ck.raft, err = consensus.Open(consensus.Options{
-		NodeID: cfg.NodeID, Listener: ck.raftLn, Advertise: ck.adv.raft, DataDir: cfg.DataDir,
+		NodeID: cfg.NodeID, Stream: ck.peerLn.Raft(), Advertise: ck.adv.raft, DataDir: cfg.DataDir,
 		Bootstrap: cfg.Bootstrap, Logger: logger.With("component", "raft"),
 	})
 	if err != nil {
@@ -142,7 +151,7 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	ck.router = &tableRouter{self: cfg.NodeID, fsm: ck.raft.FSM()}
 	ck.control = &raftControl{ck: ck}
 	ck.eng, err = engine.New(engine.Options{
-		Router: ck.router, Control: ck.control, Storage: ck.db,
+		Router: ck.router, Control: ck.control, Storage: ck.db, Transport: ck.peers,
 		Logger: logger.With("component", "engine"), RequestTimeout: cfg.RequestTimeout,
 		ReadMode: cfg.ReadMode,
 	})
@@ -151,6 +160,9 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 		return nil, err
 	}
 	ck.kv = kvapi.New(kvapi.Options{Engine: ck.eng, Info: ck, Logger: logger.With("component", "kv")})
+	handlers := peer.Handlers{Data: ck.eng, Control: controlServer{ck: ck}}
+	ck.peers.SetLocal(handlers)
+	ck.peerLn.SetHandlers(handlers)
 	ck.metrics = ck.newMetrics()
 	ck.mgmtSrv = &http.Server{Handler: ck.mgmtHandler(), ReadHeaderTimeout: 10 * time.Second}
 	ck.kvSrv = &http.Server{Handler: ck.kv.Handler(), ReadHeaderTimeout: 10 * time.Second}
@@ -319,6 +331,10 @@ func (ck *ClusterKit) shutdown(ctx context.Context) error {
 		ck.cancel()
 	}
 	ck.wg.Wait()
+	// Peers' requests in flight may use the store: end them before it
+	// closes. Raft closes the internal port itself.
+	ck.peerLn.StopServing()
+	ck.peers.Close()
 	errs = append(errs, ck.raft.Close(), ck.members.Shutdown(), ck.db.Close())
 	ck.log.Info("stopped")
 	return errors.Join(errs...)

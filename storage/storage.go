@@ -355,42 +355,74 @@ func (d *DB) Snapshot(p int, begin func(Meta) error, fn func(k, v []byte) error)
 // Install replaces partition p's copy with the pairs next yields (until it
 // returns ok=false) and records epoch and seq, atomically and durably.
 func (d *DB) Install(p int, epoch, seq uint64, next func() (KV, bool, error)) error {
+	staged, err := d.StageInstall(p, epoch, seq, next)
+	if err != nil {
+		return err
+	}
+	defer staged.Close()
+	return staged.Commit()
+}
+
+// Staged is a partition copy received in full but not yet installed.
+type Staged struct {
+	d *DB
+	p int
+	b *pebble.Batch
+	m Meta
+}
+
+// StageInstall reads a copy of partition p from next into memory, to be
+// installed by Commit. Nothing is locked while next runs, however slow.
+func (d *DB) StageInstall(p int, epoch, seq uint64, next func() (KV, bool, error)) (*Staged, error) {
 	b := d.db.NewBatch()
-	defer b.Close()
 	lo, hi := dataBounds(p)
 	if err := b.DeleteRange(lo, hi, nil); err != nil {
-		return err
+		b.Close()
+		return nil, err
 	}
 	var n uint64
 	for {
 		kv, ok, err := next()
 		if err != nil {
-			return err
+			b.Close()
+			return nil, err
 		}
 		if !ok {
 			break
 		}
+		if len(kv.Key) == 0 {
+			b.Close()
+			return nil, errors.New("storage: empty key in a partition copy")
+		}
 		if err := b.Set(dataKey(p, kv.Key), kv.Value, nil); err != nil {
-			return err
+			b.Close()
+			return nil, err
 		}
 		n++
 	}
 	m := Meta{Epoch: epoch, Seq: seq, Keys: n}
 	if err := b.Set(metaKey(p), m.encode(), nil); err != nil {
-		return err
+		b.Close()
+		return nil, err
 	}
-	// The stream is read without the metadata lock (it may be slow, and
-	// the lock is shared by partitions p mod 64); the batch replaces the
-	// whole partition, metadata included, in one atomic commit.
-	l := d.lock(p)
+	return &Staged{d: d, p: p, b: b, m: m}, nil
+}
+
+// Commit replaces the partition's whole copy, metadata included, with the
+// staged one in one atomic and durable commit.
+func (s *Staged) Commit() error {
+	l := s.d.lock(s.p)
 	l.Lock()
 	defer l.Unlock()
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("install partition %d: %w", p, err)
+	if err := s.b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("install partition %d: %w", s.p, err)
 	}
-	d.setCached(p, m)
+	s.d.setCached(s.p, s.m)
 	return nil
 }
+
+// Close releases the staged copy (after Commit, or instead of it).
+func (s *Staged) Close() { _ = s.b.Close() }
 
 // Keys returns up to limit keys of partition p in order (limit <= 0: all).
 func (d *DB) Keys(p int, limit int) ([]string, error) {

@@ -2,6 +2,7 @@ package testcluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -10,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/clusterkit/clusterkit/peer"
 )
 
 // Partition is one entry of a node's partition table.
@@ -173,34 +176,33 @@ func PartitionOf(via *Node, key string) (Partition, error) {
 	return p, err
 }
 
-// Digest is one partition's summary from GET /internal/v1/digest.
-type Digest struct {
-	Partition int    `json:"partition"`
-	Role      string `json:"role"`
-	Epoch     uint64 `json:"epoch"`
-	Seq       uint64 `json:"seq"`
-	Keys      uint64 `json:"keys"`
-	SHA256    string `json:"sha256"`
-}
+// Digest is one partition's summary, as a node reports it over its
+// internal port.
+type Digest = peer.Digest
 
-// Digests fetches the node's per-partition digests, by partition number.
+// Digests fetches the node's per-partition digests, by partition number,
+// over the internal port, as a member of the cluster.
 func (n *Node) Digests() (map[int]Digest, error) {
-	r, err := Get(n.KV, "/internal/v1/digest")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ds, err := n.c.member().Digest(ctx, n.Raft)
 	if err != nil {
-		return nil, err
-	}
-	if r.Status != 200 {
-		return nil, fmt.Errorf("digest: status %d: %s", r.Status, r.Body)
-	}
-	var ds []Digest
-	if err := r.JSON(&ds); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("digest of %s: %w", n.ID, err)
 	}
 	out := map[int]Digest{}
 	for _, d := range ds {
 		out[d.Partition] = d
 	}
 	return out, nil
+}
+
+// DigestJSON is the node's digests as JSON, for artifacts.
+func (n *Node) DigestJSON() ([]byte, error) {
+	ds, err := n.Digests()
+	if err != nil {
+		return nil, err
+	}
+	return json.MarshalIndent(ds, "", "  ")
 }
 
 // Node returns the node with the given ID (nil if none).

@@ -27,6 +27,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/clusterkit/clusterkit/peer"
 )
 
 // Build compiles the clusterkit binary (the module root's main package)
@@ -126,6 +128,30 @@ type Cluster struct {
 	// Net is the private network of the nodes' namespaces (nil on
 	// loopback).
 	Net *Network
+
+	memberOnce sync.Once
+	peers      *peer.Client
+}
+
+// ClusterName is the CLUSTER_NAME the nodes run with.
+func (c *Cluster) ClusterName() string {
+	name := "my-app-cluster"
+	for _, kv := range c.opts.Env {
+		if v, ok := strings.CutPrefix(kv, "CLUSTER_NAME="); ok {
+			name = v
+		}
+	}
+	return name
+}
+
+// member is the harness's own client of the nodes' internal ports: it holds
+// what a member holds, so it can ask what only members may (digests).
+func (c *Cluster) member() *peer.Client {
+	c.memberOnce.Do(func() {
+		c.peers = peer.NewClient(peer.Config{Self: "testcluster", ClusterName: c.ClusterName()}, peer.ByAddress)
+		c.t.Cleanup(c.peers.Close)
+	})
+	return c.peers
 }
 
 // Options configures New.

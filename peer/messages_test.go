@@ -1,16 +1,13 @@
-package engine
+package peer
 
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/clusterkit/clusterkit/errcode"
 )
@@ -26,43 +23,43 @@ func TestRPCCodecRoundTrip(t *testing.T) {
 		{
 			name: "forward set",
 			encode: func() []byte {
-				return encodeForward(forwardReq{Partition: 7, Epoch: 1 << 40, Op: Op{Key: "k", Value: big}})
+				return encodeForward(ForwardReq{Partition: 7, Epoch: 1 << 40, Op: Op{Key: "k", Value: big}})
 			},
 			decode: func(b []byte) (any, error) { return decodeForward(b) },
-			want:   forwardReq{Partition: 7, Epoch: 1 << 40, Op: Op{Key: "k", Value: big}},
+			want:   ForwardReq{Partition: 7, Epoch: 1 << 40, Op: Op{Key: "k", Value: big}},
 		},
 		{
 			name: "forward delete with an empty value",
 			encode: func() []byte {
-				return encodeForward(forwardReq{Partition: 0, Epoch: 3, Op: Op{Delete: true, Key: "gone"}})
+				return encodeForward(ForwardReq{Partition: 0, Epoch: 3, Op: Op{Delete: true, Key: "gone"}})
 			},
 			decode: func(b []byte) (any, error) { return decodeForward(b) },
-			want:   forwardReq{Partition: 0, Epoch: 3, Op: Op{Delete: true, Key: "gone"}},
+			want:   ForwardReq{Partition: 0, Epoch: 3, Op: Op{Delete: true, Key: "gone"}},
 		},
 		{
 			name:   "stale read",
-			encode: func() []byte { return encodeRead(readReq{Partition: 4095, Epoch: 9, Stale: true, Key: "user:1"}) },
+			encode: func() []byte { return encodeRead(ReadReq{Partition: 4095, Epoch: 9, Stale: true, Key: "user:1"}) },
 			decode: func(b []byte) (any, error) { return decodeRead(b) },
-			want:   readReq{Partition: 4095, Epoch: 9, Stale: true, Key: "user:1"},
+			want:   ReadReq{Partition: 4095, Epoch: 9, Stale: true, Key: "user:1"},
 		},
 		{
 			name: "replication round",
 			encode: func() []byte {
-				return encodeReplicate(replicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
+				return encodeReplicate(ReplicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
 					Ops: []Op{{Key: "a", Value: "1"}, {Delete: true, Key: "b"}, {Key: "c", Value: ""}}})
 			},
 			decode: func(b []byte) (any, error) { return decodeReplicate(b) },
-			want: replicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
+			want: ReplicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
 				Ops: []Op{{Key: "a", Value: "1"}, {Delete: true, Key: "b"}, {Key: "c", Value: ""}}},
 		},
 		{
 			name: "replication round with the primary's key count",
 			encode: func() []byte {
-				return encodeReplicate(replicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
+				return encodeReplicate(ReplicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
 					Ops: []Op{{Key: "a", Value: "1"}}, Keys: new(uint64(300))})
 			},
 			decode: func(b []byte) (any, error) { return decodeReplicate(b) },
-			want: replicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
+			want: ReplicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
 				Ops: []Op{{Key: "a", Value: "1"}}, Keys: new(uint64(300))},
 		},
 	}
@@ -142,7 +139,7 @@ func TestReadFrameRejectsBadLengths(t *testing.T) {
 }
 
 func FuzzDecodeReplicate(f *testing.F) {
-	f.Add(encodeReplicate(replicateReq{Partition: 1, Epoch: 2, Seq: 3, Version: 4, From: "n1", Ops: []Op{{Key: "a", Value: "b"}}}))
+	f.Add(encodeReplicate(ReplicateReq{Partition: 1, Epoch: 2, Seq: 3, Version: 4, From: "n1", Ops: []Op{{Key: "a", Value: "b"}}}))
 	f.Add([]byte{0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeReplicate(b)
@@ -154,77 +151,4 @@ func FuzzDecodeReplicate(f *testing.F) {
 			t.Fatalf("re-encoding %+v gave %+v, %v", r, again, err)
 		}
 	})
-}
-
-// TestRPCRedialsAfterPeerClosed: a pooled connection that the peer closed
-// (a restart, say) is not an error for the next call: the caller notices
-// the close and dials again, so the write is acknowledged, not reported
-// with an unknown outcome.
-func TestRPCRedialsAfterPeerClosed(t *testing.T) {
-	const parts = 2
-	c := newCluster(t, clusterConfig{
-		parts: parts, ids: []string{"n1", "n2"},
-		row: primaryWithReplicas(1, []string{"n2"}, []string{"n2"}),
-	})
-	c.waitReady(t)
-	key := keyIn(t, "redial", 0, parts)
-	for i := range 3 {
-		if r := kvSet(t, c.nodes["n2"], key, "v"); r.status != http.StatusOK {
-			t.Fatalf("forwarded set %d: %s", i, r)
-		}
-		// n1 drops every connection it serves, as a restarted node would
-		// have none; wait until n2 has noticed.
-		n1 := c.nodes["n1"].srv
-		n1.connMu.Lock()
-		var served []*rpcConn
-		for conn := range n1.conns {
-			served = append(served, conn)
-		}
-		n1.connMu.Unlock()
-		if len(served) == 0 {
-			t.Fatal("n1 serves no RPC connection after a forwarded write")
-		}
-		for _, conn := range served {
-			conn.close(errors.New("test: peer restarted"))
-		}
-		rc := c.nodes["n2"].srv.peers.rpc
-		rc.mu.Lock()
-		peer := rc.peers[c.nodes["n1"].addr()]
-		rc.mu.Unlock()
-		waitFor(t, 5*time.Second, "n2 to notice the closed connection", func() bool {
-			peer.mu.Lock()
-			defer peer.mu.Unlock()
-			return peer.conn == nil || peer.conn.closed()
-		})
-	}
-	if r := kvSet(t, c.nodes["n2"], key, "last"); r.status != http.StatusOK {
-		t.Fatalf("forwarded set after the last close: %s", r)
-	}
-}
-
-// TestRPCSilentPeerIsDropped: a call that times out on a connection that
-// has delivered nothing since closes it, so the next call dials afresh
-// rather than queueing behind a peer that is cut off.
-func TestRPCSilentPeerIsDropped(t *testing.T) {
-	c := newCluster(t, clusterConfig{
-		parts: 1, ids: []string{"n1", "n2"},
-		row: primaryWithReplicas(1, []string{"n2"}, []string{"n2"}),
-	})
-	c.waitReady(t)
-	c.nodes["n1"].rec.setStall("/read")
-	peers := c.nodes["n2"].srv.peers
-	addr := c.nodes["n1"].addr()
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	first, err := peers.rpc.conn(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = peers.read(ctx, addr, 0, 1, "k", false)
-	if !errors.Is(err, errcode.ErrOutcomeUnknown) {
-		t.Fatalf("read from a stalled peer: %v, want outcome_unknown", err)
-	}
-	if !first.closed() {
-		t.Fatal("the silent connection was kept")
-	}
 }
