@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/clusterkit/clusterkit/clusterkey"
 	"github.com/clusterkit/clusterkit/loadgen"
 	"github.com/clusterkit/clusterkit/node"
 )
@@ -30,10 +32,13 @@ func main() {
 			os.Exit(loadgen.Main(os.Args[2:], os.Stdout, os.Stderr))
 		case "healthcheck":
 			os.Exit(healthcheck(os.Args[2:]))
+		case "keygen":
+			os.Exit(keygen(os.Args[2:]))
 		case "-h", "-help", "--help", "help":
 			fmt.Println("usage: clusterkit            run a node (configured by environment variables; see README.md)")
 			fmt.Println("       clusterkit bench -h   the load tool")
 			fmt.Println("       clusterkit healthcheck [-addr host:port]   exit 0 if the node at addr (default: this node's HTTP_ADDR) is healthy")
+			fmt.Println("       clusterkit keygen      print a new CLUSTER_KEY (base64 of 32 random bytes)")
 			os.Exit(0)
 		default:
 			fmt.Fprintf(os.Stderr, "clusterkit: unknown command %q (a node is configured by environment variables; see README.md)\n", os.Args[1])
@@ -123,5 +128,30 @@ func healthcheck(args []string) int {
 		return 1
 	}
 	fmt.Printf("healthy: %s", body)
+	return 0
+}
+
+// keygen prints a new cluster key, as consul keygen does.
+func keygen(args []string) int {
+	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: clusterkit keygen\n\nPrints a new CLUSTER_KEY: the base64 of 32 random bytes. Give every node of a cluster the same one.")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return 2
+	}
+	k, err := clusterkey.Generate()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "keygen: %v\n", err)
+		return 1
+	}
+	fmt.Println(k)
 	return 0
 }

@@ -6,6 +6,9 @@
 #   CLUSTERKIT_PUBLISH_ADDR  host address the ports are published on (default 127.0.0.1)
 #   CLUSTERKIT_HTTP_PORT_1..3, CLUSTERKIT_KV_PORT_1..3
 #                            host ports (default 8080..8082 and 9080..9082)
+#   CLUSTERKIT_SECRETS       the cluster's secrets file (default
+#                            deploy/secrets/$COMPOSE_PROJECT_NAME.env): made
+#                            on first use, mode 0600, reused afterwards
 
 DEPLOY_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$DEPLOY_DIR")
@@ -14,6 +17,7 @@ COMPOSE_FILE=$DEPLOY_DIR/docker-compose.yml
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-clusterkit}
 export CLUSTERKIT_IMAGE=${CLUSTERKIT_IMAGE:-clusterkit:local}
 NODES=(node-1 node-2 node-3)
+export CLUSTERKIT_SECRETS=${CLUSTERKIT_SECRETS:-$DEPLOY_DIR/secrets/$COMPOSE_PROJECT_NAME.env}
 # Host ports published for each node (see docker-compose.yml).
 HTTP_PORTS=("${CLUSTERKIT_HTTP_PORT_1:-8080}" "${CLUSTERKIT_HTTP_PORT_2:-8081}" "${CLUSTERKIT_HTTP_PORT_3:-8082}")
 KV_PORTS=("${CLUSTERKIT_KV_PORT_1:-9080}" "${CLUSTERKIT_KV_PORT_2:-9081}" "${CLUSTERKIT_KV_PORT_3:-9082}")
@@ -38,8 +42,34 @@ detect_compose() {
 	fi
 }
 
+# ensure_secrets: the secrets file every node reads (env_file), made on
+# first use with a new CLUSTER_KEY, and kept for the next runs: the nodes'
+# volumes hold data only members with that key may reach.
+ensure_secrets() {
+	[ -s "$CLUSTERKIT_SECRETS" ] && return 0
+	local dir key
+	dir=$(dirname "$CLUSTERKIT_SECRETS")
+	mkdir -p "$dir"
+	chmod 700 "$dir"
+	key=$(head -c 32 /dev/urandom | base64) || die "cannot read /dev/urandom"
+	(
+		umask 077
+		printf '# Secrets of the %s cluster, made by deploy/lib.sh on %s. Keep them.\n' "$COMPOSE_PROJECT_NAME" "$(date -u +%FT%TZ)"
+		printf '# CLUSTER_KEY: every node holds it; gossip and node-to-node traffic need it.\n'
+		printf 'CLUSTER_KEY=%s\n' "$key"
+	) >"$CLUSTERKIT_SECRETS.tmp"
+	mv "$CLUSTERKIT_SECRETS.tmp" "$CLUSTERKIT_SECRETS"
+	log "made the cluster's secrets in ${CLUSTERKIT_SECRETS#"$REPO_DIR"/} (mode 0600)"
+}
+
+# secret NAME: a value from the secrets file.
+secret() { sed -n "s/^$1=//p" "$CLUSTERKIT_SECRETS" | tail -n1; }
+
 # compose ARGS...: run compose on our file and project.
-compose() { "${COMPOSE[@]}" -f "$COMPOSE_FILE" -p "$COMPOSE_PROJECT_NAME" "$@"; }
+compose() {
+	ensure_secrets
+	"${COMPOSE[@]}" -f "$COMPOSE_FILE" -p "$COMPOSE_PROJECT_NAME" "$@"
+}
 
 # cid NODE: the container ID of a service (empty if it has none). Found by
 # compose's labels, which both compose versions set (and faster than

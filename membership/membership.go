@@ -85,7 +85,14 @@ type Config struct {
 	Bind string
 	// AdvertiseHost is the host peers use to reach this node.
 	AdvertiseHost string
-	Logger        *slog.Logger
+	// Label is put on every gossip packet and stream (memberlist's label),
+	// and gossip with another label is refused: the cluster name, so two
+	// clusters never merge.
+	Label string
+	// GossipKeys, when set, encrypt and authenticate gossip (AES-GCM,
+	// memberlist's keyring): the first encrypts, all decrypt.
+	GossipKeys [][]byte
+	Logger     *slog.Logger
 	// ProbeInterval, ProbeTimeout and SuspicionMult tune failure detection;
 	// zero values take LAN defaults tuned for fast detection.
 	ProbeInterval time.Duration
@@ -95,11 +102,12 @@ type Config struct {
 
 // Membership wraps a memberlist instance.
 type Membership struct {
-	ml     *memberlist.Memberlist
-	log    *slog.Logger
-	meta   []byte
-	self   string
-	events chan Event
+	ml      *memberlist.Memberlist
+	keyring *memberlist.Keyring // nil when gossip is not encrypted
+	log     *slog.Logger
+	meta    []byte
+	self    string
+	events  chan Event
 
 	mu      sync.Mutex
 	members map[string]*Member
@@ -107,7 +115,9 @@ type Membership struct {
 	// reports a leave and a death through the same callback and does not
 	// keep the public Node.State field up to date, so (like Serf) we send
 	// our own leave intent before leaving.
-	leaving map[string]time.Time
+	leaving  map[string]time.Time
+	label    string
+	refusals refusalLog
 	// departures counts memberlist's join and leave notifications per
 	// node, so that a death decided after leaveIntentGrace is dropped if
 	// the node came back meanwhile.
@@ -141,6 +151,7 @@ func New(cfg Config) (*Membership, error) {
 		events:  make(chan Event, 1024),
 		members: map[string]*Member{},
 		leaving: map[string]time.Time{},
+		label:   cfg.Label,
 	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Meta.ID
@@ -166,6 +177,15 @@ func New(cfg Config) (*Membership, error) {
 	// A node restarted with a new address (a container) may reclaim its
 	// name once memberlist has declared the old incarnation dead.
 	mc.DeadNodeReclaimTime = time.Second
+	mc.Label = cfg.Label
+	if len(cfg.GossipKeys) > 0 {
+		kr, err := memberlist.NewKeyring(cfg.GossipKeys, cfg.GossipKeys[0])
+		if err != nil {
+			return nil, fmt.Errorf("gossip keyring: %w", err)
+		}
+		mc.Keyring = kr
+		m.keyring = kr
+	}
 	mc.Delegate = &delegate{m: m}
 	mc.Events = &eventDelegate{m: m}
 	mc.Ping = &pingDelegate{m: m}
@@ -230,6 +250,31 @@ func orDefault(d, def time.Duration) time.Duration {
 		return d
 	}
 	return def
+}
+
+// SetGossipKeys replaces the gossip keyring with keys, the first of which
+// becomes the one gossip is encrypted with (a key rotation).
+func (m *Membership) SetGossipKeys(keys [][]byte) error {
+	kr := m.keyring
+	if kr == nil || len(keys) == 0 {
+		return errors.New("gossip runs without encryption: a keyring needs CLUSTER_KEY at start")
+	}
+	for _, k := range keys {
+		if err := kr.AddKey(k); err != nil {
+			return fmt.Errorf("gossip keyring: %w", err)
+		}
+	}
+	if err := kr.UseKey(keys[0]); err != nil {
+		return fmt.Errorf("gossip keyring: %w", err)
+	}
+	for _, k := range kr.GetKeys() {
+		if !slices.ContainsFunc(keys, func(x []byte) bool { return string(x) == string(k) }) {
+			if err := kr.RemoveKey(k); err != nil {
+				return fmt.Errorf("gossip keyring: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 // LocalAddr returns the gossip address peers reach this node on.
@@ -415,17 +460,73 @@ func (m *Membership) emit(ev Event) {
 	}
 }
 
-// observeLogLine spots memberlist's own report that a probe of a node
-// failed and the node is now suspect: memberlist has no callback for
-// suspicion (its EventDelegate covers join, update and leave only).
-func (m *Membership) observeLogLine(line string) {
+// observeLogLine reads memberlist's log lines for what it has no callback
+// for. It reports whether the line should still be logged as it is.
+//
+//   - "Suspect X has failed, no acks received": this node's probe of X
+//     failed and X is now suspect (memberlist's EventDelegate covers join,
+//     update and leave only).
+//   - gossip refused for another label (cluster name) or a key it cannot
+//     decrypt: memberlist logs one error per packet; we log one clear line
+//     per sender and minute instead.
+func (m *Membership) observeLogLine(line string) bool {
 	const pre, post = "Suspect ", " has failed, no acks received"
-	i := strings.Index(line, pre)
-	if i < 0 || !strings.HasSuffix(line, post) {
-		return
+	if i := strings.Index(line, pre); i >= 0 && strings.HasSuffix(line, post) {
+		m.transitionFrom(line[i+len(pre):len(line)-len(post)], Alive, Suspect)
+		return true
 	}
-	name := line[i+len(pre) : len(line)-len(post)]
-	m.transitionFrom(name, Alive, Suspect)
+	var reason string
+	lower := strings.ToLower(line)
+	switch {
+	case strings.Contains(lower, "unacceptable label"):
+		label := "(none)"
+		if i := strings.Index(line, `label "`); i >= 0 {
+			if j := strings.Index(line[i+7:], `"`); j >= 0 {
+				label = strconv.Quote(line[i+7 : i+7+j])
+			}
+		}
+		reason = fmt.Sprintf("it gossips for cluster %s, this node's cluster is %q (CLUSTER_NAME)", label, m.label)
+	case strings.Contains(lower, "decrypt packet failed"), strings.Contains(lower, "no installed keys could decrypt"):
+		reason = "its gossip is not encrypted with a key of this node's keyring (CLUSTER_KEY)"
+	case strings.Contains(lower, "not encrypted"), strings.Contains(lower, "encryption is configured"):
+		reason = "its gossip is not encrypted, and this node requires CLUSTER_KEY"
+	default:
+		return true
+	}
+	from := "unknown"
+	if i := strings.LastIndex(line, "from="); i >= 0 {
+		from = strings.TrimSpace(line[i+len("from="):])
+	}
+	if m.refusals.allow(hostOnly(from)+reason, time.Now()) {
+		m.log.Warn("refused gossip", "from", from, "reason", reason)
+	}
+	return false
+}
+
+// refusalLog lets one line per sender and reason through per minute.
+type refusalLog struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+func (r *refusalLog) allow(key string, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last == nil || len(r.last) > 1024 {
+		r.last = map[string]time.Time{}
+	}
+	if t, ok := r.last[key]; ok && now.Sub(t) < time.Minute {
+		return false
+	}
+	r.last[key] = now
+	return true
+}
+
+func hostOnly(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
 }
 
 // pingDelegate clears suspicion: a node that answers our probe is alive.

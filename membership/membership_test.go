@@ -1367,3 +1367,104 @@ func TestUnreadEventsNeverBlockGossip(t *testing.T) {
 		})
 	}
 }
+
+// startSecured starts a gossip node with a label and gossip keys.
+func startSecured(t *testing.T, id, label string, keys ...[]byte) *testNode {
+	t.Helper()
+	logger, logs := newTestLogger()
+	cfg := testConfig(id, "127.0.0.1:0", logger)
+	cfg.Label, cfg.GossipKeys = label, keys
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New(%s): %v", id, err)
+	}
+	t.Cleanup(func() { _ = m.Shutdown() })
+	return &testNode{id: id, m: m, logs: logs}
+}
+
+func gossipKey(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+
+// TestGossipRefusesStrangers: a node of another cluster name, or without the
+// cluster's gossip key, never becomes a member, and the member logs why in
+// one line per sender (not one per packet).
+func TestGossipRefusesStrangers(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		strangerLb string
+		strangerK  [][]byte
+		wantReason string
+	}{
+		{"another cluster name", "other-cluster", [][]byte{gossipKey(1)}, `gossips for cluster "other-cluster"`},
+		{"another key", "prod", [][]byte{gossipKey(2)}, "not encrypted with a key of this node's keyring"},
+		{"no key", "prod", nil, "CLUSTER_KEY"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			m1 := startSecured(t, "node-1", "prod", gossipKey(1))
+			stranger := startSecured(t, "stranger", tt.strangerLb, tt.strangerK...)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = stranger.m.Join(ctx, []string{m1.m.LocalAddr()}, nil)
+			time.Sleep(500 * time.Millisecond)
+			if _, ok := member(m1.m, "stranger"); ok {
+				t.Fatalf("the stranger became a member: %+v", m1.m.Members())
+			}
+			if _, ok := member(stranger.m, "node-1"); ok {
+				t.Fatalf("the stranger sees the member")
+			}
+			lines := m1.logs.find(t, "refused gossip", nil)
+			if len(lines) == 0 {
+				t.Fatalf("no refusal logged:\n%s", m1.logs)
+			}
+			if len(lines) > 2 {
+				t.Errorf("%d refusal lines for one stranger; want at most one per reason and minute", len(lines))
+			}
+			if !strings.Contains(fmt.Sprint(lines), tt.wantReason) {
+				t.Errorf("refusal %v does not say %q", lines, tt.wantReason)
+			}
+		})
+	}
+}
+
+// TestGossipKeyRotation: members with the same keys form a cluster, and a
+// rotation (install, use, remove) on every member keeps it together.
+func TestGossipKeyRotation(t *testing.T) {
+	t.Parallel()
+	a := startSecured(t, "node-1", "prod", gossipKey(1))
+	b := startSecured(t, "node-2", "prod", gossipKey(1))
+	ctx, cancel := context.WithTimeout(context.Background(), convergeTimeout)
+	defer cancel()
+	if err := b.m.Join(ctx, []string{a.m.LocalAddr()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	nodes := []*testNode{a, b}
+	waitFor(t, convergeTimeout, func() string { return converged(nodes) })
+	steps := [][][]byte{
+		{gossipKey(1), gossipKey(9)}, // install
+		{gossipKey(9), gossipKey(1)}, // use
+		{gossipKey(9)},               // remove
+	}
+	for _, keys := range steps {
+		for _, n := range nodes {
+			if err := n.m.SetGossipKeys(keys); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A node that only has the old key can no longer join.
+	late := startSecured(t, "node-3", "prod", gossipKey(1))
+	jctx, jcancel := context.WithTimeout(context.Background(), time.Second)
+	defer jcancel()
+	_ = late.m.Join(jctx, []string{a.m.LocalAddr()}, nil)
+	time.Sleep(300 * time.Millisecond)
+	if _, ok := member(a.m, "node-3"); ok {
+		t.Fatal("a node with the removed key joined")
+	}
+	// The rotated members still see each other alive.
+	waitFor(t, convergeTimeout, func() string { return converged(nodes) })
+	if err := startNode(t, "plain", false).m.SetGossipKeys([][]byte{gossipKey(1)}); err == nil {
+		t.Error("a node without encryption accepted a gossip keyring")
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clusterkit/clusterkit/clusterkey"
 	"github.com/clusterkit/clusterkit/storage"
 )
 
@@ -26,6 +27,9 @@ const (
 	// MaxPartitions bounds PARTITIONS; the table lives in every node's
 	// memory and in every Raft snapshot.
 	MaxPartitions = 4096
+	// MaxClusterNameBytes bounds CLUSTER_NAME, which labels every gossip
+	// packet (memberlist allows 255 bytes).
+	MaxClusterNameBytes = 255
 )
 
 // Config is everything a node needs, from environment variables (see
@@ -61,6 +65,13 @@ type Config struct {
 	ReadMode string
 	// CacheMB is the storage block cache, in MiB.
 	CacheMB int
+	// ClusterKey is CLUSTER_KEY (base64 of 32 bytes; empty: none). With
+	// it, gossip is encrypted and every internal connection is mutually
+	// authenticated TLS; a process without it cannot join.
+	ClusterKey string
+	// Insecure lets node-to-node listeners bind beyond loopback without a
+	// cluster key.
+	Insecure bool
 }
 
 // nodeNumber extracts N from "node-N" (1 when the ID has no number).
@@ -120,6 +131,7 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	str("CLUSTER_NAME", &c.ClusterName)
 	str("LOG_LEVEL", &c.LogLevel)
 	str("READ_MODE", &c.ReadMode)
+	str("CLUSTER_KEY", &c.ClusterKey)
 	for _, a := range strings.Split(get("JOIN_ADDR"), ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			c.JoinAddrs = append(c.JoinAddrs, a)
@@ -157,6 +169,7 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 		c.Bootstrap = c.NodeID == "node-1" && len(c.JoinAddrs) == 0
 	}
 	boolean("PPROF", &c.Pprof)
+	boolean("INSECURE", &c.Insecure)
 	duration := func(k string, dst *time.Duration) {
 		if v := get(k); v != "" {
 			d, err := time.ParseDuration(v)
@@ -271,6 +284,14 @@ func (c *Config) Validate() error {
 	if c.ClusterName == "" {
 		return errors.New("CLUSTER_NAME must not be empty")
 	}
+	if len(c.ClusterName) > MaxClusterNameBytes {
+		return fmt.Errorf("CLUSTER_NAME=%q: at most %d bytes (it labels every gossip packet)", c.ClusterName, MaxClusterNameBytes)
+	}
+	if c.ClusterKey != "" {
+		if _, err := clusterkey.Parse(c.ClusterKey); err != nil {
+			return fmt.Errorf("CLUSTER_KEY: %v; want the base64 of 32 random bytes (clusterkit keygen prints one)", err)
+		}
+	}
 	if c.Partitions < 1 || c.Partitions > MaxPartitions {
 		return fmt.Errorf("PARTITIONS=%d: must be from 1 to %d", c.Partitions, MaxPartitions)
 	}
@@ -298,6 +319,36 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", c.LogLevel)
 	}
 	return nil
+}
+
+// nodeToNodeExposed returns the first node-to-node listener (internal port
+// or gossip) bound beyond loopback, as "SETTING=addr", or "" if both are on
+// loopback. A wildcard bind or a host name other than localhost counts as
+// beyond loopback.
+func (c *Config) nodeToNodeExposed() string {
+	for _, l := range []struct{ setting, addr string }{{"RAFT_ADDR", c.RaftAddr}, {"GOSSIP_ADDR", c.GossipAddr}} {
+		host, _, _ := net.SplitHostPort(l.addr)
+		if host == "localhost" {
+			continue
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			continue
+		}
+		return l.setting + "=" + l.addr
+	}
+	return ""
+}
+
+// checkExposure refuses node-to-node listeners beyond loopback without a
+// cluster key (haveKey: CLUSTER_KEY, or a keyring file from an earlier
+// run), unless INSECURE is set: anyone who can reach them could otherwise
+// join the cluster and rewrite its data.
+func (c *Config) checkExposure(haveKey bool) error {
+	exposed := c.nodeToNodeExposed()
+	if exposed == "" || haveKey || c.Insecure {
+		return nil
+	}
+	return fmt.Errorf("%s is not a loopback address, so any host that reaches it could join this cluster: set CLUSTER_KEY (clusterkit keygen prints one) on every node, or INSECURE=true to run without one", exposed)
 }
 
 // defaultAdvertiseHost picks the host peers should dial: the first specific

@@ -251,6 +251,10 @@ func TestFromEnvValidateErrors(t *testing.T) {
 		{"CACHE_MB zero", map[string]string{"CACHE_MB": "0"}, []string{"CACHE_MB", "from 1"}},
 		{"CACHE_MB above the maximum", map[string]string{"CACHE_MB": "100000"}, []string{"CACHE_MB", "100000"}},
 		{"CACHE_MB not a number", map[string]string{"CACHE_MB": "32MB"}, []string{"CACHE_MB", "32MB"}},
+		{"CLUSTER_KEY not base64", map[string]string{"CLUSTER_KEY": "not a key!"}, []string{"CLUSTER_KEY", "clusterkit keygen"}},
+		{"CLUSTER_KEY too short", map[string]string{"CLUSTER_KEY": "c2hvcnQ="}, []string{"CLUSTER_KEY", "32"}},
+		{"INSECURE not a boolean", map[string]string{"INSECURE": "yes please"}, []string{"INSECURE"}},
+		{"CLUSTER_NAME too long", map[string]string{"CLUSTER_NAME": strings.Repeat("c", 256)}, []string{"CLUSTER_NAME", "255"}},
 		{"BOOTSTRAP not a boolean", map[string]string{"BOOTSTRAP": "maybe"}, []string{"BOOTSTRAP", "maybe"}},
 		{"PPROF not a boolean", map[string]string{"PPROF": "sure"}, []string{"PPROF"}},
 		{"FAILOVER_GRACE not a duration", map[string]string{"FAILOVER_GRACE": "soon"}, []string{"FAILOVER_GRACE", "soon"}},
@@ -315,6 +319,54 @@ func TestNodeNumber(t *testing.T) {
 			t.Parallel()
 			if got := nodeNumber(tc.id); got != tc.want {
 				t.Errorf("nodeNumber(%q) = %d, want %d", tc.id, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestExposure: node-to-node listeners beyond loopback need CLUSTER_KEY
+// (or INSECURE=true), and the refusal says what to set.
+func TestExposure(t *testing.T) {
+	t.Parallel()
+	key := "b1xsEODTGJmYNIUKjRd1vtBnu7RdxK40Y6OID0FvhzA="
+	tests := []struct {
+		name    string
+		env     map[string]string
+		haveKey bool // a keyring file from an earlier run
+		want    string
+	}{
+		{name: "the quick start: loopback, no key", env: map[string]string{}},
+		{name: "loopback by name", env: map[string]string{"RAFT_ADDR": "localhost:9001"}},
+		{name: "IPv6 loopback", env: map[string]string{"RAFT_ADDR": "[::1]:9001"}},
+		{name: "wildcard RAFT_ADDR without a key", env: map[string]string{"RAFT_ADDR": "0.0.0.0:9001"}, want: "RAFT_ADDR=0.0.0.0:9001"},
+		{name: "empty host is a wildcard", env: map[string]string{"RAFT_ADDR": ":9001"}, want: "RAFT_ADDR=:9001"},
+		{name: "a LAN address without a key", env: map[string]string{"RAFT_ADDR": "10.0.0.5:9001"}, want: "RAFT_ADDR=10.0.0.5:9001"},
+		{name: "only gossip exposed", env: map[string]string{"GOSSIP_ADDR": "0.0.0.0:10001"}, want: "GOSSIP_ADDR=0.0.0.0:10001"},
+		{name: "a host name is not loopback", env: map[string]string{"RAFT_ADDR": "node-1:9001"}, want: "RAFT_ADDR=node-1:9001"},
+		{name: "with CLUSTER_KEY", env: map[string]string{"RAFT_ADDR": "0.0.0.0:9001", "CLUSTER_KEY": key}},
+		{name: "with a keyring file", env: map[string]string{"RAFT_ADDR": "0.0.0.0:9001"}, haveKey: true},
+		{name: "INSECURE=true", env: map[string]string{"RAFT_ADDR": "0.0.0.0:9001", "INSECURE": "true"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := loadConfig(tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.checkExposure(tt.haveKey || c.ClusterKey != "")
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("started without a key with %s", tt.want)
+			}
+			for _, w := range []string{tt.want, "CLUSTER_KEY", "INSECURE=true", "clusterkit keygen"} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
 			}
 		})
 	}

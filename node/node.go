@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/clusterkit/clusterkit/clusterkey"
 	"github.com/clusterkit/clusterkit/consensus"
 	"github.com/clusterkit/clusterkit/engine"
 	"github.com/clusterkit/clusterkit/kvapi"
@@ -43,6 +44,8 @@ type ClusterKit struct {
 	metrics *prometheus.Registry
 
 	mgmtSrv, kvSrv *http.Server
+	// keyring holds the cluster keys (nil: the node runs without one).
+	keyring *clusterkey.Keyring
 	// peerLn serves the internal port; peers makes this node's calls.
 	peerLn *peer.Listener
 	peers  *peer.Client
@@ -84,6 +87,20 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 			}
 		}
 	}()
+	// The key decides whether the node may start at all: check it before
+	// binding anything.
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("DATA_DIR=%s: %w", cfg.DataDir, err)
+	}
+	if ck.keyring, err = openKeyring(cfg, logger); err != nil {
+		return nil, err
+	}
+	if err := cfg.checkExposure(ck.keyring != nil); err != nil {
+		return nil, err
+	}
+	if exposed := cfg.nodeToNodeExposed(); exposed != "" && ck.keyring == nil {
+		logger.Warn("INSECURE=true: node-to-node traffic is neither authenticated nor encrypted; any host that reaches "+exposed+" can join this cluster", "listener", exposed)
+	}
 	listen := func(setting, addr string) (net.Listener, error) {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -105,9 +122,6 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	ck.adv.kv = advertise(cfg.KVAddr, ck.kvLn, cfg.AdvertiseHost)
 	ck.adv.raft = advertise(cfg.RaftAddr, ck.raftLn, cfg.AdvertiseHost)
 
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("DATA_DIR=%s: %w", cfg.DataDir, err)
-	}
 	if ck.db, err = storage.Open(filepath.Join(cfg.DataDir, "kv"), storage.Options{
 		Logger: logger.With("component", "storage"), CacheBytes: int64(cfg.CacheMB) << 20,
 	}); err != nil {
@@ -126,10 +140,12 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	// real one only afterwards, so the gossip address in Meta is derived
 	// from the configured one when it is fixed.
 	meta.GossipAddr = net.JoinHostPort(advHost, portOf(cfg.GossipAddr))
-	ck.members, err = membership.New(membership.Config{
-		Meta: meta, Bind: cfg.GossipAddr, AdvertiseHost: advHost,
-		Logger: logger.With("component", "gossip"),
-	})
+	mcfg := membership.Config{Meta: meta, Bind: cfg.GossipAddr, AdvertiseHost: advHost, Label: cfg.ClusterName,
+		Logger: logger.With("component", "gossip")}
+	if ck.keyring != nil {
+		mcfg.GossipKeys = ck.keyring.GossipKeys()
+	}
+	ck.members, err = membership.New(mcfg)
 	if err != nil {
 		return nil, fmt.Errorf("GOSSIP_ADDR=%s: %w", cfg.GossipAddr, err)
 	}
@@ -137,6 +153,9 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	ck.adv.gossip = ck.members.LocalAddr()
 
 	pcfg := peer.Config{Self: cfg.NodeID, ClusterName: cfg.ClusterName, Logger: logger.With("component", "peer")}
+	if ck.keyring != nil {
+		pcfg.Security = ck.keyring
+	}
 	ck.peerLn = peer.NewListener(ck.raftLn, pcfg)
 	closers = append(closers, ck.peerLn.Close)
 	ck.peers = peer.NewClient(pcfg, ck.resolveInternal)
@@ -167,6 +186,35 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	ck.mgmtSrv = &http.Server{Handler: ck.mgmtHandler(), ReadHeaderTimeout: 10 * time.Second}
 	ck.kvSrv = &http.Server{Handler: ck.kv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	return ck, nil
+}
+
+// keyringFile is where a node keeps its cluster keys, in DATA_DIR.
+const keyringFile = "keyring.json"
+
+// openKeyring loads the node's keyring from DATA_DIR and CLUSTER_KEY (nil
+// when it has neither).
+func openKeyring(cfg Config, logger *slog.Logger) (*clusterkey.Keyring, error) {
+	var given *clusterkey.Key
+	if cfg.ClusterKey != "" {
+		k, err := clusterkey.Parse(cfg.ClusterKey)
+		if err != nil {
+			return nil, fmt.Errorf("CLUSTER_KEY: %w", err)
+		}
+		given = &k
+	}
+	path := filepath.Join(cfg.DataDir, keyringFile)
+	r, note, err := clusterkey.Startup(path, given)
+	if err != nil {
+		return nil, fmt.Errorf("DATA_DIR=%s: %w", cfg.DataDir, err)
+	}
+	if note != "" {
+		logger.Warn(note)
+	}
+	if r != nil {
+		logger.Info("cluster key loaded: gossip is encrypted and internal connections are mutually authenticated TLS",
+			"primary", r.Primary().Fingerprint(), "keys", len(r.Keys()))
+	}
+	return r, nil
 }
 
 func portOf(addr string) string {

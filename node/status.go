@@ -27,6 +27,9 @@ func (ck *ClusterKit) StatusBlock() string {
 	fmt.Fprintf(&b, "Local Keys: %d\n", ck.eng.LocalKeys())
 	fmt.Fprintf(&b, "Leader: %t\n", ck.raft.IsLeader())
 	fmt.Fprintf(&b, "Raft State: %s\n", ck.raft.RaftState())
+	if exposed := ck.cfg.nodeToNodeExposed(); exposed != "" && ck.keyring == nil {
+		fmt.Fprintf(&b, "WARNING: INSECURE=true: %s accepts node-to-node traffic from anyone, unauthenticated and unencrypted; set CLUSTER_KEY\n", exposed)
+	}
 	for _, n := range st.SortedNodes() {
 		fmt.Fprintf(&b, "  - %s (%s) at %s [%s]\n", n.Name, n.ID, n.MgmtAddr, apiStatus(n.Status))
 	}

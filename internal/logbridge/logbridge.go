@@ -59,14 +59,15 @@ func StdLog(l *slog.Logger) *log.Logger {
 }
 
 // StdLogHook is StdLog with a hook that sees every message (without its
-// level prefix) before it is logged.
-func StdLogHook(l *slog.Logger, hook func(msg string)) *log.Logger {
+// level prefix) before it is logged; a message the hook returns false for
+// is not logged (the hook said it better).
+func StdLogHook(l *slog.Logger, hook func(msg string) bool) *log.Logger {
 	return log.New(&stdWriter{l: l, hook: hook}, "", 0)
 }
 
 type stdWriter struct {
 	l    *slog.Logger
-	hook func(string)
+	hook func(string) bool
 }
 
 func (w *stdWriter) Write(p []byte) (int, error) {
@@ -79,8 +80,8 @@ func (w *stdWriter) Write(p []byte) (int, error) {
 		}
 	}
 	line = strings.TrimPrefix(line, "memberlist: ")
-	if w.hook != nil {
-		w.hook(line)
+	if w.hook != nil && !w.hook(line) {
+		return len(p), nil
 	}
 	w.l.Log(context.Background(), lvl, line)
 	return len(p), nil

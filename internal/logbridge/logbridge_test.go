@@ -89,7 +89,7 @@ func TestStdLogHook(t *testing.T) {
 			t.Parallel()
 			h := newCapture(slog.LevelDebug)
 			var hooked []string
-			l := StdLogHook(slog.New(h), func(msg string) { hooked = append(hooked, msg) })
+			l := StdLogHook(slog.New(h), func(msg string) bool { hooked = append(hooked, msg); return true })
 			l.Print(tt.in)
 			recs := h.records()
 			if len(recs) != 1 {
@@ -111,7 +111,7 @@ func TestStdLogHookSeesFilteredLines(t *testing.T) {
 	t.Parallel()
 	h := newCapture(slog.LevelWarn)
 	var hooked []string
-	l := StdLogHook(slog.New(h), func(msg string) { hooked = append(hooked, msg) })
+	l := StdLogHook(slog.New(h), func(msg string) bool { hooked = append(hooked, msg); return true })
 	l.Printf("[INFO] memberlist: Suspect %s has failed, no acks received", "node-2")
 	l.Printf("[DEBUG] memberlist: %s", "noise")
 	l.Printf("[WARN] memberlist: %s", "kept")
@@ -144,7 +144,7 @@ func TestStdLogConcurrent(t *testing.T) {
 	h := newCapture(slog.LevelDebug)
 	var mu sync.Mutex
 	hooked := 0
-	l := StdLogHook(slog.New(h), func(string) { mu.Lock(); hooked++; mu.Unlock() })
+	l := StdLogHook(slog.New(h), func(string) bool { mu.Lock(); hooked++; mu.Unlock(); return true })
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
@@ -295,5 +295,17 @@ func TestHCLogWriter(t *testing.T) {
 				t.Errorf("records = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// A line the hook declines is not logged; the others are.
+func TestStdLogHookSuppresses(t *testing.T) {
+	h := newCapture(slog.LevelDebug)
+	l := StdLogHook(slog.New(h), func(msg string) bool { return msg != "noise" })
+	l.Printf("[ERR] memberlist: noise")
+	l.Printf("[INFO] memberlist: kept")
+	recs := h.records()
+	if len(recs) != 1 || recs[0].msg != "kept" {
+		t.Fatalf("logged %+v, want only the kept line", recs)
 	}
 }

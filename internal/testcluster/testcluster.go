@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterkit/clusterkit/clusterkey"
 	"github.com/clusterkit/clusterkit/peer"
 )
 
@@ -129,6 +130,9 @@ type Cluster struct {
 	// loopback).
 	Net *Network
 
+	// Key is the cluster's CLUSTER_KEY (zero with Options.NoKey).
+	Key clusterkey.Key
+
 	memberOnce sync.Once
 	peers      *peer.Client
 }
@@ -148,7 +152,11 @@ func (c *Cluster) ClusterName() string {
 // what a member holds, so it can ask what only members may (digests).
 func (c *Cluster) member() *peer.Client {
 	c.memberOnce.Do(func() {
-		c.peers = peer.NewClient(peer.Config{Self: "testcluster", ClusterName: c.ClusterName()}, peer.ByAddress)
+		cfg := peer.Config{Self: "testcluster", ClusterName: c.ClusterName()}
+		if !c.opts.NoKey {
+			cfg.Security = clusterkey.NewKeyring(c.Key)
+		}
+		c.peers = peer.NewClient(cfg, peer.ByAddress)
 		c.t.Cleanup(c.peers.Close)
 	})
 	return c.peers
@@ -166,6 +174,9 @@ type Options struct {
 	// deploy/docker-compose.yml does; by default it has none, as in the
 	// README's quick start.
 	JoinAll bool
+	// NoKey runs the nodes without CLUSTER_KEY, as the quick start does
+	// on loopback. By default every cluster gets a key of its own.
+	NoKey bool
 }
 
 // New prepares n nodes (node-1 bootstraps, the others join through
@@ -173,6 +184,13 @@ type Options struct {
 func New(t testing.TB, bin string, n int, opts Options) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, bin: bin, dir: t.TempDir(), opts: opts}
+	if !opts.NoKey {
+		k, err := clusterkey.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Key = k
+	}
 	if opts.Netns {
 		net, err := NewNetwork()
 		if err != nil {
@@ -286,6 +304,9 @@ func (n *Node) env() []string {
 	)
 	if n.IP != "" {
 		env = append(env, "ADVERTISE_HOST="+n.IP)
+	}
+	if !n.c.opts.NoKey {
+		env = append(env, "CLUSTER_KEY="+n.c.Key.String())
 	}
 	if n.ID == "node-1" {
 		env = append(env, "BOOTSTRAP=true")
