@@ -18,12 +18,19 @@ type CommandType byte
 
 // Command types. Values are part of the on-disk log format: append only.
 const (
-	CmdInit         CommandType = 1
-	CmdUpsertNode   CommandType = 2
-	CmdRemoveNode   CommandType = 3
-	CmdSetPartition CommandType = 4
-	CmdShrinkInSync CommandType = 5
-	CmdExpandInSync CommandType = 6
+	CmdInit           CommandType = 1
+	CmdUpsertNode     CommandType = 2
+	CmdRemoveNode     CommandType = 3
+	CmdSetPartition   CommandType = 4
+	CmdShrinkInSync   CommandType = 5
+	CmdExpandInSync   CommandType = 6
+	CmdTokenCreate    CommandType = 7
+	CmdTokenDelete    CommandType = 8
+	CmdTokenBootstrap CommandType = 9
+	CmdKVAuth         CommandType = 10
+
+	// lastCommand is the highest command type; tests probe the one after.
+	lastCommand = CmdKVAuth
 )
 
 func (t CommandType) String() string {
@@ -40,6 +47,14 @@ func (t CommandType) String() string {
 		return "shrink-in-sync"
 	case CmdExpandInSync:
 		return "expand-in-sync"
+	case CmdTokenCreate:
+		return "token-create"
+	case CmdTokenDelete:
+		return "token-delete"
+	case CmdTokenBootstrap:
+		return "token-bootstrap"
+	case CmdKVAuth:
+		return "kv-auth"
 	}
 	return fmt.Sprintf("command(%d)", byte(t))
 }
@@ -115,12 +130,16 @@ func NewFSM() *FSM {
 	f := &FSM{}
 	f.state.Store(&State{Nodes: map[string]NodeInfo{}})
 	f.handlers = map[CommandType]func(*State, []byte) error{
-		CmdInit:         decodeInto(applyInit),
-		CmdUpsertNode:   decodeInto(applyUpsertNode),
-		CmdRemoveNode:   decodeInto(applyRemoveNode),
-		CmdSetPartition: decodeInto(applySetPartitions),
-		CmdShrinkInSync: decodeInto(applyShrinkInSync),
-		CmdExpandInSync: decodeInto(applyExpandInSync),
+		CmdInit:           decodeInto(applyInit),
+		CmdUpsertNode:     decodeInto(applyUpsertNode),
+		CmdRemoveNode:     decodeInto(applyRemoveNode),
+		CmdSetPartition:   decodeInto(applySetPartitions),
+		CmdShrinkInSync:   decodeInto(applyShrinkInSync),
+		CmdExpandInSync:   decodeInto(applyExpandInSync),
+		CmdTokenCreate:    decodeInto(applyTokenCreate),
+		CmdTokenDelete:    decodeInto(applyTokenDelete),
+		CmdTokenBootstrap: decodeInto(applyTokenBootstrap),
+		CmdKVAuth:         decodeInto(applyKVAuth),
 	}
 	return f
 }

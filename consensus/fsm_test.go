@@ -2,6 +2,8 @@ package consensus
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -152,6 +154,16 @@ func baseFSM(tb testing.TB) *FSM {
 
 // ---------------------------------------------------------------------------
 // ApplyCommand
+
+func hashOf(secret string) string {
+	h := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(h[:])
+}
+
+func tokenCmd(tb testing.TB, t CommandType, id, secret string, scopes ...string) Command {
+	return mustEncode(tb, t, TokenCmd{Token: Token{ID: id, Hash: hashOf(secret), Scopes: scopes,
+		Created: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)}})
+}
 
 func TestApplyCommand(t *testing.T) {
 	p0 := func(s *State) Partition { return s.Partitions[0].clone() }
@@ -693,6 +705,94 @@ func TestApplyCommand(t *testing.T) {
 			cmd:     func(tb testing.TB, s *State) Command { return Command([]byte{byte(CmdExpandInSync), '['}) },
 			wantErr: ErrInvalid,
 		},
+
+		// --- tokens and KV auth
+		{
+			name: "token/create stores the hash, never more",
+			cmd:  func(tb testing.TB, s *State) Command { return tokenCmd(tb, CmdTokenCreate, "t1", "a", "read:user:") },
+			check: func(t *testing.T, _, after *State) {
+				tok, ok := after.TokenByHash(hashOf("a"))
+				if !ok || tok.ID != "t1" || !slices.Equal(tok.Scopes, []string{"read:user:"}) || after.HasAdminToken() {
+					t.Fatalf("tokens = %+v", after.Tokens)
+				}
+			},
+		},
+		{
+			name: "token/same secret twice refused",
+			prep: func(tb testing.TB, s *State) []Command {
+				return []Command{tokenCmd(tb, CmdTokenCreate, "t1", "a", "admin")}
+			},
+			cmd:     func(tb testing.TB, s *State) Command { return tokenCmd(tb, CmdTokenCreate, "t2", "a", "admin") },
+			wantErr: ErrInvalid, wantMsg: "secret exists",
+		},
+		{
+			name: "token/same id twice refused",
+			prep: func(tb testing.TB, s *State) []Command {
+				return []Command{tokenCmd(tb, CmdTokenCreate, "t1", "a", "admin")}
+			},
+			cmd:     func(tb testing.TB, s *State) Command { return tokenCmd(tb, CmdTokenCreate, "t1", "b", "admin") },
+			wantErr: ErrInvalid, wantMsg: "t1 exists",
+		},
+		{
+			name:    "token/without a scope refused",
+			cmd:     func(tb testing.TB, s *State) Command { return tokenCmd(tb, CmdTokenCreate, "t1", "a") },
+			wantErr: ErrInvalid,
+		},
+		{
+			name: "token/delete",
+			prep: func(tb testing.TB, s *State) []Command {
+				return []Command{tokenCmd(tb, CmdTokenCreate, "t1", "a", "admin")}
+			},
+			cmd: func(tb testing.TB, s *State) Command { return mustEncode(tb, CmdTokenDelete, TokenDeleteCmd{ID: "t1"}) },
+			check: func(t *testing.T, _, after *State) {
+				if len(after.Tokens) != 0 || after.HasAdminToken() {
+					t.Fatalf("tokens = %+v", after.Tokens)
+				}
+			},
+		},
+		{
+			name: "token/delete of an unknown id refused",
+			cmd: func(tb testing.TB, s *State) Command {
+				return mustEncode(tb, CmdTokenDelete, TokenDeleteCmd{ID: "nope"})
+			},
+			wantErr: ErrInvalid,
+		},
+		{
+			name: "token/bootstrap while no admin token exists",
+			prep: func(tb testing.TB, s *State) []Command {
+				return []Command{tokenCmd(tb, CmdTokenCreate, "r", "r", "read:")}
+			},
+			cmd: func(tb testing.TB, s *State) Command { return tokenCmd(tb, CmdTokenBootstrap, "boot", "b", "admin") },
+			check: func(t *testing.T, _, after *State) {
+				if !after.HasAdminToken() || len(after.Tokens) != 2 {
+					t.Fatalf("tokens = %+v", after.Tokens)
+				}
+			},
+		},
+		{
+			// A revoked ADMIN_TOKEN must not come back through the
+			// environment of a node while another admin token exists.
+			name: "token/bootstrap refused once an admin token exists",
+			prep: func(tb testing.TB, s *State) []Command {
+				return []Command{tokenCmd(tb, CmdTokenCreate, "t1", "a", "admin")}
+			},
+			cmd:     func(tb testing.TB, s *State) Command { return tokenCmd(tb, CmdTokenBootstrap, "boot", "b", "admin") },
+			wantErr: ErrInvalid, wantMsg: "has an admin token",
+		},
+		{
+			name:    "token/bootstrap of a non-admin token refused",
+			cmd:     func(tb testing.TB, s *State) Command { return tokenCmd(tb, CmdTokenBootstrap, "boot", "b", "read:") },
+			wantErr: ErrInvalid,
+		},
+		{
+			name: "kv-auth/on",
+			cmd:  func(tb testing.TB, s *State) Command { return mustEncode(tb, CmdKVAuth, KVAuthCmd{Required: true}) },
+			check: func(t *testing.T, _, after *State) {
+				if !after.KVAuth {
+					t.Fatal("KV auth still off")
+				}
+			},
+		},
 	}
 
 	for _, c := range cases {
@@ -784,7 +884,7 @@ func TestApplyCommandPanics(t *testing.T) {
 		{"nil", nil, "empty command"},
 		{"empty", Command{}, "empty command"},
 		{"type 0", Command{0, '{', '}'}, "unknown command type 0"},
-		{"type after last", Command{byte(CmdExpandInSync) + 1, '{', '}'}, "unknown command type 7"},
+		{"type after last", Command{byte(lastCommand) + 1, '{', '}'}, fmt.Sprintf("unknown command type %d", lastCommand+1)},
 		{"type 255", Command{255}, "unknown command type 255"},
 	}
 	for _, c := range cases {
@@ -909,9 +1009,10 @@ func restore(tb testing.TB, data []byte) *FSM {
 // cmdGen produces a seeded stream of commands, mostly valid for the state it
 // is shown, with a few deliberately stale ones mixed in.
 type cmdGen struct {
-	tb    testing.TB
-	r     *rand.Rand
-	nodes []string
+	tb     testing.TB
+	r      *rand.Rand
+	nodes  []string
+	tokens int // tokens made so far, for fresh ids and secrets
 }
 
 func (g *cmdGen) pick(from []string) string { return from[g.r.IntN(len(from))] }
@@ -989,6 +1090,16 @@ func (g *cmdGen) next(s *State) (Command, error) {
 			return shrinkCmd(tb, pid, cur.Epoch, "nobody"), nil
 		}
 		return expandCmd(tb, pid, cur.Epoch, g.pick(cur.Replicas)), nil
+	case n < 90:
+		// Tokens come and go; each secret is new, each id too.
+		g.tokens++
+		if g.tokens%3 == 0 && len(s.Tokens) > 0 {
+			for _, t := range s.Tokens {
+				return mustEncode(tb, CmdTokenDelete, TokenDeleteCmd{ID: t.ID}), nil
+			}
+		}
+		scope := []string{"admin", "read:a", "readwrite:"}[g.r.IntN(3)]
+		return tokenCmd(tb, CmdTokenCreate, fmt.Sprintf("tok-%d", g.tokens), fmt.Sprintf("secret-%d", g.tokens), scope), nil
 	case n < 93:
 		return setCmd(tb, s.Version-uint64(g.r.IntN(2))*2+1, g.row(cur)), ErrStaleVersion
 	case n < 96:

@@ -94,6 +94,11 @@ type State struct {
 	// Version grows by one with every change to the state and never goes
 	// backwards; the leader uses it for optimistic concurrency.
 	Version uint64 `json:"version"`
+	// Tokens are the client credentials, by the hash of their secret.
+	Tokens map[string]Token `json:"tokens,omitempty"`
+	// KVAuth makes the KV API deny a request without a token whose scope
+	// covers its key.
+	KVAuth bool `json:"kv_auth,omitempty"`
 }
 
 // Initialized reports whether the bootstrap command has been applied.
@@ -123,7 +128,13 @@ func (s *State) SortedNodes() []NodeInfo {
 }
 
 func (s *State) clone() *State {
-	c := &State{Config: s.Config, Version: s.Version, Nodes: make(map[string]NodeInfo, len(s.Nodes))}
+	c := &State{Config: s.Config, Version: s.Version, Nodes: make(map[string]NodeInfo, len(s.Nodes)), KVAuth: s.KVAuth}
+	if s.Tokens != nil {
+		c.Tokens = make(map[string]Token, len(s.Tokens))
+		for h, t := range s.Tokens {
+			c.Tokens[h] = t
+		}
+	}
 	for k, v := range s.Nodes {
 		c.Nodes[k] = v
 	}

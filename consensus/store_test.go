@@ -586,7 +586,7 @@ func TestStoreApplyRefusesInvalidCommands(t *testing.T) {
 		{"nil", nil},
 		{"empty", Command{}},
 		{"type 0", Command{0, '{', '}'}},
-		{"type after last", Command{byte(CmdExpandInSync) + 1, '{', '}'}},
+		{"type after last", Command{byte(lastCommand) + 1, '{', '}'}},
 		{"type 255", Command{255}},
 	}
 	refuseAll := func(t *testing.T, s *testStore) {

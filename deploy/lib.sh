@@ -43,23 +43,31 @@ detect_compose() {
 }
 
 # ensure_secrets: the secrets file every node reads (env_file), made on
-# first use with a new CLUSTER_KEY, and kept for the next runs: the nodes'
-# volumes hold data only members with that key may reach.
+# first use with a new CLUSTER_KEY and ADMIN_TOKEN, and kept for the next
+# runs: the nodes' volumes hold data only members with that key may reach,
+# and the token is the cluster's first admin token.
 ensure_secrets() {
-	[ -s "$CLUSTERKIT_SECRETS" ] && return 0
-	local dir key
+	local dir
 	dir=$(dirname "$CLUSTERKIT_SECRETS")
 	mkdir -p "$dir"
 	chmod 700 "$dir"
-	key=$(head -c 32 /dev/urandom | base64) || die "cannot read /dev/urandom"
 	(
 		umask 077
-		printf '# Secrets of the %s cluster, made by deploy/lib.sh on %s. Keep them.\n' "$COMPOSE_PROJECT_NAME" "$(date -u +%FT%TZ)"
-		printf '# CLUSTER_KEY: every node holds it; gossip and node-to-node traffic need it.\n'
-		printf 'CLUSTER_KEY=%s\n' "$key"
-	) >"$CLUSTERKIT_SECRETS.tmp"
-	mv "$CLUSTERKIT_SECRETS.tmp" "$CLUSTERKIT_SECRETS"
-	log "made the cluster's secrets in ${CLUSTERKIT_SECRETS#"$REPO_DIR"/} (mode 0600)"
+		if [ ! -s "$CLUSTERKIT_SECRETS" ]; then
+			printf '# Secrets of the %s cluster, made by deploy/lib.sh on %s. Keep them.\n' "$COMPOSE_PROJECT_NAME" "$(date -u +%FT%TZ)" >"$CLUSTERKIT_SECRETS"
+		fi
+		if ! grep -q '^CLUSTER_KEY=' "$CLUSTERKIT_SECRETS"; then
+			printf '# CLUSTER_KEY: every node holds it; gossip and node-to-node traffic need it.\nCLUSTER_KEY=%s\n' \
+				"$(head -c 32 /dev/urandom | base64)" >>"$CLUSTERKIT_SECRETS"
+			log "made a CLUSTER_KEY in ${CLUSTERKIT_SECRETS#"$REPO_DIR"/} (mode 0600)"
+		fi
+		if ! grep -q '^ADMIN_TOKEN=' "$CLUSTERKIT_SECRETS"; then
+			printf '# ADMIN_TOKEN: the first admin token (Authorization: Bearer ...), for leave, tokens, keyring, KV auth.\nADMIN_TOKEN=ck_%s\n' \
+				"$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')" >>"$CLUSTERKIT_SECRETS"
+			log "made an ADMIN_TOKEN in ${CLUSTERKIT_SECRETS#"$REPO_DIR"/} (mode 0600)"
+		fi
+	) || die "cannot write the secrets file $CLUSTERKIT_SECRETS"
+	chmod 600 "$CLUSTERKIT_SECRETS"
 }
 
 # secret NAME: a value from the secrets file.

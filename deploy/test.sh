@@ -105,6 +105,8 @@ cleanup() {
 	if [ "$image_existed" = 0 ]; then
 		docker rmi "$CLUSTERKIT_IMAGE" >/dev/null 2>&1
 	fi
+	# The test cluster's data is gone, so are its secrets.
+	rm -f "$CLUSTERKIT_SECRETS"
 	rm -rf "$WORK"
 	if [ "$rc" = 0 ]; then log "PASS"; else log "FAIL"; fi
 	exit "$rc"
@@ -387,6 +389,19 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 8 "http://127.0.0.1:$(k
 [ "$code" = 404 ] || die "get smoke:1 through node-1 after delete: HTTP $code, want 404"
 for n in "${NODES[@]}"; do cluster_has_active "$n" 3 >/dev/null || die "$(cluster_has_active "$n" 3)"; done
 log "smoke OK: set/get/delete across nodes; /cluster shows 3 active nodes on every node"
+
+log "== trust: no node-to-node route on the client ports; management changes need the admin token"
+for path in /internal/v1/replicate /internal/v1/digest /internal/v1/rpc; do
+	code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST "http://127.0.0.1:$(kport node-2)$path" -d '{}')
+	[ "$code" = 404 ] || die "POST $path on node-2's KV port: HTTP $code, want 404"
+done
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST "http://127.0.0.1:$(mport node-2)/cluster/leave")
+[ "$code" = 401 ] || die "POST /cluster/leave without a token: HTTP $code, want 401"
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $(secret ADMIN_TOKEN)" "http://127.0.0.1:$(mport node-3)/tokens")
+[ "$code" = 200 ] || die "GET /tokens with the ADMIN_TOKEN of the secrets file: HTTP $code, want 200"
+sleep 1
+for n in "${NODES[@]}"; do cluster_has_active "$n" 3 >/dev/null || die "after the refused leave: $(cluster_has_active "$n" 3)"; done
+log "trust OK: internal paths 404, leave without a token 401, the admin token works"
 
 find_probe_keys
 write_batch base 30 "${KV_PORTS[@]}"

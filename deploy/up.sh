@@ -41,6 +41,11 @@ ClusterKit is running (3 nodes).
   curl "http://$h:${KV_PORTS[1]}/kv/get?key=user:123"
   curl http://$h:${HTTP_PORTS[0]}/cluster
 
+Secrets (CLUSTER_KEY, ADMIN_TOKEN) are in ${CLUSTERKIT_SECRETS#"$REPO_DIR"/} (mode 0600).
+Management changes (leave, tokens, keyring, KV auth) need the admin token:
+  export CLUSTERKIT_TOKEN=\$(sed -n 's/^ADMIN_TOKEN=//p' ${CLUSTERKIT_SECRETS#"$REPO_DIR"/})
+  curl -H "Authorization: Bearer \$CLUSTERKIT_TOKEN" http://$h:${HTTP_PORTS[0]}/tokens
+
 Logs:  ${COMPOSE[*]} -p $COMPOSE_PROJECT_NAME -f deploy/docker-compose.yml logs -f node-1
 Stop and delete the data: deploy/down.sh
 MSG

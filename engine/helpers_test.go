@@ -345,6 +345,10 @@ func (noControl) ServeDrain(context.Context, string) error {
 	return errcode.New(errcode.NotLeader, "no raft in engine tests")
 }
 func (noControl) ServeMembers(context.Context) ([]peer.Member, error) { return nil, nil }
+func (noControl) ServeLeave(context.Context) error                    { return nil }
+func (noControl) ServeKeyring(context.Context, peer.KeyringReq) (peer.KeyringStatus, error) {
+	return peer.KeyringStatus{}, nil
+}
 
 func testLogger(tb testing.TB) *slog.Logger {
 	if _, ok := tb.(*testing.B); ok {

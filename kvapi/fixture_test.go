@@ -76,6 +76,11 @@ type testNode struct {
 // singleNode starts a node with parts partitions (0: not initialised yet)
 // and returns it with a client; everything stops when the test ends.
 func singleNode(tb testing.TB, parts int) (*testNode, *http.Client) {
+	return singleNodeAuth(tb, parts, nil)
+}
+
+// singleNodeAuth is singleNode with KV authentication from a.
+func singleNodeAuth(tb testing.TB, parts int, a Auth) (*testNode, *http.Client) {
 	tb.Helper()
 	log := slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	db, err := storage.Open(tb.TempDir(), storage.Options{Logger: log})
@@ -90,7 +95,7 @@ func singleNode(tb testing.TB, parts int) (*testNode, *http.Client) {
 		tb.Fatalf("new engine: %v", err)
 	}
 	transport.SetLocal(peer.Handlers{Data: eng})
-	srv := New(Options{Engine: eng, Info: fixedInfo{}, Logger: log})
+	srv := New(Options{Engine: eng, Info: fixedInfo{}, Auth: a, Logger: log})
 	ts := httptest.NewServer(srv.Handler())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -162,6 +167,12 @@ func doReq(tb testing.TB, c *http.Client, method, u string, body []byte) apiResp
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	return doRequest(tb, c, req)
+}
+
+func doRequest(tb testing.TB, c *http.Client, req *http.Request) apiResp {
+	tb.Helper()
+	method, u := req.Method, req.URL.String()
 	resp, err := c.Do(req)
 	if err != nil {
 		tb.Fatalf("%s %s: %v", method, u, err)

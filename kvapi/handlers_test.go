@@ -199,6 +199,13 @@ func TestBadInput(t *testing.T) {
 		// encoding/json would turn the bad bytes into U+FFFD; the key the
 		// client sent must not be silently replaced by another one.
 		{"invalid UTF-8 key in body", "POST", "/kv/set", []byte("{\"key\":\"bad-\xff\xfe\",\"value\":\"x\"}"), 400, errcode.InvalidKey},
+		{"invalid UTF-8 value in body", "POST", "/kv/set", []byte("{\"key\":\"keep-1\",\"value\":\"bad-\xff\"}"), 400, errcode.InvalidValue},
+		{"lone surrogate in the key", "POST", "/kv/set", []byte(`{"key":"a\ud800","value":"x"}`), 400, errcode.InvalidKey},
+		{"lone surrogate in the value", "POST", "/kv/set", []byte(`{"key":"keep-1","value":"\udfff"}`), 400, errcode.InvalidValue},
+		{"invalid UTF-8 outside the strings", "POST", "/kv/set", []byte("{\"key\":\"keep-1\",\xff\"value\":\"x\"}"), 400, errcode.InvalidJSON},
+		{"get with a broken query escape", "GET", "/kv/get?key=%zz", nil, 400, errcode.InvalidQuery},
+		{"delete with a broken query escape", "POST", "/kv/delete?key=a%2", nil, 400, errcode.InvalidQuery},
+		{"list with a broken query escape", "GET", "/kv/list?limit=%zz", nil, 400, errcode.InvalidQuery},
 		{"get without key", "GET", "/kv/get", nil, 400, errcode.MissingKey},
 		{"get with empty key", "GET", "/kv/get?key=", nil, 400, errcode.MissingKey},
 		{"get invalid UTF-8 key", "GET", "/kv/get?key=%FF%FE", nil, 400, errcode.InvalidKey},

@@ -15,10 +15,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/clusterkit/clusterkit/engine"
 	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/internal/httpapi"
 )
 
 // DefaultListLimit and MaxListLimit bound /kv/list.
@@ -55,6 +55,8 @@ var _ Engine = (*engine.Engine)(nil)
 type Options struct {
 	Engine Engine
 	Info   Info
+	// Auth, when set, can require tokens (nil: the API is open).
+	Auth   Auth
 	Logger *slog.Logger
 }
 
@@ -62,6 +64,7 @@ type Options struct {
 type Server struct {
 	eng     Engine
 	info    Info
+	auth    Auth
 	log     *slog.Logger
 	started time.Time
 
@@ -74,7 +77,7 @@ func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Server{eng: o.Engine, info: o.Info, log: o.Logger, started: time.Now()}
+	return &Server{eng: o.Engine, info: o.Info, auth: o.Auth, log: o.Logger, started: time.Now()}
 }
 
 // Counts returns the number of client requests served and of those that
@@ -84,15 +87,10 @@ func (s *Server) Counts() (requests, errs uint64) { return s.requests.Load(), s.
 // Handler returns the HTTP handler for the KV listener.
 func (s *Server) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(middleware.Recoverer)
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errcode.New(errcode.NotFound, "no route %s %s", r.Method, r.URL.Path))
-	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errcode.New(errcode.MethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
-	})
+	r.NotFound(httpapi.NotFound)
+	r.MethodNotAllowed(httpapi.MethodNotAllowed)
 	r.Route("/kv", func(r chi.Router) {
-		r.Use(s.count)
+		r.Use(s.count, s.authenticate)
 		r.Post("/set", s.handleSet)
 		r.Put("/set", s.handleSet)
 		r.Get("/get", s.handleGet)
@@ -179,10 +177,6 @@ func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errcode.New(errcode.BadRequest, "read body: %v", err))
 		return
 	}
-	if !utf8.Valid(body) {
-		writeError(w, errcode.New(errcode.InvalidKey, "request body must be valid UTF-8"))
-		return
-	}
 	var in setBody
 	if err := json.Unmarshal(body, &in); err != nil {
 		writeError(w, errcode.New(errcode.InvalidJSON, "body must be a JSON object {\"key\": string, \"value\": string}: %v", err))
@@ -197,7 +191,7 @@ func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if replaced(body, *in.Key) {
-		writeError(w, errcode.New(errcode.InvalidKey, "key contains an invalid \\u escape (a lone surrogate)"))
+		writeError(w, errcode.New(errcode.InvalidKey, "key must be valid UTF-8 (it holds invalid bytes or a lone surrogate escape)"))
 		return
 	}
 	if in.Value == nil {
@@ -209,7 +203,11 @@ func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if replaced(body, *in.Value) {
-		writeError(w, errcode.New(errcode.BadRequest, "value contains an invalid \\u escape (a lone surrogate)"))
+		writeError(w, errcode.New(errcode.InvalidValue, "value must be valid UTF-8 (it holds invalid bytes or a lone surrogate escape)"))
+		return
+	}
+	if err := permit(r, *in.Key, true); err != nil {
+		writeError(w, err)
 		return
 	}
 	if err := s.eng.Write(r.Context(), engine.Op{Key: *in.Key, Value: *in.Value}); err != nil {
@@ -220,8 +218,17 @@ func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
-	key := r.URL.Query().Get("key")
+	q, err := httpapi.Query(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	key := q.Get("key")
 	if err := validateKey(key); err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := permit(r, key, true); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -233,7 +240,11 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
+	q, err := httpapi.Query(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
 	key := q.Get("key")
 	if err := validateKey(key); err != nil {
 		writeError(w, err)
@@ -248,6 +259,10 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errcode.New(errcode.BadRequest, "consistency must be \"linearizable\" (default) or \"stale\", not %q", c))
 		return
 	}
+	if err := permit(r, key, false); err != nil {
+		writeError(w, err)
+		return
+	}
 	v, err := s.eng.Read(r.Context(), key, stale)
 	if err != nil {
 		writeError(w, err)
@@ -257,14 +272,23 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
+	q, err := httpapi.Query(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
 	limit := DefaultListLimit
-	if v := r.URL.Query().Get("limit"); v != "" {
+	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > MaxListLimit {
 			writeError(w, errcode.New(errcode.BadRequest, "limit must be an integer from 1 to %d", MaxListLimit))
 			return
 		}
 		limit = n
+	}
+	if err := permitAll(r); err != nil {
+		writeError(w, err)
+		return
 	}
 	keys, total, err := s.eng.ListKeys(limit)
 	if err != nil {

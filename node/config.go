@@ -9,7 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clusterkit/clusterkit/auth"
 	"github.com/clusterkit/clusterkit/clusterkey"
+	"github.com/clusterkit/clusterkit/internal/httpapi"
 	"github.com/clusterkit/clusterkit/storage"
 )
 
@@ -72,6 +74,21 @@ type Config struct {
 	// Insecure lets node-to-node listeners bind beyond loopback without a
 	// cluster key.
 	Insecure bool
+	// AdminToken (ADMIN_TOKEN) becomes the cluster's first admin token
+	// when it has none. While it is set, or the cluster has an admin token,
+	// management mutations need one, even from loopback.
+	AdminToken string
+	// KVAuth (KV_AUTH=required) turns on KV authentication for the whole
+	// cluster: every /kv/* call needs a token whose scope covers the key.
+	KVAuth bool
+	// AllowedHosts are DNS names (with dots) that the client APIs answer
+	// to besides IP addresses, localhost, names without dots, this
+	// machine's host name and ADVERTISE_HOST; "*" allows every name.
+	AllowedHosts []string
+	// BodyTimeout bounds reading one client request, body included.
+	BodyTimeout time.Duration
+	// IdleTimeout closes an idle keep-alive client connection.
+	IdleTimeout time.Duration
 }
 
 // nodeNumber extracts N from "node-N" (1 when the ID has no number).
@@ -103,6 +120,8 @@ func DefaultConfig(id string) Config {
 		LogLevel:          "info",
 		ReadMode:          "lease",
 		CacheMB:           DefaultCacheMB,
+		BodyTimeout:       httpapi.DefaultBodyTimeout,
+		IdleTimeout:       httpapi.DefaultIdleTimeout,
 	}
 }
 
@@ -132,12 +151,25 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	str("LOG_LEVEL", &c.LogLevel)
 	str("READ_MODE", &c.ReadMode)
 	str("CLUSTER_KEY", &c.ClusterKey)
+	str("ADMIN_TOKEN", &c.AdminToken)
 	for _, a := range strings.Split(get("JOIN_ADDR"), ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			c.JoinAddrs = append(c.JoinAddrs, a)
 		}
 	}
+	for _, h := range strings.Split(get("ALLOWED_HOSTS"), ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			c.AllowedHosts = append(c.AllowedHosts, h)
+		}
+	}
 	var errs []error
+	switch v := get("KV_AUTH"); v {
+	case "", "open":
+	case "required":
+		c.KVAuth = true
+	default:
+		errs = append(errs, fmt.Errorf("KV_AUTH=%q: want required or open", v))
+	}
 	integer := func(k string, dst *int) {
 		if v := get(k); v != "" {
 			n, err := strconv.Atoi(v)
@@ -183,6 +215,8 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	duration("FAILOVER_GRACE", &c.FailoverGrace)
 	duration("REQUEST_TIMEOUT", &c.RequestTimeout)
 	duration("STATUS_INTERVAL", &c.StatusInterval)
+	duration("HTTP_BODY_TIMEOUT", &c.BodyTimeout)
+	duration("HTTP_IDLE_TIMEOUT", &c.IdleTimeout)
 	return c, errors.Join(errs...)
 }
 
@@ -287,6 +321,11 @@ func (c *Config) Validate() error {
 	if len(c.ClusterName) > MaxClusterNameBytes {
 		return fmt.Errorf("CLUSTER_NAME=%q: at most %d bytes (it labels every gossip packet)", c.ClusterName, MaxClusterNameBytes)
 	}
+	if c.AdminToken != "" {
+		if err := auth.ValidSecret(c.AdminToken); err != nil {
+			return fmt.Errorf("ADMIN_TOKEN: %v", err)
+		}
+	}
 	if c.ClusterKey != "" {
 		if _, err := clusterkey.Parse(c.ClusterKey); err != nil {
 			return fmt.Errorf("CLUSTER_KEY: %v; want the base64 of 32 random bytes (clusterkit keygen prints one)", err)
@@ -303,6 +342,12 @@ func (c *Config) Validate() error {
 	}
 	if c.RequestTimeout <= 0 {
 		return fmt.Errorf("REQUEST_TIMEOUT=%s: must be positive", c.RequestTimeout)
+	}
+	if c.BodyTimeout < time.Second || c.BodyTimeout > time.Hour {
+		return fmt.Errorf("HTTP_BODY_TIMEOUT=%s: must be from 1s to 1h", c.BodyTimeout)
+	}
+	if c.IdleTimeout < time.Second || c.IdleTimeout > time.Hour {
+		return fmt.Errorf("HTTP_IDLE_TIMEOUT=%s: must be from 1s to 1h", c.IdleTimeout)
 	}
 	if c.StatusInterval < 0 {
 		return fmt.Errorf("STATUS_INTERVAL=%s: must not be negative", c.StatusInterval)

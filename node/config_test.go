@@ -50,6 +50,8 @@ func wantDefaults(mod func(*Config)) Config {
 		LogLevel:          "info",
 		ReadMode:          "lease",
 		CacheMB:           32,
+		BodyTimeout:       30 * time.Second,
+		IdleTimeout:       60 * time.Second,
 	}
 	if mod != nil {
 		mod(&c)
@@ -254,6 +256,11 @@ func TestFromEnvValidateErrors(t *testing.T) {
 		{"CLUSTER_KEY not base64", map[string]string{"CLUSTER_KEY": "not a key!"}, []string{"CLUSTER_KEY", "clusterkit keygen"}},
 		{"CLUSTER_KEY too short", map[string]string{"CLUSTER_KEY": "c2hvcnQ="}, []string{"CLUSTER_KEY", "32"}},
 		{"INSECURE not a boolean", map[string]string{"INSECURE": "yes please"}, []string{"INSECURE"}},
+		{"KV_AUTH unknown", map[string]string{"KV_AUTH": "maybe"}, []string{"KV_AUTH", "required"}},
+		{"ADMIN_TOKEN too short", map[string]string{"ADMIN_TOKEN": "secret"}, []string{"ADMIN_TOKEN", "16"}},
+		{"ADMIN_TOKEN with a space", map[string]string{"ADMIN_TOKEN": "a token with spaces in it"}, []string{"ADMIN_TOKEN"}},
+		{"HTTP_BODY_TIMEOUT too short", map[string]string{"HTTP_BODY_TIMEOUT": "10ms"}, []string{"HTTP_BODY_TIMEOUT"}},
+		{"HTTP_IDLE_TIMEOUT not a duration", map[string]string{"HTTP_IDLE_TIMEOUT": "forever"}, []string{"HTTP_IDLE_TIMEOUT"}},
 		{"CLUSTER_NAME too long", map[string]string{"CLUSTER_NAME": strings.Repeat("c", 256)}, []string{"CLUSTER_NAME", "255"}},
 		{"BOOTSTRAP not a boolean", map[string]string{"BOOTSTRAP": "maybe"}, []string{"BOOTSTRAP", "maybe"}},
 		{"PPROF not a boolean", map[string]string{"PPROF": "sure"}, []string{"PPROF"}},

@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/clusterkit/clusterkit/consensus"
@@ -126,14 +125,3 @@ func (ck *ClusterKit) markDraining(ctx context.Context, id string) error {
 // LeaveRequested is closed when POST /cluster/leave asked this node to
 // leave the cluster; the program should then Drain and Shutdown.
 func (ck *ClusterKit) LeaveRequested() <-chan struct{} { return ck.leaveCh }
-
-// handleLeave serves POST /cluster/leave: the node drains its partitions,
-// leaves the cluster and stops (the process exits).
-func (ck *ClusterKit) handleLeave(w http.ResponseWriter, r *http.Request) {
-	ck.leaveOnce.Do(func() { close(ck.leaveCh) })
-	writeJSON(w, http.StatusAccepted, map[string]any{
-		"status":  "leaving",
-		"node_id": ck.cfg.NodeID,
-		"message": "handing partitions over, then leaving the cluster and stopping",
-	})
-}

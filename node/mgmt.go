@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/clusterkit/clusterkit/consensus"
@@ -29,26 +28,36 @@ func writeError(w http.ResponseWriter, code string, err error) {
 
 func (ck *ClusterKit) mgmtHandler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(middleware.Recoverer)
 	r.NotFound(httpapi.NotFound)
 	r.MethodNotAllowed(httpapi.MethodNotAllowed)
 	r.Get("/health", ck.handleHealth)
 	r.Get("/health/detailed", ck.handleHealthDetailed)
 	r.Get("/cluster", ck.handleCluster)
-	r.Post("/cluster/leave", ck.handleLeave)
 	r.Get("/partitions", ck.handlePartitions)
 	r.Get("/partitions/stats", ck.handlePartitionStats)
 	r.Get("/partitions/key", ck.handlePartitionForKey)
 	r.Get("/metrics", ck.handleMetrics)
 	r.Get("/consensus/leader", ck.handleLeader)
 	r.Get("/consensus/stats", ck.handleConsensusStats)
-	if ck.cfg.Pprof {
-		r.HandleFunc("/debug/pprof/*", pprof.Index)
-		r.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		r.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		r.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		r.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
+	r.Get("/cluster/kv-auth", ck.handleKVAuth)
+	// Mutations, and what only operators may see, need an admin.
+	r.Group(func(r chi.Router) {
+		r.Use(ck.requireAdmin)
+		r.Post("/cluster/leave", ck.handleLeave)
+		r.Put("/cluster/kv-auth", ck.handleSetKVAuth)
+		r.Get("/cluster/keyring", ck.handleKeyring)
+		r.Post("/cluster/keyring/{op}", ck.handleKeyringOp)
+		r.Get("/tokens", ck.handleTokens)
+		r.Post("/tokens", ck.handleCreateToken)
+		r.Delete("/tokens/{id}", ck.handleDeleteToken)
+		if ck.cfg.Pprof {
+			r.HandleFunc("/debug/pprof/*", pprof.Index)
+			r.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+			r.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			r.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			r.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		}
+	})
 	return r
 }
 
@@ -235,7 +244,12 @@ func (ck *ClusterKit) handlePartitionStats(w http.ResponseWriter, r *http.Reques
 }
 
 func (ck *ClusterKit) handlePartitionForKey(w http.ResponseWriter, r *http.Request) {
-	key := r.URL.Query().Get("key")
+	q, err := httpapi.Query(r)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	key := q.Get("key")
 	if key == "" {
 		writeError(w, errcode.MissingKey, errors.New("query parameter key is required"))
 		return

@@ -18,6 +18,7 @@ import (
 	"github.com/clusterkit/clusterkit/clusterkey"
 	"github.com/clusterkit/clusterkit/consensus"
 	"github.com/clusterkit/clusterkit/engine"
+	"github.com/clusterkit/clusterkit/internal/httpapi"
 	"github.com/clusterkit/clusterkit/kvapi"
 	"github.com/clusterkit/clusterkit/membership"
 	"github.com/clusterkit/clusterkit/peer"
@@ -44,8 +45,10 @@ type ClusterKit struct {
 	metrics *prometheus.Registry
 
 	mgmtSrv, kvSrv *http.Server
-	// keyring holds the cluster keys (nil: the node runs without one).
-	keyring *clusterkey.Keyring
+	// keyring holds the cluster keys (nil: the node runs without one);
+	// keyringMu serialises its changes with their saving.
+	keyring   *clusterkey.Keyring
+	keyringMu sync.Mutex
 	// peerLn serves the internal port; peers makes this node's calls.
 	peerLn *peer.Listener
 	peers  *peer.Client
@@ -178,18 +181,27 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 		_ = ck.raft.Close()
 		return nil, err
 	}
-	ck.kv = kvapi.New(kvapi.Options{Engine: ck.eng, Info: ck, Logger: logger.With("component", "kv")})
+	ck.kv = kvapi.New(kvapi.Options{Engine: ck.eng, Info: ck, Auth: kvAuth{ck: ck}, Logger: logger.With("component", "kv")})
 	handlers := peer.Handlers{Data: ck.eng, Control: controlServer{ck: ck}}
 	ck.peers.SetLocal(handlers)
 	ck.peerLn.SetHandlers(handlers)
 	ck.metrics = ck.newMetrics()
-	ck.mgmtSrv = &http.Server{Handler: ck.mgmtHandler(), ReadHeaderTimeout: 10 * time.Second}
-	ck.kvSrv = &http.Server{Handler: ck.kv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	limits := httpapi.Limits{BodyTimeout: cfg.BodyTimeout, IdleTimeout: cfg.IdleTimeout,
+		// Long enough for the slowest answer: a client operation with its
+		// retries, or a management change through the Raft leader.
+		WriteTimeout: cfg.RequestTimeout + 30*time.Second}
+	guard := httpapi.Guard(httpapi.NewHosts(append(cfg.AllowedHosts, cfg.AdvertiseHost)...), logger.With("component", "http"))
+	ck.mgmtSrv = httpapi.NewServer(guard(ck.mgmtHandler()), limits, logger.With("component", "http", "listener", "mgmt"))
+	ck.kvSrv = httpapi.NewServer(guard(ck.kv.Handler()), limits, logger.With("component", "http", "listener", "kv"))
 	return ck, nil
 }
 
 // keyringFile is where a node keeps its cluster keys, in DATA_DIR.
 const keyringFile = "keyring.json"
+
+func keyringPath(cfg Config) string { return filepath.Join(cfg.DataDir, keyringFile) }
+
+func (ck *ClusterKit) keyringPath() string { return keyringPath(ck.cfg) }
 
 // openKeyring loads the node's keyring from DATA_DIR and CLUSTER_KEY (nil
 // when it has neither).
@@ -202,7 +214,7 @@ func openKeyring(cfg Config, logger *slog.Logger) (*clusterkey.Keyring, error) {
 		}
 		given = &k
 	}
-	path := filepath.Join(cfg.DataDir, keyringFile)
+	path := keyringPath(cfg)
 	r, note, err := clusterkey.Startup(path, given)
 	if err != nil {
 		return nil, fmt.Errorf("DATA_DIR=%s: %w", cfg.DataDir, err)
@@ -251,6 +263,7 @@ func (ck *ClusterKit) Start(ctx context.Context) error {
 	ck.wg.Go(func() { ck.drainMemberEvents(ctx) })
 	ck.wg.Go(func() { ck.monitorLeadership(ctx) })
 	ck.wg.Go(func() { ck.reconnectLoop(ctx) })
+	ck.wg.Go(func() { ck.ensureAuthSettings(ctx) })
 	if ck.cfg.StatusInterval > 0 {
 		ck.wg.Go(func() { ck.printStatus(ctx) })
 	}

@@ -36,9 +36,11 @@ type controlServer struct{ ck *ClusterKit }
 var _ peer.ControlHandler = controlServer{}
 
 // forwardable lists the commands a peer may ask the leader to propose:
-// the changes a partition's primary makes to its in-sync set. Everything
-// else the leader computes itself.
-var forwardable = []consensus.CommandType{consensus.CmdShrinkInSync, consensus.CmdExpandInSync}
+// the changes a partition's primary makes to its in-sync set, and what an
+// admin asked a node's management API for (the node checked the admin).
+// Everything else the leader computes itself.
+var forwardable = []consensus.CommandType{consensus.CmdShrinkInSync, consensus.CmdExpandInSync,
+	consensus.CmdTokenCreate, consensus.CmdTokenDelete, consensus.CmdTokenBootstrap, consensus.CmdKVAuth}
 
 // ServeApply proposes a command a peer sent; only the leader can.
 func (c controlServer) ServeApply(ctx context.Context, cmd []byte) (uint64, error) {

@@ -220,6 +220,28 @@ func (c *Client) Drain(ctx context.Context, node, target string) error {
 	return err
 }
 
+// Leave asks node to leave the cluster gracefully (it drains and stops).
+func (c *Client) Leave(ctx context.Context, node string) error {
+	if h := c.localHandlers(node); h != nil {
+		return h.Control.ServeLeave(ctx)
+	}
+	_, err := c.call(ctx, node, kindLeave, nil)
+	return err
+}
+
+// Keyring changes or lists node's cluster keys.
+func (c *Client) Keyring(ctx context.Context, node string, req KeyringReq) (KeyringStatus, error) {
+	if h := c.localHandlers(node); h != nil {
+		return h.Control.ServeKeyring(ctx, req)
+	}
+	var out KeyringStatus
+	b, err := c.call(ctx, node, kindKeyring, encodeJSON(req))
+	if err == nil {
+		err = decodeJSON(b, &out)
+	}
+	return out, err
+}
+
 // MembersAt asks the node at internal address addr for the gossip members
 // it knows, for a node that joins through it.
 func (c *Client) MembersAt(ctx context.Context, addr string) ([]Member, error) {

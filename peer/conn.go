@@ -40,13 +40,15 @@ const (
 	kindDrain     byte = 7
 	kindMembers   byte = 8
 	kindInstall   byte = 9 // only on a stream connection
+	kindLeave     byte = 10
+	kindKeyring   byte = 11
 )
 
 // kindNames names each kind for logs, errors and tests.
 var kindNames = [...]string{
 	kindResponse: "response", kindForward: "forward", kindRead: "read", kindReplicate: "replicate",
 	kindLease: "lease", kindDigest: "digest", kindApply: "apply", kindDrain: "drain",
-	kindMembers: "members", kindInstall: "install",
+	kindMembers: "members", kindInstall: "install", kindLeave: "leave", kindKeyring: "keyring",
 }
 
 // KindName returns the name of a request kind ("forward", "read", ...).

@@ -39,6 +39,10 @@ type ControlHandler interface {
 	ServeDrain(ctx context.Context, node string) error
 	// ServeMembers lists the gossip members, for a node that joins.
 	ServeMembers(ctx context.Context) ([]Member, error)
+	// ServeLeave asks this node to leave the cluster gracefully.
+	ServeLeave(ctx context.Context) error
+	// ServeKeyring changes or lists this node's cluster keys.
+	ServeKeyring(ctx context.Context, req KeyringReq) (KeyringStatus, error)
 }
 
 // Handlers are what a node serves to its peers.
@@ -323,6 +327,18 @@ func (l *Listener) dispatch(ctx context.Context, kind byte, payload []byte) ([]b
 		serve = func(ctx context.Context) ([]byte, error) {
 			ms, err := h.Control.ServeMembers(ctx)
 			return encodeJSON(ms), err
+		}
+	case kindLeave:
+		serve = func(ctx context.Context) ([]byte, error) { return nil, h.Control.ServeLeave(ctx) }
+	case kindKeyring:
+		var req KeyringReq
+		if err = decodeJSON(payload, &req); err == nil {
+			// The request's key is a secret: interceptors see only the op.
+			decoded = KeyringReq{Op: req.Op}
+			serve = func(ctx context.Context) ([]byte, error) {
+				st, err := h.Control.ServeKeyring(ctx, req)
+				return encodeJSON(st), err
+			}
 		}
 	default:
 		return nil, errcode.New(errcode.BadRequest, "unknown request kind %d", kind)

@@ -108,6 +108,20 @@ type drainReq struct {
 	Node string `json:"node"`
 }
 
+// KeyringReq changes or lists a node's cluster keys: Op is "list",
+// "install", "use" or "remove", Key the key in base64 (not for "list").
+type KeyringReq struct {
+	Op  string `json:"op"`
+	Key string `json:"key,omitempty"`
+}
+
+// KeyringStatus is a node's keyring by fingerprints.
+type KeyringStatus struct {
+	Node    string   `json:"node"`
+	Primary string   `json:"primary"`
+	Keys    []string `json:"keys"`
+}
+
 // ---------------------------------------------------------------------------
 // binary encoding of the hot messages
 

@@ -82,6 +82,10 @@ func (h *recordingHandler) ServeDigest(context.Context) ([]Digest, error) {
 
 func (h *recordingHandler) ServeApply(context.Context, []byte) (uint64, error) { return 42, nil }
 func (h *recordingHandler) ServeDrain(context.Context, string) error           { return nil }
+func (h *recordingHandler) ServeLeave(context.Context) error                   { return nil }
+func (h *recordingHandler) ServeKeyring(_ context.Context, req KeyringReq) (KeyringStatus, error) {
+	return KeyringStatus{Node: "server", Primary: "sha256:" + req.Op}, nil
+}
 func (h *recordingHandler) ServeMembers(context.Context) ([]Member, error) {
 	return []Member{{ID: "n1", GossipAddr: "127.0.0.1:1", State: "alive"}}, nil
 }
@@ -157,6 +161,12 @@ func TestCalls(t *testing.T) {
 	}
 	if ms, err := c.MembersAt(ctx, addr); err != nil || len(ms) != 1 || ms[0].ID != "n1" {
 		t.Fatalf("members = %+v, %v", ms, err)
+	}
+	if err := c.Leave(ctx, addr); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	if st, err := c.Keyring(ctx, addr, KeyringReq{Op: "list"}); err != nil || st.Primary != "sha256:list" {
+		t.Fatalf("keyring = %+v, %v", st, err)
 	}
 	stream := []byte("a partition copy")
 	if err := c.Install(ctx, addr, InstallReq{Partition: 1, From: "primary"}, func(w io.Writer) error {

@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -129,7 +131,10 @@ func Open(dir string, o Options) (*DB, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{logger}, CacheSize: o.CacheBytes})
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{l: logger, dir: dir}, CacheSize: o.CacheBytes})
+	if errors.Is(err, pebble.ErrCorruption) {
+		return nil, fmt.Errorf("%s: %s", DamageAdvice(dir), firstLine(err.Error()))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
@@ -438,16 +443,63 @@ func (d *DB) Keys(p int, limit int) ([]string, error) {
 	return out, it.Close()
 }
 
-// pebbleLogger sends Pebble's log lines to slog; its chatter goes to debug.
-type pebbleLogger struct{ l *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) { p.l.Debug(fmt.Sprintf(format, args...)) }
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...))
+// pebbleLogger sends Pebble's log lines to slog; its chatter goes to
+// debug. Damage on disk becomes one line of advice (Pebble's own line is a
+// page of stack trace), and the end of each write-ahead log's replay is
+// kept at info: it is the only trace of a replay that stopped early.
+type pebbleLogger struct {
+	l   *slog.Logger
+	dir string
 }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if strings.Contains(msg, "stopped reading at offset") {
+		p.l.Info("storage: replayed a write-ahead log", "replay", msg)
+		return
+	}
+	p.l.Debug(msg)
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if strings.Contains(msg, "corruption") {
+		p.damaged(msg)
+		return
+	}
+	p.l.Error(firstLine(msg))
+	p.l.Debug(msg)
+}
+
 func (p pebbleLogger) Fatalf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...))
+	msg := fmt.Sprintf(format, args...)
+	if strings.Contains(msg, "corruption") {
+		p.damaged(msg)
+	} else {
+		p.l.Error("storage failed; stopping", "err", firstLine(msg))
+		p.l.Debug(msg)
+	}
 	os.Exit(1)
+}
+
+// damaged logs the one line an operator needs when the store is damaged.
+func (p pebbleLogger) damaged(msg string) {
+	p.l.Error(DamageAdvice(p.dir), "err", firstLine(msg))
+	p.l.Debug(msg)
+}
+
+// DamageAdvice says what to do about a damaged store in dir.
+func DamageAdvice(dir string) string {
+	return fmt.Sprintf("storage in %s is damaged on disk, so this node cannot trust its copies. "+
+		"Stop it and keep it stopped until no partition lists it (GET /partitions on another node, about FAILOVER_GRACE after it is dead); "+
+		"then move %s aside and start the node again: it rejoins empty and receives its partitions from the others", dir, filepath.Dir(dir))
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
 
 // tableVersionKey holds the highest partition-table version this node has

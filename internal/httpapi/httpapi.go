@@ -6,6 +6,7 @@ package httpapi
 import (
 	"encoding/json"
 	"net/http"
+	"net/url"
 
 	"github.com/clusterkit/clusterkit/errcode"
 )
@@ -58,6 +59,17 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Query parses r's query string, refusing a malformed one: url.Query
+// silently drops what it cannot decode, which would make "key=%zz" a
+// request without a key.
+func Query(r *http.Request) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, errcode.New(errcode.InvalidQuery, "the query string is not valid URL encoding: %v", err)
+	}
+	return q, nil
 }
 
 // NotFound answers a request for a route that does not exist.
