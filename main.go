@@ -34,11 +34,14 @@ func main() {
 			os.Exit(healthcheck(os.Args[2:]))
 		case "keygen":
 			os.Exit(keygen(os.Args[2:]))
+		case "tls":
+			os.Exit(tlsCmd(os.Args[2:], os.Stdout, os.Stderr))
 		case "-h", "-help", "--help", "help":
 			fmt.Println("usage: clusterkit            run a node (configured by environment variables; see README.md)")
 			fmt.Println("       clusterkit bench -h   the load tool")
 			fmt.Println("       clusterkit healthcheck [-addr host:port]   exit 0 if the node at addr (default: this node's HTTP_ADDR) is healthy")
 			fmt.Println("       clusterkit keygen      print a new CLUSTER_KEY (base64 of 32 random bytes)")
+			fmt.Println("       clusterkit tls ca|cert make a CA and certificates for the client listeners (tls -h)")
 			os.Exit(0)
 		default:
 			fmt.Fprintf(os.Stderr, "clusterkit: unknown command %q (a node is configured by environment variables; see README.md)\n", os.Args[1])
@@ -95,7 +98,9 @@ func run() int {
 
 // healthcheck asks a node's management API whether it is healthy (it knows
 // a Raft leader and the cluster is initialised). It exists for container
-// health checks, since the image has no shell and no curl.
+// health checks, since the image has no shell and no curl. With the node's
+// TLS settings in the environment it speaks TLS and presents the node's
+// own certificate.
 func healthcheck(args []string) int {
 	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
 	addr := fs.String("addr", "", "management address (default: 127.0.0.1 and the port of HTTP_ADDR)")
@@ -103,20 +108,30 @@ func healthcheck(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	cfg, err := node.FromEnv(os.LookupEnv)
+	if err == nil && *addr == "" {
+		err = cfg.Validate()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "healthcheck: %v\n", err)
+		return 2
+	}
 	if *addr == "" {
-		cfg, err := node.FromEnv(os.LookupEnv)
-		if err == nil {
-			err = cfg.Validate()
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "healthcheck: %v\n", err)
-			return 2
-		}
 		_, port, _ := net.SplitHostPort(cfg.HTTPAddr)
 		*addr = net.JoinHostPort("127.0.0.1", port)
 	}
 	hc := &http.Client{Timeout: *timeout}
-	resp, err := hc.Get("http://" + *addr + "/health/detailed")
+	scheme := "http"
+	if cfg.TLS.Cert != "" {
+		tc, err := cfg.TLS.ClientConfig()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "healthcheck: %v\n", err)
+			return 2
+		}
+		hc.Transport = &http.Transport{TLSClientConfig: tc}
+		scheme = "https"
+	}
+	resp, err := hc.Get(scheme + "://" + *addr + "/health/detailed")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "unhealthy: %v\n", err)
 		return 1

@@ -9,6 +9,9 @@
 #   CLUSTERKIT_SECRETS       the cluster's secrets file (default
 #                            deploy/secrets/$COMPOSE_PROJECT_NAME.env): made
 #                            on first use, mode 0600, reused afterwards
+#   CLUSTERKIT_TLS=1         TLS on the client listeners, with certificates
+#                            made on first use in CLUSTERKIT_TLS_DIR (default
+#                            deploy/secrets/tls-$COMPOSE_PROJECT_NAME)
 
 DEPLOY_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$DEPLOY_DIR")
@@ -18,6 +21,17 @@ export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-clusterkit}
 export CLUSTERKIT_IMAGE=${CLUSTERKIT_IMAGE:-clusterkit:local}
 NODES=(node-1 node-2 node-3)
 export CLUSTERKIT_SECRETS=${CLUSTERKIT_SECRETS:-$DEPLOY_DIR/secrets/$COMPOSE_PROJECT_NAME.env}
+export CLUSTERKIT_TLS=${CLUSTERKIT_TLS:-0}
+export CLUSTERKIT_TLS_DIR=${CLUSTERKIT_TLS_DIR:-$DEPLOY_DIR/secrets/tls-$COMPOSE_PROJECT_NAME}
+COMPOSE_FILES=(-f "$COMPOSE_FILE")
+[ "$CLUSTERKIT_TLS" = 1 ] && COMPOSE_FILES+=(-f "$DEPLOY_DIR/docker-compose.tls.yml")
+# SCHEME and CURL_TLS are what a client on the host needs to reach the
+# published ports.
+SCHEME=http CURL_TLS=()
+if [ "$CLUSTERKIT_TLS" = 1 ]; then
+	SCHEME=https
+	CURL_TLS=(--cacert "$CLUSTERKIT_TLS_DIR/ca.pem" --cert "$CLUSTERKIT_TLS_DIR/client.pem" --key "$CLUSTERKIT_TLS_DIR/client-key.pem")
+fi
 # Host ports published for each node (see docker-compose.yml).
 HTTP_PORTS=("${CLUSTERKIT_HTTP_PORT_1:-8080}" "${CLUSTERKIT_HTTP_PORT_2:-8081}" "${CLUSTERKIT_HTTP_PORT_3:-8082}")
 KV_PORTS=("${CLUSTERKIT_KV_PORT_1:-9080}" "${CLUSTERKIT_KV_PORT_2:-9081}" "${CLUSTERKIT_KV_PORT_3:-9082}")
@@ -70,13 +84,39 @@ ensure_secrets() {
 	chmod 600 "$CLUSTERKIT_SECRETS"
 }
 
+# ensure_tls: with CLUSTERKIT_TLS=1, the CA, one certificate per node and a
+# client certificate, made with the binary's `clusterkit tls` on first use.
+# The directory sits inside deploy/secrets (0700), so other users of the
+# host cannot reach it; inside it the files are readable, because the
+# containers run as UID 65532 and read them through a bind mount.
+ensure_tls() {
+	[ "$CLUSTERKIT_TLS" = 1 ] || return 0
+	[ -s "$CLUSTERKIT_TLS_DIR/client-key.pem" ] && return 0
+	local bin=$BUILD_DIR/clusterkit n
+	[ -x "$bin" ] || die "no $bin to make certificates with: run deploy/up.sh without --no-build"
+	mkdir -p "$(dirname "$CLUSTERKIT_TLS_DIR")"
+	chmod 700 "$(dirname "$CLUSTERKIT_TLS_DIR")"
+	rm -rf "$CLUSTERKIT_TLS_DIR"
+	"$bin" tls ca -dir "$CLUSTERKIT_TLS_DIR" >/dev/null || die "clusterkit tls ca failed"
+	for n in "${NODES[@]}"; do
+		"$bin" tls cert -dir "$CLUSTERKIT_TLS_DIR" -name "$n" >/dev/null || die "clusterkit tls cert $n failed"
+	done
+	"$bin" tls cert -dir "$CLUSTERKIT_TLS_DIR" -name client -client >/dev/null || die "clusterkit tls cert client failed"
+	# The CA's key stays out of what the containers see.
+	mv "$CLUSTERKIT_TLS_DIR/ca-key.pem" "$CLUSTERKIT_TLS_DIR.ca-key.pem"
+	chmod 600 "$CLUSTERKIT_TLS_DIR.ca-key.pem"
+	chmod 755 "$CLUSTERKIT_TLS_DIR"
+	chmod 644 "$CLUSTERKIT_TLS_DIR"/*.pem
+	log "made a CA and certificates in ${CLUSTERKIT_TLS_DIR#"$REPO_DIR"/}"
+}
+
 # secret NAME: a value from the secrets file.
 secret() { sed -n "s/^$1=//p" "$CLUSTERKIT_SECRETS" | tail -n1; }
 
 # compose ARGS...: run compose on our file and project.
 compose() {
 	ensure_secrets
-	"${COMPOSE[@]}" -f "$COMPOSE_FILE" -p "$COMPOSE_PROJECT_NAME" "$@"
+	"${COMPOSE[@]}" "${COMPOSE_FILES[@]}" -p "$COMPOSE_PROJECT_NAME" "$@"
 }
 
 # cid NODE: the container ID of a service (empty if it has none). Found by

@@ -35,6 +35,11 @@
 #                               meanwhile may make it longer)
 #   TEST_TIMEOUT                overall bound in seconds (default 480)
 #   TEST_LOG_DIR                if set, full node logs are saved there
+#   CLUSTERKIT_TLS=1            TLS on the client ports (see lib.sh); the
+#                               smoke phase then also checks plain HTTP and
+#                               certificate-less clients are refused, and
+#                               runs the load tool over TLS
+#   PHASES=smoke                stop after the smoke and trust checks
 #   CLUSTERKIT_HTTP_PORT_1..3, CLUSTERKIT_KV_PORT_1..3   host ports (see lib.sh)
 # Needs: docker, docker compose or docker-compose, go, curl, python3.
 set -Eeuo pipefail
@@ -106,7 +111,7 @@ cleanup() {
 		docker rmi "$CLUSTERKIT_IMAGE" >/dev/null 2>&1
 	fi
 	# The test cluster's data is gone, so are its secrets.
-	rm -f "$CLUSTERKIT_SECRETS"
+	rm -rf "$CLUSTERKIT_SECRETS" "$CLUSTERKIT_TLS_DIR" "$CLUSTERKIT_TLS_DIR.ca-key.pem"
 	rm -rf "$WORK"
 	if [ "$rc" = 0 ]; then log "PASS"; else log "FAIL"; fi
 	exit "$rc"
@@ -130,7 +135,7 @@ watchdog=$!
 idx() { echo $((${1#node-} - 1)); }
 mport() { echo "${HTTP_PORTS[$(idx "$1")]}"; }
 kport() { echo "${KV_PORTS[$(idx "$1")]}"; }
-mgmt() { curl -sf --max-time 3 "http://127.0.0.1:$(mport "$1")$2"; }
+mgmt() { curl "${CURL_TLS[@]}" -sf --max-time 3 "$SCHEME://127.0.0.1:$(mport "$1")$2"; }
 
 # py EXPR: evaluate a Python expression over the JSON document on stdin (d).
 # Only for the few structured queries; the hot paths parse with bash. Prefer
@@ -145,7 +150,7 @@ print(r if not isinstance(r,(list,dict)) else json.dumps(r))' "$1"; }
 # kv_set PORT KEY VALUE [MAXTIME]: 0 if the write was acknowledged (200).
 kv_set() {
 	local code
-	code=$(curl -s -o /dev/null -w '%{http_code}' --max-time "${4:-8}" -X POST "http://127.0.0.1:$1/kv/set" \
+	code=$(curl "${CURL_TLS[@]}" -s -o /dev/null -w '%{http_code}' --max-time "${4:-8}" -X POST "$SCHEME://127.0.0.1:$1/kv/set" \
 		-H 'Content-Type: application/json' -d "{\"key\":\"$2\",\"value\":\"$3\"}") || true
 	[ "$code" = 200 ]
 }
@@ -154,7 +159,7 @@ kv_set() {
 kv_get() {
 	local q="key=$2" body
 	[ "${3:-}" = stale ] && q="$q&consistency=stale"
-	body=$(curl -s --max-time 8 -w ' HTTP_%{http_code}' "http://127.0.0.1:$1/kv/get?$q") || { echo "no answer"; return 1; }
+	body=$(curl "${CURL_TLS[@]}" -s --max-time 8 -w ' HTTP_%{http_code}' "$SCHEME://127.0.0.1:$1/kv/get?$q") || { echo "no answer"; return 1; }
 	[[ $body == *' HTTP_200' ]] || { echo "${body##* HTTP_}: ${body% HTTP_*}"; return 1; }
 	# Our values are plain [a-z0-9:-]: no JSON escapes to undo.
 	[[ $body =~ \"value\":\"([^\"]*)\" ]] || return 1
@@ -325,7 +330,7 @@ read_all() {
 	[ "$bad" = 0 ]
 }
 
-list_total() { curl -sf --max-time 5 "http://127.0.0.1:$1/kv/list?limit=1" | py 'd["total"]'; }
+list_total() { curl "${CURL_TLS[@]}" -sf --max-time 5 "$SCHEME://127.0.0.1:$1/kv/list?limit=1" | py 'd["total"]'; }
 same_list_total() {
 	local a b
 	a=$(list_total "$1") && b=$(list_total "$2") || { echo "no /kv/list answer"; return 1; }
@@ -383,25 +388,46 @@ for n in node-2 node-3; do
 	got=$(kv_get "$(kport "$n")" smoke:1) || die "get smoke:1 through $n failed"
 	[ "$got" = hello ] || die "get smoke:1 through $n returned '$got', want 'hello'"
 done
-code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 8 -X POST "http://127.0.0.1:$(kport node-3)/kv/delete?key=smoke:1")
+code=$(curl "${CURL_TLS[@]}" -s -o /dev/null -w '%{http_code}' --max-time 8 -X POST "$SCHEME://127.0.0.1:$(kport node-3)/kv/delete?key=smoke:1")
 [ "$code" = 200 ] || die "delete smoke:1 through node-3: HTTP $code"
-code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 8 "http://127.0.0.1:$(kport node-1)/kv/get?key=smoke:1")
+code=$(curl "${CURL_TLS[@]}" -s -o /dev/null -w '%{http_code}' --max-time 8 "$SCHEME://127.0.0.1:$(kport node-1)/kv/get?key=smoke:1")
 [ "$code" = 404 ] || die "get smoke:1 through node-1 after delete: HTTP $code, want 404"
 for n in "${NODES[@]}"; do cluster_has_active "$n" 3 >/dev/null || die "$(cluster_has_active "$n" 3)"; done
 log "smoke OK: set/get/delete across nodes; /cluster shows 3 active nodes on every node"
 
 log "== trust: no node-to-node route on the client ports; management changes need the admin token"
 for path in /internal/v1/replicate /internal/v1/digest /internal/v1/rpc; do
-	code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST "http://127.0.0.1:$(kport node-2)$path" -d '{}')
+	code=$(curl "${CURL_TLS[@]}" -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST "$SCHEME://127.0.0.1:$(kport node-2)$path" -d '{}')
 	[ "$code" = 404 ] || die "POST $path on node-2's KV port: HTTP $code, want 404"
 done
-code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST "http://127.0.0.1:$(mport node-2)/cluster/leave")
+code=$(curl "${CURL_TLS[@]}" -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST "$SCHEME://127.0.0.1:$(mport node-2)/cluster/leave")
 [ "$code" = 401 ] || die "POST /cluster/leave without a token: HTTP $code, want 401"
-code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $(secret ADMIN_TOKEN)" "http://127.0.0.1:$(mport node-3)/tokens")
+code=$(curl "${CURL_TLS[@]}" -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $(secret ADMIN_TOKEN)" "$SCHEME://127.0.0.1:$(mport node-3)/tokens")
 [ "$code" = 200 ] || die "GET /tokens with the ADMIN_TOKEN of the secrets file: HTTP $code, want 200"
 sleep 1
 for n in "${NODES[@]}"; do cluster_has_active "$n" 3 >/dev/null || die "after the refused leave: $(cluster_has_active "$n" 3)"; done
 log "trust OK: internal paths 404, leave without a token 401, the admin token works"
+
+if [ "$CLUSTERKIT_TLS" = 1 ]; then
+	log "== tls: the client ports speak only TLS with client certificates; the load tool works over TLS"
+	code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$(kport node-1)/kv/get?key=smoke:1") || true
+	[ "$code" != 200 ] && [ "$code" != 404 ] || die "plain HTTP to a TLS port answered $code"
+	code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$CLUSTERKIT_TLS_DIR/ca.pem" "https://127.0.0.1:$(kport node-1)/kv/get?key=smoke:1") || true
+	[ "$code" != 200 ] && [ "$code" != 404 ] || die "TLS without a client certificate answered $code"
+	bench=$("$BUILD_DIR/clusterkit" bench -json -quiet -d 2s -c 4 -keys 100 \
+		-addrs "127.0.0.1:$(kport node-1),127.0.0.1:$(kport node-2),127.0.0.1:$(kport node-3)" \
+		-tls-ca "$CLUSTERKIT_TLS_DIR/ca.pem" -tls-cert "$CLUSTERKIT_TLS_DIR/client.pem" -tls-key "$CLUSTERKIT_TLS_DIR/client-key.pem") ||
+		die "the load tool over TLS failed: $bench"
+	errors=$(py 'd["errors"]' <<<"$bench")
+	ops=$(py 'd["ops"]' <<<"$bench")
+	[ "$errors" = 0 ] && [ "$ops" -gt 0 ] || die "the load tool over TLS: $ops ops, $errors errors"
+	log "tls OK: plain HTTP and certificate-less TLS refused; $ops operations over TLS, 0 errors"
+fi
+
+if [ "${PHASES:-all}" = smoke ]; then
+	log "PHASES=smoke: the fault phases are skipped"
+	exit 0
+fi
 
 find_probe_keys
 write_batch base 30 "${KV_PORTS[@]}"

@@ -15,6 +15,7 @@ start=$(now_ms)
 if [ "${1:-}" != --no-build ]; then
 	build_image
 fi
+ensure_tls
 built=$(now_ms)
 
 log "starting $COMPOSE_PROJECT_NAME (${COMPOSE[*]})"
@@ -34,17 +35,17 @@ h=$(host_addr)
 cat <<MSG
 
 ClusterKit is running (3 nodes).
-  management APIs: http://$h:${HTTP_PORTS[0]}  http://$h:${HTTP_PORTS[1]}  http://$h:${HTTP_PORTS[2]}
-  KV APIs:         http://$h:${KV_PORTS[0]}  http://$h:${KV_PORTS[1]}  http://$h:${KV_PORTS[2]}
+  management APIs: $SCHEME://$h:${HTTP_PORTS[0]}  $SCHEME://$h:${HTTP_PORTS[1]}  $SCHEME://$h:${HTTP_PORTS[2]}
+  KV APIs:         $SCHEME://$h:${KV_PORTS[0]}  $SCHEME://$h:${KV_PORTS[1]}  $SCHEME://$h:${KV_PORTS[2]}
 
-  curl -X POST http://$h:${KV_PORTS[0]}/kv/set -H 'Content-Type: application/json' -d '{"key": "user:123", "value": "John Doe"}'
-  curl "http://$h:${KV_PORTS[1]}/kv/get?key=user:123"
-  curl http://$h:${HTTP_PORTS[0]}/cluster
+  curl ${CURL_TLS[*]} -X POST $SCHEME://$h:${KV_PORTS[0]}/kv/set -H 'Content-Type: application/json' -d '{"key": "user:123", "value": "John Doe"}'
+  curl ${CURL_TLS[*]} "$SCHEME://$h:${KV_PORTS[1]}/kv/get?key=user:123"
+  curl ${CURL_TLS[*]} $SCHEME://$h:${HTTP_PORTS[0]}/cluster
 
 Secrets (CLUSTER_KEY, ADMIN_TOKEN) are in ${CLUSTERKIT_SECRETS#"$REPO_DIR"/} (mode 0600).
 Management changes (leave, tokens, keyring, KV auth) need the admin token:
   export CLUSTERKIT_TOKEN=\$(sed -n 's/^ADMIN_TOKEN=//p' ${CLUSTERKIT_SECRETS#"$REPO_DIR"/})
-  curl -H "Authorization: Bearer \$CLUSTERKIT_TOKEN" http://$h:${HTTP_PORTS[0]}/tokens
+  curl ${CURL_TLS[*]} -H "Authorization: Bearer \$CLUSTERKIT_TOKEN" $SCHEME://$h:${HTTP_PORTS[0]}/tokens
 
 Logs:  ${COMPOSE[*]} -p $COMPOSE_PROJECT_NAME -f deploy/docker-compose.yml logs -f node-1
 Stop and delete the data: deploy/down.sh

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -48,6 +49,18 @@ func (t *HTTPTarget) h1Do(ctx context.Context, w *httpWorker, i int, method, pat
 			nc, err := (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", t.addrs[i])
 			if err != nil {
 				return 0, &KindError{Kind: "transport", Err: err}
+			}
+			if t.tls != nil {
+				cfg := t.tls.Clone()
+				if cfg.ServerName == "" {
+					cfg.ServerName, _, _ = net.SplitHostPort(t.addrs[i])
+				}
+				tc := tls.Client(nc, cfg)
+				if err := tc.HandshakeContext(ctx); err != nil {
+					nc.Close()
+					return 0, &KindError{Kind: "tls", Err: err}
+				}
+				nc = tc
 			}
 			c = &h1Conn{nc: nc, br: bufio.NewReaderSize(nc, 4096)}
 			w.conns[i] = c
@@ -118,12 +131,15 @@ func (c *h1Conn) roundTrip(ctx context.Context, timeout time.Duration, req []byt
 }
 
 // appendRequestHead appends "METHOD TARGET HTTP/1.1" and the headers;
-// bodyLen < 0 means no body.
-func appendRequestHead(dst []byte, method, target, addr string, bodyLen int) []byte {
+// extra is more header lines, each ending in CRLF; bodyLen < 0 means no
+// body.
+func appendRequestHead(dst []byte, method, target, addr, extra string, bodyLen int) []byte {
 	dst = append(dst, method...)
 	dst = append(dst, ' ')
 	dst = append(dst, target...)
-	dst = append(dst, " HTTP/1.1\r\nHost: "...)
+	dst = append(dst, " HTTP/1.1\r\n"...)
+	dst = append(dst, extra...)
+	dst = append(dst, "Host: "...)
 	dst = append(dst, addr...)
 	if bodyLen >= 0 {
 		dst = append(dst, "\r\nContent-Type: application/json\r\nContent-Length: "...)

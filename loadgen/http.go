@@ -3,6 +3,7 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -36,6 +37,13 @@ type HTTPTarget struct {
 	workers []httpWorker
 	spare   atomic.Uint64 // round robin for worker numbers past len(workers)
 	timeout time.Duration
+	// tls, when set, wraps every connection; scheme is "http://" or
+	// "https://" to match.
+	tls    *tls.Config
+	scheme string
+	// token is the bearer token (KV auth), and authHeader its header
+	// line for the lean client's requests.
+	token, authHeader string
 
 	// owner, when set by RouteByOwner, maps a partition to the index of
 	// its primary's address.
@@ -68,10 +76,20 @@ func NewHTTPTarget(c Config) *HTTPTarget {
 		addrs:   c.Addrs,
 		workers: make([]httpWorker, n),
 		timeout: c.Timeout,
+		tls:     c.TLS,
+		scheme:  "http://",
+	}
+	if c.TLS != nil {
+		tr.TLSClientConfig = c.TLS
+		t.scheme = "https://"
+	}
+	if c.Token != "" {
+		t.authHeader = "Authorization: Bearer " + c.Token + "\r\n"
+		t.token = c.Token
 	}
 	for _, a := range c.Addrs {
-		t.setURL = append(t.setURL, "http://"+a+"/kv/set")
-		t.getURL = append(t.getURL, "http://"+a+"/kv/get?key=")
+		t.setURL = append(t.setURL, t.scheme+a+"/kv/set")
+		t.getURL = append(t.getURL, t.scheme+a+"/kv/get?key=")
 	}
 	if c.Stale {
 		t.suffix = "&consistency=stale"
@@ -79,9 +97,16 @@ func NewHTTPTarget(c Config) *HTTPTarget {
 	return t
 }
 
-// OpenHTTPTarget is NewHTTPTarget followed, when c.RouteVia is set, by
-// RouteByOwner.
+// OpenHTTPTarget is NewHTTPTarget, with the TLS configuration built from
+// c.TLSFiles, followed, when c.RouteVia is set, by RouteByOwner.
 func OpenHTTPTarget(ctx context.Context, c Config) (*HTTPTarget, error) {
+	if c.TLS == nil && (c.UseTLS || c.TLSFiles.Enabled()) {
+		tc, err := c.TLSFiles.ClientConfig()
+		if err != nil {
+			return nil, err
+		}
+		c.TLS = tc
+	}
 	t := NewHTTPTarget(c)
 	if c.RouteVia != "" {
 		if err := t.RouteByOwner(ctx, c.RouteVia); err != nil {
@@ -120,7 +145,7 @@ func (t *HTTPTarget) Set(ctx context.Context, worker int, key string, value []by
 	i, w := t.pick(worker, key)
 	if w != nil {
 		w.body = appendSetBody(w.body[:0], key, value)
-		w.req = appendRequestHead(w.req[:0], http.MethodPost, "/kv/set", t.addrs[i], len(w.body))
+		w.req = appendRequestHead(w.req[:0], http.MethodPost, "/kv/set", t.addrs[i], t.authHeader, len(w.body))
 		w.req = append(w.req, w.body...)
 		_, err := t.h1Do(ctx, w, i, http.MethodPost, "/kv/set")
 		return err
@@ -131,8 +156,16 @@ func (t *HTTPTarget) Set(ctx context.Context, worker int, key string, value []by
 		return &KindError{Kind: "request", Err: err}
 	}
 	req.Header["Content-Type"] = jsonContentType
+	t.authorize(req)
 	_, err = t.do(req, t.addrs[i])
 	return err
+}
+
+// authorize adds the bearer token, if any, to a request of the net/http path.
+func (t *HTTPTarget) authorize(req *http.Request) {
+	if t.token != "" {
+		req.Header.Set("Authorization", "Bearer "+t.token)
+	}
 }
 
 var jsonContentType = []string{"application/json"}
@@ -146,7 +179,7 @@ func (t *HTTPTarget) Get(ctx context.Context, worker int, key string) (bool, err
 		w.url = append(w.url[:0], "/kv/get?key="...)
 		w.url = appendQueryEscape(w.url, key)
 		w.url = append(w.url, t.suffix...)
-		w.req = appendRequestHead(w.req[:0], http.MethodGet, string(w.url), t.addrs[i], -1)
+		w.req = appendRequestHead(w.req[:0], http.MethodGet, string(w.url), t.addrs[i], t.authHeader, -1)
 		status, err = t.h1Do(ctx, w, i, http.MethodGet, "/kv/get")
 	} else {
 		u := appendQueryEscape([]byte(t.getURL[i]), key)
@@ -155,6 +188,7 @@ func (t *HTTPTarget) Get(ctx context.Context, worker int, key string) (bool, err
 		if rerr != nil {
 			return false, &KindError{Kind: "request", Err: rerr}
 		}
+		t.authorize(req)
 		status, err = t.do(req, t.addrs[i])
 	}
 	if status == http.StatusNotFound {
@@ -190,7 +224,7 @@ func statusError(status int, method, addr, path string) error {
 // table is read once: after a change of primary a request still succeeds,
 // through one forward.
 func (t *HTTPTarget) RouteByOwner(ctx context.Context, mgmtAddr string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+mgmtAddr+"/cluster", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.scheme+mgmtAddr+"/cluster", nil)
 	if err != nil {
 		return err
 	}
@@ -242,8 +276,8 @@ func (t *HTTPTarget) RouteByOwner(ctx context.Context, mgmtAddr string) error {
 			i = len(t.addrs)
 			index[addr] = i
 			t.addrs = append(t.addrs, addr)
-			t.setURL = append(t.setURL, "http://"+addr+"/kv/set")
-			t.getURL = append(t.getURL, "http://"+addr+"/kv/get?key=")
+			t.setURL = append(t.setURL, t.scheme+addr+"/kv/set")
+			t.getURL = append(t.getURL, t.scheme+addr+"/kv/get?key=")
 		}
 		owner[p] = i
 	}

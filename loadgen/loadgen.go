@@ -11,17 +11,21 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/clusterkit/clusterkit/internal/certs"
 )
 
 // Config is one load run.
@@ -40,6 +44,13 @@ type Config struct {
 	// reads the partition table there and sends each key to its primary
 	// (HTTPTarget.RouteByOwner) instead of to the addresses in turn.
 	RouteVia string
+	// TLS, when set, makes the HTTP target speak TLS; OpenHTTPTarget
+	// builds it from TLSFiles when UseTLS or a file is set.
+	TLS      *tls.Config
+	TLSFiles certs.Files
+	UseTLS   bool
+	// Token, when set, is sent as a bearer token (KV auth).
+	Token string
 }
 
 // Result summarises a run.
@@ -106,6 +117,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "per-request timeout")
 	fs.Uint64Var(&c.Seed, "seed", uint64(time.Now().UnixNano()), "random seed")
 	fs.StringVar(&c.RouteVia, "route-via", "", "ClusterKit: a node's management address; send each key to its primary, read from the partition table there, instead of to the addresses in turn")
+	fs.BoolVar(&c.UseTLS, "tls", false, "speak TLS to the nodes (implied by -tls-ca and -tls-cert)")
+	fs.StringVar(&c.TLSFiles.CA, "tls-ca", "", "CA certificate that signed the nodes' certificates (default: the system's)")
+	fs.StringVar(&c.TLSFiles.Cert, "tls-cert", "", "client certificate, for nodes that require one (TLS_CA_FILE)")
+	fs.StringVar(&c.TLSFiles.Key, "tls-key", "", "key of the client certificate")
+	fs.StringVar(&c.Token, "token", os.Getenv("CLUSTERKIT_TOKEN"), "bearer token for the KV API when KV auth is on (default $CLUSTERKIT_TOKEN)")
 }
 
 // SplitAddrs splits a comma-separated address list, dropping blanks.

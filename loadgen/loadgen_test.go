@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -667,5 +668,44 @@ func TestRouteByOwner(t *testing.T) {
 	bad := Config{Addrs: addrs[:1], Concurrency: 1, Duration: time.Millisecond, Keys: 1, Timeout: time.Second, RouteVia: addrs[0]}
 	if _, err := Run(context.Background(), bad, nil); err == nil {
 		t.Error("-route-via at an address without /cluster was accepted")
+	}
+}
+
+// TestHTTPTargetTLSAndToken: with TLS and a token, both request paths (a
+// worker's lean connection and net/http for other callers) speak TLS to
+// the server, whose certificate they check, and send the token.
+func TestHTTPTargetTLSAndToken(t *testing.T) {
+	t.Parallel()
+	var seen, refused atomic.Int64
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer ck_test-token-0123456789" {
+			refused.Add(1)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		seen.Add(1)
+		w.Write([]byte(`{"key":"k","value":"v"}`))
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "https://")
+	tlsCfg := srv.Client().Transport.(*http.Transport).TLSClientConfig
+	tg := NewHTTPTarget(Config{Addrs: []string{addr}, Concurrency: 1, Timeout: 5 * time.Second, TLS: tlsCfg, Token: "ck_test-token-0123456789"})
+	defer tg.Close()
+	for _, worker := range []int{0, 7} { // 0: the lean path; 7: past Concurrency, net/http
+		if err := tg.Set(context.Background(), worker, "k", []byte("v")); err != nil {
+			t.Fatalf("worker %d set: %v", worker, err)
+		}
+		if found, err := tg.Get(context.Background(), worker, "k"); err != nil || !found {
+			t.Fatalf("worker %d get: %v %v", worker, found, err)
+		}
+	}
+	if seen.Load() != 4 || refused.Load() != 0 {
+		t.Fatalf("server saw %d authorised and %d refused requests, want 4 and 0", seen.Load(), refused.Load())
+	}
+	// Without the server's CA the target refuses to talk.
+	strict := NewHTTPTarget(Config{Addrs: []string{addr}, Concurrency: 1, Timeout: 5 * time.Second, TLS: &tls.Config{}})
+	defer strict.Close()
+	if err := strict.Set(context.Background(), 0, "k", []byte("v")); ErrorKind(err) != "tls" {
+		t.Fatalf("set to an untrusted server: %v (kind %q), want kind tls", err, ErrorKind(err))
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/clusterkit/clusterkit/auth"
 	"github.com/clusterkit/clusterkit/clusterkey"
+	"github.com/clusterkit/clusterkit/internal/certs"
 	"github.com/clusterkit/clusterkit/internal/httpapi"
 	"github.com/clusterkit/clusterkit/storage"
 )
@@ -85,6 +86,9 @@ type Config struct {
 	// to besides IP addresses, localhost, names without dots, this
 	// machine's host name and ADVERTISE_HOST; "*" allows every name.
 	AllowedHosts []string
+	// TLS is the client listeners' TLS (TLS_CERT_FILE, TLS_KEY_FILE and,
+	// to require client certificates signed by it, TLS_CA_FILE).
+	TLS certs.Files
 	// BodyTimeout bounds reading one client request, body included.
 	BodyTimeout time.Duration
 	// IdleTimeout closes an idle keep-alive client connection.
@@ -152,6 +156,9 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	str("READ_MODE", &c.ReadMode)
 	str("CLUSTER_KEY", &c.ClusterKey)
 	str("ADMIN_TOKEN", &c.AdminToken)
+	str("TLS_CERT_FILE", &c.TLS.Cert)
+	str("TLS_KEY_FILE", &c.TLS.Key)
+	str("TLS_CA_FILE", &c.TLS.CA)
 	for _, a := range strings.Split(get("JOIN_ADDR"), ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			c.JoinAddrs = append(c.JoinAddrs, a)
@@ -324,6 +331,16 @@ func (c *Config) Validate() error {
 	if c.AdminToken != "" {
 		if err := auth.ValidSecret(c.AdminToken); err != nil {
 			return fmt.Errorf("ADMIN_TOKEN: %v", err)
+		}
+	}
+	switch {
+	case (c.TLS.Cert == "") != (c.TLS.Key == ""):
+		return fmt.Errorf("TLS_CERT_FILE=%q and TLS_KEY_FILE=%q: set both, or neither", c.TLS.Cert, c.TLS.Key)
+	case c.TLS.CA != "" && c.TLS.Cert == "":
+		return fmt.Errorf("TLS_CA_FILE=%q requires client certificates over TLS: set TLS_CERT_FILE and TLS_KEY_FILE too", c.TLS.CA)
+	case c.TLS.Cert != "":
+		if _, err := c.TLS.ServerConfig(); err != nil {
+			return err
 		}
 	}
 	if c.ClusterKey != "" {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -120,6 +121,20 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	}
 	if ck.raftLn, err = listen("RAFT_ADDR", cfg.RaftAddr); err != nil {
 		return nil, err
+	}
+	if cfg.TLS.Cert != "" {
+		// Both client listeners speak TLS; the joining side of
+		// JOIN_ADDR does too, with the same files.
+		srvTLS, err := cfg.TLS.ServerConfig()
+		if err != nil {
+			return nil, err
+		}
+		ck.mgmtLn, ck.kvLn = tls.NewListener(ck.mgmtLn, srvTLS), tls.NewListener(ck.kvLn, srvTLS)
+		cliTLS, err := cfg.TLS.ClientConfig()
+		if err != nil {
+			return nil, err
+		}
+		ck.mgmtClient.Transport = &http.Transport{TLSClientConfig: cliTLS}
 	}
 	ck.adv.mgmt = advertise(cfg.HTTPAddr, ck.mgmtLn, cfg.AdvertiseHost)
 	ck.adv.kv = advertise(cfg.KVAddr, ck.kvLn, cfg.AdvertiseHost)

@@ -218,5 +218,11 @@ func (ck *ClusterKit) seedInternalAddrs(ctx context.Context, seed string) ([]str
 	return out, nil
 }
 
-// mgmtURL is the URL of path on another node's management API.
-func (ck *ClusterKit) mgmtURL(addr, path string) string { return "http://" + addr + path }
+// mgmtURL is the URL of path on another node's management API, which
+// speaks TLS when this one does.
+func (ck *ClusterKit) mgmtURL(addr, path string) string {
+	if ck.cfg.TLS.Cert != "" {
+		return "https://" + addr + path
+	}
+	return "http://" + addr + path
+}
