@@ -185,7 +185,7 @@ type Digest = peer.Digest
 func (n *Node) Digests() (map[int]Digest, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ds, err := n.c.member().Digest(ctx, n.Raft)
+	ds, err := n.c.Member().Digest(ctx, n.Raft)
 	if err != nil {
 		return nil, fmt.Errorf("digest of %s: %w", n.ID, err)
 	}

@@ -33,14 +33,16 @@ import (
 )
 
 // Build compiles the clusterkit binary (the module root's main package)
-// into dir and returns its path.
+// into dir and returns its path. It is built with the race detector, so a
+// data race in any node of an integration or fault test fails the test
+// (the node exits with code 66 and its report in the log).
 func Build(dir string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, "clusterkit")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd := exec.Command("go", "build", "-race", "-o", bin, ".")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build: %v\n%s", err, out)
@@ -133,8 +135,8 @@ type Cluster struct {
 	// Key is the cluster's CLUSTER_KEY (zero with Options.NoKey).
 	Key clusterkey.Key
 
-	memberOnce sync.Once
-	peers      *peer.Client
+	memberMu sync.Mutex
+	peers    *peer.Client
 }
 
 // ClusterName is the CLUSTER_NAME the nodes run with.
@@ -148,17 +150,32 @@ func (c *Cluster) ClusterName() string {
 	return name
 }
 
-// member is the harness's own client of the nodes' internal ports: it holds
+// UseKey makes k the cluster's key from now on: for the harness's own
+// calls, and for the nodes it starts (after a key rotation).
+func (c *Cluster) UseKey(k clusterkey.Key) {
+	c.memberMu.Lock()
+	defer c.memberMu.Unlock()
+	c.Key = k
+	if c.peers != nil {
+		c.peers.Close()
+		c.peers = nil
+	}
+}
+
+// Member is the harness's own client of the nodes' internal ports: it holds
 // what a member holds, so it can ask what only members may (digests).
-func (c *Cluster) member() *peer.Client {
-	c.memberOnce.Do(func() {
+func (c *Cluster) Member() *peer.Client {
+	c.memberMu.Lock()
+	defer c.memberMu.Unlock()
+	if c.peers == nil {
 		cfg := peer.Config{Self: "testcluster", ClusterName: c.ClusterName()}
 		if !c.opts.NoKey {
 			cfg.Security = clusterkey.NewKeyring(c.Key)
 		}
 		c.peers = peer.NewClient(cfg, peer.ByAddress)
-		c.t.Cleanup(c.peers.Close)
-	})
+		cl := c.peers
+		c.t.Cleanup(cl.Close)
+	}
 	return c.peers
 }
 
@@ -209,11 +226,24 @@ func New(t testing.TB, bin string, n int, opts Options) *Cluster {
 		c.Nodes = append(c.Nodes, c.newNode(i, opts.Env))
 	}
 	t.Cleanup(func() {
+		c.checkRaces()
 		if t.Failed() {
 			c.DumpLogs(80)
 		}
 	})
 	return c
+}
+
+// checkRaces fails the test if the race detector reported a data race in
+// any node.
+func (c *Cluster) checkRaces() {
+	for _, n := range c.Nodes {
+		logs := n.stderr.String()
+		if i := strings.Index(logs, "WARNING: DATA RACE"); i >= 0 {
+			end := min(len(logs), i+4000)
+			c.t.Errorf("%s: the race detector found a data race:\n%s", n.ID, logs[i:end])
+		}
+	}
 }
 
 func (c *Cluster) newNode(i int, env []string) *Node {
@@ -301,6 +331,9 @@ func (n *Node) env() []string {
 		"NODE_ID="+n.ID, "NODE_NAME="+n.Name,
 		"HTTP_ADDR="+n.HTTP, "KV_ADDR="+n.KV, "RAFT_ADDR="+n.Raft, "GOSSIP_ADDR="+n.Gossip,
 		"DATA_DIR="+n.DataDir, "STATUS_INTERVAL=2s",
+		// A race stops the node at once, in the middle of the test,
+		// rather than after it has been killed with the report unseen.
+		"GORACE=halt_on_error=1",
 	)
 	if n.IP != "" {
 		env = append(env, "ADVERTISE_HOST="+n.IP)
@@ -500,6 +533,10 @@ func Do(ctx context.Context, method, addr, path string, body []byte, header ...s
 		return Response{}, err
 	}
 	for i := 0; i+1 < len(header); i += 2 {
+		if strings.EqualFold(header[i], "Host") {
+			req.Host = header[i+1] // net/http ignores a Host header
+			continue
+		}
 		req.Header.Set(header[i], header[i+1])
 	}
 	resp, err := client.Do(req)
