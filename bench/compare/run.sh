@@ -16,6 +16,13 @@
 #   CLUSTERKIT_BIN=path         run this clusterkit binary instead of building HEAD
 #   CK_ROUTE=owner    send each ClusterKit request to the key's primary (a
 #                     cluster-aware client) instead of to the nodes in turn
+#   CK_VARIANTS=plain ClusterKit configurations, run one after the other with
+#                     every workload: plain (no secrets, as the quick start),
+#                     key (CLUSTER_KEY: encrypted gossip, mutually
+#                     authenticated TLS between nodes), tls (TLS with client
+#                     certificates on the client listeners), key+tls (both).
+#                     With more than one, the report adds each variant's
+#                     ops/s and p99 against the first: what security costs
 #   WORKLOADS="write read90"    write: 100% sets; read90: 90% gets after a preload
 #   ETCD_CLIENTS=1    clientv3 clients the etcd workers share (see README.md)
 #   KEEP=1            keep the temporary directory (data and logs)
@@ -27,6 +34,7 @@ KEYS=${KEYS:-100000}
 VALUE=${VALUE:-100}
 SYSTEMS=${SYSTEMS:-ceiling etcd clusterkit}
 WORKLOADS=${WORKLOADS:-write read90}
+CK_VARIANTS=${CK_VARIANTS:-plain}
 ETCD_CLIENTS=${ETCD_CLIENTS:-1}
 KEEP=${KEEP:-}
 
@@ -170,19 +178,46 @@ start_etcd() {
 	await_probe etcd "$ETCD_ENDPOINTS" 60
 }
 
-start_clusterkit() {
-	local i
+# ck_env and ck_client_args are what a ClusterKit variant adds to the
+# nodes' environment and to the load tool's flags; CURL_CK to curl.
+ck_env() { # ck_env VARIANT NODE
+	case $1 in
+	key | key+tls) echo "CLUSTER_KEY=$CK_KEY" ;;
+	esac
+	case $1 in
+	tls | key+tls) echo "TLS_CERT_FILE=$WORK/tls/node-$2.pem TLS_KEY_FILE=$WORK/tls/node-$2-key.pem TLS_CA_FILE=$WORK/tls/ca.pem" ;;
+	esac
+}
+ck_client_args() {
+	case $1 in
+	tls | key+tls) echo "-tls-ca $WORK/tls/ca.pem -tls-cert $WORK/tls/client.pem -tls-key $WORK/tls/client-key.pem" ;;
+	esac
+}
+
+start_clusterkit() { # start_clusterkit [VARIANT]
+	local i variant=${1:-plain}
 	need_free_ports 18081 18082 18083 19081 19082 19083 18181 18182 18183 18281 18282 18283
+	rm -rf "$WORK/clusterkit"
 	mkdir -p "$WORK/clusterkit"
+	CURL_CK=(curl -sf --max-time 2) CK_SCHEME=http
+	case $variant in
+	plain | key) ;;
+	tls | key+tls)
+		CURL_CK+=(--cacert "$WORK/tls/ca.pem" --cert "$WORK/tls/client.pem" --key "$WORK/tls/client-key.pem")
+		CK_SCHEME=https
+		;;
+	*) echo "unknown ClusterKit variant $variant (want plain, key, tls or key+tls)" >&2; exit 2 ;;
+	esac
 	for i in 1 2 3; do
 		local join=() 
 		if ((i == 1)); then join=(BOOTSTRAP=true); else join=(JOIN_ADDR=127.0.0.1:18081); fi
 		# Default durability: every in-sync copy fsyncs a write before it
 		# is acknowledged.
+		# shellcheck disable=SC2046
 		env NODE_ID="node-$i" NODE_NAME="Server-$i" \
 			HTTP_ADDR="127.0.0.1:1808$i" KV_ADDR="127.0.0.1:1908$i" \
 			RAFT_ADDR="127.0.0.1:1818$i" GOSSIP_ADDR="127.0.0.1:1828$i" \
-			DATA_DIR="$WORK/clusterkit/node$i" STATUS_INTERVAL=0 "${join[@]}" \
+			DATA_DIR="$WORK/clusterkit/node$i" STATUS_INTERVAL=0 "${join[@]}" $(ck_env "$variant" "$i") \
 			"$WORK/bin/clusterkit" >"$WORK/clusterkit/node$i.log" 2>&1 &
 		PIDS+=($!)
 	done
@@ -192,8 +227,9 @@ start_clusterkit() {
 	# change over the last second (the rebalance after a join is done);
 	# then a probe write and read.
 	local deadline=$((SECONDS + 90)) prev="" v=""
+	# shellcheck disable=SC2046
 	until v=$(ck_map_version) && [[ $v == "$prev" ]] &&
-		"$WORK/bin/compare" -system clusterkit -endpoints "$CK_ENDPOINTS" -check 2>"$WORK/clusterkit/check.log"; do
+		"$WORK/bin/compare" -system clusterkit -endpoints "$CK_ENDPOINTS" $(ck_client_args "$variant") -check 2>"$WORK/clusterkit/check.log"; do
 		if ((SECONDS > deadline)); then
 			cat "$WORK/clusterkit/check.log" >&2 || true
 			dump_logs clusterkit
@@ -210,12 +246,12 @@ start_clusterkit() {
 ck_map_version() {
 	local i
 	for i in 1 2 3; do
-		curl -sf --max-time 2 "http://127.0.0.1:1808$i/health/detailed" |
+		"${CURL_CK[@]}" "$CK_SCHEME://127.0.0.1:1808$i/health/detailed" |
 			jq -e '.healthy and .node_count == 3' >/dev/null || return 1
 	done
-	curl -sf --max-time 2 "http://127.0.0.1:18081/partitions/stats" |
+	"${CURL_CK[@]}" "$CK_SCHEME://127.0.0.1:18081/partitions/stats" |
 		jq -e '.partitions_per_node | length == 3 and all(.[]; . > 0)' >/dev/null || return 1
-	curl -sf --max-time 2 "http://127.0.0.1:18081/partitions" | jq -er '
+	"${CURL_CK[@]}" "$CK_SCHEME://127.0.0.1:18081/partitions" | jq -er '
 		select(.copies_in_progress == 0 and
 		       (.partitions | all(.state == "stable" and (.replica_nodes | length) == 2 and
 		                          (.in_sync_replicas | length) == (.replica_nodes | length))))
@@ -247,41 +283,65 @@ rss() {
 	done
 }
 
+# run_system SYSTEM [VARIANT]: start it, run every workload, stop it. A
+# ClusterKit variant's results are clusterkit-VARIANT-WORKLOAD.json; the
+# first variant's are also clusterkit-WORKLOAD.json, for the main report.
 RSS_LINES=()
-for sys in $SYSTEMS; do
+run_system() {
+	local sys=$1 variant=${2:-} endpoints extra="" label=$1 out
 	case $sys in
 	etcd) endpoints=$ETCD_ENDPOINTS ;;
 	clusterkit) endpoints=$CK_ENDPOINTS ;;
 	ceiling) endpoints=$CEILING_ENDPOINTS ;;
 	*) echo "unknown system $sys (want ceiling, etcd or clusterkit)" >&2; exit 2 ;;
 	esac
-	log "starting 3-member $sys"
+	[[ -z $variant ]] || { label="$sys ($variant)"; extra=$(ck_client_args "$variant"); }
+	log "starting 3-member $label"
 	t0=$SECONDS
-	"start_$sys"
-	log "$sys healthy after $((SECONDS - t0))s"
+	"start_$sys" $variant
+	log "$label healthy after $((SECONDS - t0))s"
 	for wl in $WORKLOADS; do
-		log "$sys $wl: c=$C d=$DURATION keys=$KEYS value=${VALUE}B"
+		log "$label $wl: c=$C d=$DURATION keys=$KEYS value=${VALUE}B"
+		out=$sys
+		[[ -z $variant ]] || out="$sys-$variant"
 		rc=0
 		# shellcheck disable=SC2046
-		"$WORK/bin/compare" -system "$sys" -endpoints "$endpoints" -etcd-clients "$ETCD_CLIENTS" $(route_args "$sys") \
+		"$WORK/bin/compare" -system "$sys" -endpoints "$endpoints" -etcd-clients "$ETCD_CLIENTS" $(route_args "$sys") $extra \
 			-c "$C" -d "$DURATION" -keys "$KEYS" -value-size "$VALUE" $(workload_args "$wl") \
-			-json -quiet >"$WORK/$sys-$wl.json" 2>"$WORK/$sys-$wl.err" || rc=$?
+			-json -quiet >"$WORK/$out-$wl.json" 2>"$WORK/$out-$wl.err" || rc=$?
 		# Exit 1 with a result means misses; anything else is a failed run.
-		if ! jq -e .ops "$WORK/$sys-$wl.json" >/dev/null 2>&1; then
-			cat "$WORK/$sys-$wl.err" >&2
+		if ! jq -e .ops "$WORK/$out-$wl.json" >/dev/null 2>&1; then
+			cat "$WORK/$out-$wl.err" >&2
 			dump_logs "$sys"
-			echo "$sys $wl failed (exit $rc)" >&2
+			echo "$label $wl failed (exit $rc)" >&2
 			exit 1
 		fi
-		jq -r --arg s "$sys $wl" '"\($s): \(.ops_per_sec|floor) ops/s p50 \(.p50_ms*100|round/100)ms p99 \(.p99_ms*100|round/100)ms errors \(.errors) misses \(.misses)"' "$WORK/$sys-$wl.json" >&2
+		if [[ -n $variant && $variant == "${CK_VARIANTS%% *}" ]]; then
+			cp "$WORK/$out-$wl.json" "$WORK/$sys-$wl.json"
+		fi
+		jq -r --arg s "$label $wl" '"\($s): \(.ops_per_sec|floor) ops/s p50 \(.p50_ms*100|round/100)ms p99 \(.p99_ms*100|round/100)ms errors \(.errors) misses \(.misses)"' "$WORK/$out-$wl.json" >&2
 	done
 	if [[ $sys != ceiling ]]; then
-		mapfile -t lines < <(rss "$sys")
+		mapfile -t lines < <(rss "${label// /}")
 		RSS_LINES+=("${lines[@]}")
 	fi
-	log "stopping $sys"
+	log "stopping $label"
 	stop_all
-	log "$sys stopped"
+	log "$label stopped"
+}
+
+if [[ " $SYSTEMS " == *" clusterkit "* && "$CK_VARIANTS" != plain ]]; then
+	CK_KEY=$("$WORK/bin/clusterkit" keygen)
+	"$WORK/bin/clusterkit" tls ca -dir "$WORK/tls" >/dev/null
+	for i in 1 2 3; do "$WORK/bin/clusterkit" tls cert -dir "$WORK/tls" -name "node-$i" >/dev/null; done
+	"$WORK/bin/clusterkit" tls cert -dir "$WORK/tls" -name client -client >/dev/null
+fi
+for sys in $SYSTEMS; do
+	if [[ $sys == clusterkit ]]; then
+		for variant in $CK_VARIANTS; do run_system clusterkit "$variant"; done
+	else
+		run_system "$sys"
+	fi
 done
 
 # ---- report --------------------------------------------------------------
@@ -304,6 +364,7 @@ echo "commit:   $(cd "$ROOT" && git rev-parse --short HEAD)$dirty"
 [[ -z ${CLUSTERKIT_BIN:-} ]] || echo "clusterkit binary: $CLUSTERKIT_BIN (not built from this commit)"
 echo "etcd:     $(etcd --version 2>/dev/null | head -n1 | sed 's/etcd Version: //') server, clientv3 $(cd "$ROOT/bench/compare" && go list -m -f '{{.Version}}' go.etcd.io/etcd/client/v3), $ETCD_CLIENTS client(s), linearizable gets"
 echo "workload: c=$C, $DURATION per run, keys=$KEYS, value=${VALUE}B; write = 100% sets; read90 = 90% gets, 10% sets, keys preloaded"
+echo "clusterkit: ${CK_VARIANTS// /, } (the main table shows ${CK_VARIANTS%% *})"
 if [[ ${CK_ROUTE:-} == owner ]]; then
 	echo "routing:  ClusterKit requests go to each key's primary (CK_ROUTE=owner)"
 else
@@ -333,6 +394,20 @@ if [[ " $SYSTEMS " == *" ceiling "* ]]; then
 		no=$(field ceiling "$wl" '.ops_per_sec|floor')
 		eo=$(field etcd "$wl" '.ops_per_sec|floor') co=$(field clusterkit "$wl" '.ops_per_sec|floor')
 		printf "$cfmt" "$wl" "$no" "$(ratio "$eo" "$no")" "$(ratio "$co" "$no")"
+	done
+fi
+read -r -a variants <<<"$CK_VARIANTS"
+if ((${#variants[@]} > 1)); then
+	echo
+	echo "ClusterKit configurations against ${variants[0]}, same run (what security costs):"
+	vfmt='%-8s | %-8s | %9s %8s | %13s %13s\n'
+	printf "$vfmt" workload variant "ops/s" "p99 (ms)" "ops/s vs ${variants[0]}" "p99 vs ${variants[0]}"
+	for wl in $WORKLOADS; do
+		bo=$(field "clusterkit-${variants[0]}" "$wl" '.ops_per_sec|floor') b99=$(field "clusterkit-${variants[0]}" "$wl" '.p99_ms*100|round/100')
+		for v in "${variants[@]}"; do
+			o=$(field "clusterkit-$v" "$wl" '.ops_per_sec|floor') p=$(field "clusterkit-$v" "$wl" '.p99_ms*100|round/100')
+			printf "$vfmt" "$wl" "$v" "$o" "$p" "$(ratio "$o" "$bo")" "$(ratio "$p" "$b99")"
+		done
 	done
 fi
 echo
