@@ -204,7 +204,7 @@ type accepted struct {
 func (l *Listener) serverHandshake(raw net.Conn) (accepted, bool) {
 	remote := raw.RemoteAddr().String()
 	_ = raw.SetDeadline(time.Now().Add(l.cfg.handshakeTimeout()))
-	br := bufio.NewReaderSize(raw, 4096)
+	br := bufio.NewReaderSize(raw, 64<<10)
 	first, err := br.Peek(1)
 	if err != nil {
 		raw.Close()

@@ -283,6 +283,28 @@ rss() {
 	done
 }
 
+# cpu_us_per_op OUT WORKLOAD: the servers' CPU per operation of a run, in
+# µs (preloaded writes count as operations).
+cpu_us_per_op() {
+	local ops
+	ops=$(jq '.ops + .preloaded' "$WORK/$1-$2.json" 2>/dev/null) || { echo 0; return; }
+	awk -v t="$(cat "$WORK/$1-$2.ticks")" -v hz="$CLK_TCK" -v n="$ops" 'BEGIN { if (n == 0) print 0; else printf "%.0f", t / hz * 1e6 / n }'
+}
+
+# cpu_ticks prints the CPU time (user + system, in clock ticks) the servers
+# under test have used so far.
+cpu_ticks() {
+	local pid total=0 f
+	for pid in "${PIDS[@]}"; do
+		f=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+		f=${f##*) } # fields after the command name
+		read -r -a a <<<"$f"
+		total=$((total + a[11] + a[12]))
+	done
+	echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
 # run_system SYSTEM [VARIANT]: start it, run every workload, stop it. A
 # ClusterKit variant's results are clusterkit-VARIANT-WORKLOAD.json; the
 # first variant's are also clusterkit-WORKLOAD.json, for the main report.
@@ -305,10 +327,15 @@ run_system() {
 		out=$sys
 		[[ -z $variant ]] || out="$sys-$variant"
 		rc=0
+		# The measured run's share of the servers' CPU: the preload of
+		# read90 is in it too, so CPU per operation is counted over both.
+		local ticks0
+		ticks0=$(cpu_ticks)
 		# shellcheck disable=SC2046
 		"$WORK/bin/compare" -system "$sys" -endpoints "$endpoints" -etcd-clients "$ETCD_CLIENTS" $(route_args "$sys") $extra \
 			-c "$C" -d "$DURATION" -keys "$KEYS" -value-size "$VALUE" $(workload_args "$wl") \
 			-json -quiet >"$WORK/$out-$wl.json" 2>"$WORK/$out-$wl.err" || rc=$?
+		echo $(($(cpu_ticks) - ticks0)) >"$WORK/$out-$wl.ticks"
 		# Exit 1 with a result means misses; anything else is a failed run.
 		if ! jq -e .ops "$WORK/$out-$wl.json" >/dev/null 2>&1; then
 			cat "$WORK/$out-$wl.err" >&2
@@ -319,7 +346,8 @@ run_system() {
 		if [[ -n $variant && $variant == "${CK_VARIANTS%% *}" ]]; then
 			cp "$WORK/$out-$wl.json" "$WORK/$sys-$wl.json"
 		fi
-		jq -r --arg s "$label $wl" '"\($s): \(.ops_per_sec|floor) ops/s p50 \(.p50_ms*100|round/100)ms p99 \(.p99_ms*100|round/100)ms errors \(.errors) misses \(.misses)"' "$WORK/$out-$wl.json" >&2
+		jq -r --arg s "$label $wl" --argjson us "$(cpu_us_per_op "$out" "$wl")" \
+			'"\($s): \(.ops_per_sec|floor) ops/s p50 \(.p50_ms*100|round/100)ms p99 \(.p99_ms*100|round/100)ms errors \(.errors) misses \(.misses); servers CPU \($us) µs/op"' "$WORK/$out-$wl.json" >&2
 	done
 	if [[ $sys != ceiling ]]; then
 		mapfile -t lines < <(rss "${label// /}")
@@ -400,15 +428,18 @@ read -r -a variants <<<"$CK_VARIANTS"
 if ((${#variants[@]} > 1)); then
 	echo
 	echo "ClusterKit configurations against ${variants[0]}, same run (what security costs):"
-	vfmt='%-8s | %-8s | %9s %8s | %13s %13s\n'
-	printf "$vfmt" workload variant "ops/s" "p99 (ms)" "ops/s vs ${variants[0]}" "p99 vs ${variants[0]}"
+	vfmt='%-8s | %-8s | %9s %8s %10s | %13s %13s %13s\n'
+	printf "$vfmt" workload variant "ops/s" "p99 (ms)" "CPU µs/op" "ops/s vs ${variants[0]}" "p99 vs ${variants[0]}" "CPU vs ${variants[0]}"
 	for wl in $WORKLOADS; do
 		bo=$(field "clusterkit-${variants[0]}" "$wl" '.ops_per_sec|floor') b99=$(field "clusterkit-${variants[0]}" "$wl" '.p99_ms*100|round/100')
+		bc=$(cpu_us_per_op "clusterkit-${variants[0]}" "$wl")
 		for v in "${variants[@]}"; do
 			o=$(field "clusterkit-$v" "$wl" '.ops_per_sec|floor') p=$(field "clusterkit-$v" "$wl" '.p99_ms*100|round/100')
-			printf "$vfmt" "$wl" "$v" "$o" "$p" "$(ratio "$o" "$bo")" "$(ratio "$p" "$b99")"
+			cu=$(cpu_us_per_op "clusterkit-$v" "$wl")
+			printf "$vfmt" "$wl" "$v" "$o" "$p" "$cu" "$(ratio "$o" "$bo")" "$(ratio "$p" "$b99")" "$(ratio "$cu" "$bc")"
 		done
 	done
+	echo "CPU µs/op: the three nodes' user and system CPU during the run (preload included) per operation."
 fi
 echo
 echo "resident memory after the runs (VmRSS):"
