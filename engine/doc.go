@@ -12,7 +12,8 @@
 // its in-sync replicas. Replicas that are not in sync get a full copy of the
 // partition; a new primary reconciles its replicas before it serves.
 //
-// The package knows the ring and the store; it does not know Raft or
-// gossip: the node package satisfies its interfaces. Its node-to-node
-// routes (InternalHandler) are mounted on the KV listener.
+// The package knows the ring and the store; it does not know Raft, gossip
+// or HTTP: the node package satisfies its interfaces, and package peer
+// carries its calls to other nodes (Transport) and serves theirs to it
+// (the Serve methods).
 package engine
