@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/internal/apitest"
 	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/storage"
 )
@@ -38,8 +39,8 @@ func TestTableGuard(t *testing.T) {
 		check func(t *testing.T)
 	}{
 		{"refuses writes and reads while the table is older", func(t *testing.T) {
-			checkError(t, kvSet(t, n1, "k", "v"), http.StatusServiceUnavailable, errcode.Unavailable)
-			checkError(t, kvGet(t, n1, "k", ""), http.StatusServiceUnavailable, errcode.Unavailable)
+			apitest.CheckError(t, kvSet(t, n1, "k", "v"), http.StatusServiceUnavailable, errcode.Unavailable)
+			apitest.CheckError(t, kvGet(t, n1, "k", ""), http.StatusServiceUnavailable, errcode.Unavailable)
 			for p := range 2 {
 				if m := meta(t, n1.db, p); m.Seq != 0 {
 					t.Errorf("partition %d applied a write under an old table: %+v", p, m)
@@ -48,10 +49,10 @@ func TestTableGuard(t *testing.T) {
 		}},
 		{"serves once the table catches up", func(t *testing.T) {
 			c.table.bumpVersion(recorded + 10)
-			if r := kvSet(t, n1, "k", "v"); r.status != http.StatusOK {
+			if r := kvSet(t, n1, "k", "v"); r.Status != http.StatusOK {
 				t.Fatalf("set: %s", r)
 			}
-			mustValue(t, kvGet(t, n1, "k", ""), "k", "v")
+			apitest.MustValue(t, kvGet(t, n1, "k", ""), "k", "v")
 			v, err := n1.db.TableVersion()
 			if err != nil || v < recorded+10 {
 				t.Errorf("recorded table version = %d, %v; want >= %d", v, err, recorded+10)
@@ -77,7 +78,7 @@ func TestReleaseDropsUnownedCopy(t *testing.T) {
 	c.waitReady(t)
 	n1, n2 := c.nodes["n1"], c.nodes["n2"]
 	for i := range 10 {
-		if r := kvSet(t, n1, fmt.Sprintf("k%d", i), "v"); r.status != http.StatusOK {
+		if r := kvSet(t, n1, fmt.Sprintf("k%d", i), "v"); r.Status != http.StatusOK {
 			t.Fatalf("set: %s", r)
 		}
 	}
@@ -99,7 +100,7 @@ func TestReleaseDropsUnownedCopy(t *testing.T) {
 		}
 	}
 	for i := range 10 {
-		mustValue(t, kvGet(t, n2, fmt.Sprintf("k%d", i), ""), fmt.Sprintf("k%d", i), "v")
+		apitest.MustValue(t, kvGet(t, n2, fmt.Sprintf("k%d", i), ""), fmt.Sprintf("k%d", i), "v")
 	}
 	if n1.srv.LocalKeys() != 10 {
 		t.Errorf("the primary holds %d keys, want 10", n1.srv.LocalKeys())
@@ -118,7 +119,7 @@ func TestDigest(t *testing.T) {
 	})
 	c.waitReady(t)
 	for i := range 20 {
-		if r := kvSet(t, c.nodes["n4"], fmt.Sprintf("d%d", i), fmt.Sprint(i)); r.status != http.StatusOK {
+		if r := kvSet(t, c.nodes["n4"], fmt.Sprintf("d%d", i), fmt.Sprint(i)); r.Status != http.StatusOK {
 			t.Fatalf("set: %s", r)
 		}
 	}

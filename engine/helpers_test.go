@@ -6,9 +6,7 @@ package engine
 // every test builds its own table, nodes and client.
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +21,7 @@ import (
 	"time"
 
 	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/internal/apitest"
 	"github.com/clusterkit/clusterkit/internal/httpapi"
 	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/ring"
@@ -581,25 +580,8 @@ func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 }
 
 // apiResp is a raw HTTP answer.
-type apiResp struct {
-	status int
-	ctype  string
-	body   []byte
-}
 
 // object decodes the body as a JSON object.
-func (r apiResp) object(tb testing.TB) map[string]any {
-	tb.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(r.body, &m); err != nil {
-		tb.Fatalf("body %q is not a JSON object: %v", r.body, err)
-	}
-	return m
-}
-
-func (r apiResp) String() string {
-	return fmt.Sprintf("%d %s %s", r.status, r.ctype, bytes.TrimSpace(r.body))
-}
 
 // answer records what the KV API answers for err (nil: ok with body), in
 // the one mapping the API uses, so tests of the data plane read like the
@@ -612,7 +594,7 @@ func answer(err error, body any) apiResp {
 		httpapi.WriteJSON(w, http.StatusOK, body)
 	}
 	res := w.Result()
-	return apiResp{status: res.StatusCode, ctype: res.Header.Get("Content-Type"), body: w.Body.Bytes()}
+	return apiResp{Status: res.StatusCode, CType: res.Header.Get("Content-Type"), Body: w.Body.Bytes()}
 }
 
 // kvSet writes through n, as a client's set sent to n would.
@@ -637,42 +619,9 @@ func kvDelete(tb testing.TB, n *testNode, key string) apiResp {
 }
 
 // mustValue asserts a get answered 200 with value.
-func mustValue(tb testing.TB, r apiResp, key, want string) {
-	tb.Helper()
-	if r.status != http.StatusOK {
-		tb.Fatalf("get %q: got %s, want 200", key, r)
-	}
-	m := r.object(tb)
-	if m["key"] != key || m["value"] != want {
-		tb.Fatalf("get %q: got %v, want key=%q value=%q", key, m, key, want)
-	}
-}
 
 // checkError asserts the contract's error shape: JSON content type and a
 // body {"error": non-empty, "code": non-empty}.
-func checkError(tb testing.TB, r apiResp, wantStatus int, wantCode string) {
-	tb.Helper()
-	if r.status != wantStatus {
-		tb.Errorf("status: got %s, want %d %s", r, wantStatus, wantCode)
-	}
-	if !strings.HasPrefix(r.ctype, "application/json") {
-		tb.Errorf("Content-Type = %q, want application/json (body %q)", r.ctype, r.body)
-	}
-	var e struct {
-		Error *string `json:"error"`
-		Code  *string `json:"code"`
-	}
-	if err := json.Unmarshal(r.body, &e); err != nil {
-		tb.Fatalf("error body %q is not JSON: %v", r.body, err)
-	}
-	if e.Error == nil || *e.Error == "" || e.Code == nil || *e.Code == "" {
-		tb.Errorf("error body %q lacks a non-empty error and code", r.body)
-		return
-	}
-	if wantCode != "" && *e.Code != wantCode {
-		tb.Errorf("code = %q, want %q (body %q)", *e.Code, wantCode, r.body)
-	}
-}
 
 // partitionData is one partition's copy: its metadata and all its pairs.
 type partitionData struct {
@@ -708,3 +657,6 @@ func keyIn(tb testing.TB, prefix string, p, parts int) string {
 	tb.Fatalf("no key with prefix %q in partition %d", prefix, p)
 	return ""
 }
+
+// apiResp is an answer as the KV API gives it.
+type apiResp = apitest.Resp

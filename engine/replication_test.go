@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/internal/apitest"
 	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/ring"
 	"github.com/clusterkit/clusterkit/storage"
@@ -72,13 +73,13 @@ func TestForwardedWriteReplicates(t *testing.T) {
 			key := "fw-" + tt.via.id
 			p := ring.PartitionOf(key, parts)
 			before := len(n1.rec.matching("forward"))
-			if r := kvSet(t, tt.via, key, "value-"+tt.via.id); r.status != http.StatusOK {
+			if r := kvSet(t, tt.via, key, "value-"+tt.via.id); r.Status != http.StatusOK {
 				t.Fatalf("set: %s", r)
 			}
 			if fw := n1.rec.matching("forward")[before:]; len(fw) != 1 || fw[0].Status != http.StatusOK {
 				t.Errorf("primary saw forwarded writes %+v, want exactly one answered 200", fw)
 			}
-			mustValue(t, kvGet(t, n1, key, ""), key, "value-"+tt.via.id)
+			apitest.MustValue(t, kvGet(t, n1, key, ""), key, "value-"+tt.via.id)
 			if v, ok := storedValue(t, n2.db, p, key); !ok || v != "value-"+tt.via.id {
 				t.Errorf("replica storage has %q (present %v), want %q", v, ok, "value-"+tt.via.id)
 			}
@@ -89,7 +90,7 @@ func TestForwardedWriteReplicates(t *testing.T) {
 				t.Errorf("a node that owns nothing stored the key")
 			}
 
-			if r := kvDelete(t, tt.via, key); r.status != http.StatusOK {
+			if r := kvDelete(t, tt.via, key); r.Status != http.StatusOK {
 				t.Fatalf("delete: %s", r)
 			}
 			for _, n := range []*testNode{n1, n2} {
@@ -128,7 +129,7 @@ func TestReplicaKeyCountUnderConcurrentWrites(t *testing.T) {
 				} else {
 					r = kvSet(t, via, key, fmt.Sprintf("v%d-%d", w, i))
 				}
-				if r.status != http.StatusOK && r.status != http.StatusNotFound {
+				if r.Status != http.StatusOK && r.Status != http.StatusNotFound {
 					t.Errorf("write %s: %s", key, r)
 					return
 				}
@@ -168,7 +169,7 @@ func TestCatchUpAddsReplica(t *testing.T) {
 	c.waitReady(t)
 	n1, n2 := c.nodes["n1"], c.nodes["n2"]
 	for i := range 20 {
-		if r := kvSet(t, n1, fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)); r.status != http.StatusOK {
+		if r := kvSet(t, n1, fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)); r.Status != http.StatusOK {
 			t.Fatalf("set: %s", r)
 		}
 	}
@@ -197,7 +198,7 @@ func TestCatchUpAddsReplica(t *testing.T) {
 		}
 	}
 
-	if r := kvSet(t, n1, "after", "sync"); r.status != http.StatusOK {
+	if r := kvSet(t, n1, "after", "sync"); r.Status != http.StatusOK {
 		t.Fatalf("set: %s", r)
 	}
 	p := ring.PartitionOf("after", parts)
@@ -367,11 +368,11 @@ func TestReplicateFencing(t *testing.T) {
 			}
 			r := answer(m.Replicate(context.Background(), n2.addr(), s.body), struct{}{})
 			if s.wantStatus == http.StatusOK {
-				if r.status != http.StatusOK {
+				if r.Status != http.StatusOK {
 					t.Errorf("got %s, want 200", r)
 				}
 			} else {
-				checkError(t, r, s.wantStatus, s.wantCode)
+				apitest.CheckError(t, r, s.wantStatus, s.wantCode)
 			}
 			if m := meta(t, n2.db, 0); m.Seq != s.wantSeq {
 				t.Errorf("replica seq = %d, want %d", m.Seq, s.wantSeq)
@@ -419,13 +420,13 @@ func TestForwardedWriteStaleEpoch(t *testing.T) {
 			err := member(t).Forward(context.Background(), tt.to.addr(), peer.ForwardReq{Partition: p, Epoch: tt.epoch, Op: Op{Key: key, Value: "v"}})
 			r := answer(err, struct{}{})
 			if tt.wantStatus == http.StatusOK {
-				if r.status != http.StatusOK {
+				if r.Status != http.StatusOK {
 					t.Fatalf("got %s", r)
 				}
-				mustValue(t, kvGet(t, n1, key, ""), key, "v")
+				apitest.MustValue(t, kvGet(t, n1, key, ""), key, "v")
 				return
 			}
-			checkError(t, r, tt.wantStatus, tt.wantCode)
+			apitest.CheckError(t, r, tt.wantStatus, tt.wantCode)
 			for _, n := range []*testNode{n1, n2} {
 				if _, ok := storedValue(t, n.db, p, key); ok {
 					t.Errorf("%s applied a refused write", n.id)
@@ -468,7 +469,7 @@ func TestPublicWriteRetriesAfterTableChange(t *testing.T) {
 				row: primaryWithReplicas(1, []string{"n2"}, []string{"n2"}),
 			})
 			c.waitReady(t)
-			if r := kvSet(t, c.nodes["n3"], "before", "change"); r.status != http.StatusOK {
+			if r := kvSet(t, c.nodes["n3"], "before", "change"); r.Status != http.StatusOK {
 				t.Fatalf("set: %s", r)
 			}
 			c.table.freeze("n3")
@@ -481,7 +482,7 @@ func TestPublicWriteRetriesAfterTableChange(t *testing.T) {
 			}()
 			start := time.Now()
 			r := kvSet(t, c.nodes["n3"], "during", "change")
-			if r.status != http.StatusOK {
+			if r.Status != http.StatusOK {
 				t.Fatalf("set through a lagging node: %s", r)
 			}
 			if el := time.Since(start); el < lag {
@@ -502,7 +503,7 @@ func TestPublicWriteRetriesAfterTableChange(t *testing.T) {
 			// are readable from every node.
 			for _, key := range []string{"before", "during"} {
 				for _, n := range []string{"n1", "n2", "n3"} {
-					mustValue(t, kvGet(t, c.nodes[n], key, ""), key, "change")
+					apitest.MustValue(t, kvGet(t, c.nodes[n], key, ""), key, "change")
 				}
 			}
 		})
@@ -523,7 +524,7 @@ func TestStalePrimary(t *testing.T) {
 	c.waitReady(t)
 	n1, n2, n3 := c.nodes["n1"], c.nodes["n2"], c.nodes["n3"]
 	key := keyIn(t, "sp", 0, parts)
-	if r := kvSet(t, n1, key, "v1"); r.status != http.StatusOK {
+	if r := kvSet(t, n1, key, "v1"); r.Status != http.StatusOK {
 		t.Fatalf("set: %s", r)
 	}
 	// n1 is cut off: it keeps the old table and the cluster sees it down.
@@ -536,7 +537,7 @@ func TestStalePrimary(t *testing.T) {
 		r.Epoch = 2
 	})
 	c.waitReady(t)
-	if r := kvSet(t, n3, key, "v2"); r.status != http.StatusOK {
+	if r := kvSet(t, n3, key, "v2"); r.Status != http.StatusOK {
 		t.Fatalf("set after failover: %s", r)
 	}
 
@@ -547,14 +548,14 @@ func TestStalePrimary(t *testing.T) {
 		{"linearizable read on the stale primary", func(t *testing.T) {
 			r := kvGet(t, n1, key, "")
 			t.Logf("stale primary answered %s", r)
-			if r.status == http.StatusOK && r.object(t)["value"] == "v1" {
+			if r.Status == http.StatusOK && r.Object(t)["value"] == "v1" {
 				t.Errorf("stale primary answered a linearizable read with the overwritten value v1 (current value is v2)")
 			}
 		}},
 		{"write on the stale primary is not acknowledged", func(t *testing.T) {
 			r := kvSet(t, n1, key, "v3")
 			t.Logf("stale primary answered %s", r)
-			if r.status == http.StatusOK {
+			if r.Status == http.StatusOK {
 				t.Errorf("stale primary acknowledged a write")
 			}
 		}},
@@ -565,7 +566,7 @@ func TestStalePrimary(t *testing.T) {
 				return slices.Contains(c.table.route(0).InSync, "n1")
 			})
 			for _, n := range []*testNode{n1, n2, n3} {
-				mustValue(t, kvGet(t, n, key, ""), key, "v2")
+				apitest.MustValue(t, kvGet(t, n, key, ""), key, "v2")
 			}
 			// The unacknowledged v3 on n1's disk was replaced by the copy.
 			if v, _ := storedValue(t, n1.db, 0, key); v != "v2" {
@@ -606,7 +607,7 @@ func TestReplicaDown(t *testing.T) {
 			})
 			c.waitReady(t)
 			key := keyIn(t, "down", 0, parts)
-			if r := kvSet(t, c.nodes["n1"], "warm", "up"); r.status != http.StatusOK {
+			if r := kvSet(t, c.nodes["n1"], "warm", "up"); r.Status != http.StatusOK {
 				t.Fatalf("warm-up set: %s", r)
 			}
 			tt.failure(c)
@@ -621,15 +622,15 @@ func TestReplicaDown(t *testing.T) {
 			c.ctl.setFailRemove(tt.controlFails)
 
 			r := kvSet(t, c.nodes[tt.via], key, "v")
-			c.events.add("client: got %d", r.status)
+			c.events.add("client: got %d", r.Status)
 			if tt.wantStatus != http.StatusOK {
-				checkError(t, r, tt.wantStatus, tt.wantCode)
+				apitest.CheckError(t, r, tt.wantStatus, tt.wantCode)
 				if !slices.Contains(c.table.route(0).InSync, "n3") {
 					t.Errorf("n3 left the in-sync set although Control refused")
 				}
 				return
 			}
-			if r.status != http.StatusOK {
+			if r.Status != http.StatusOK {
 				t.Fatalf("set with a replica down: %s", r)
 			}
 			removed := c.events.index(controlEvent(0, "n3", false))
@@ -643,7 +644,7 @@ func TestReplicaDown(t *testing.T) {
 			if v, ok := storedValue(t, c.nodes["n2"].db, 0, key); !ok || v != "v" {
 				t.Errorf("the surviving in-sync replica lacks the write: %q %v", v, ok)
 			}
-			mustValue(t, kvGet(t, c.nodes["n2"], key, ""), key, "v")
+			apitest.MustValue(t, kvGet(t, c.nodes["n2"], key, ""), key, "v")
 		})
 	}
 }
@@ -675,7 +676,7 @@ func TestReads(t *testing.T) {
 	c.waitReady(t)
 	n1, n2, n3 := c.nodes["n1"], c.nodes["n2"], c.nodes["n3"]
 	key := keyIn(t, "rd", 0, parts)
-	if r := kvSet(t, n1, key, "primary-copy"); r.status != http.StatusOK {
+	if r := kvSet(t, n1, key, "primary-copy"); r.Status != http.StatusOK {
 		t.Fatalf("set: %s", r)
 	}
 	seq := meta(t, n2.db, 0).Seq
@@ -713,7 +714,7 @@ func TestReads(t *testing.T) {
 			for _, n := range c.nodes {
 				reads[n.id] = len(n.rec.matching("read"))
 			}
-			mustValue(t, kvGet(t, tt.via, key, tt.consistency), key, tt.want)
+			apitest.MustValue(t, kvGet(t, tt.via, key, tt.consistency), key, tt.want)
 			for _, n := range c.nodes {
 				got := n.rec.matching("read")[reads[n.id]:]
 				// A refused attempt (say, while a read lease is renewed)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/clusterkit/clusterkit/auth"
 	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/internal/apitest"
 )
 
 // tokenTable is the cluster's token store as the KV API sees it: tokens
@@ -65,10 +66,10 @@ func TestKVAuth(t *testing.T) {
 	configRO := tokens.add(t, "read:config/")
 
 	// Open while KV auth is off, tokens or not.
-	if r := kvSet(t, c, n.url, "user:1", "v1"); r.status != http.StatusOK {
+	if r := kvSet(t, c, n.url, "user:1", "v1"); r.Status != http.StatusOK {
 		t.Fatalf("open set: %s", r)
 	}
-	if r := doAuth(t, c, "POST", n.url+"/kv/set", configRO, setBodyJSON("config/x", "open")); r.status != http.StatusOK {
+	if r := doAuth(t, c, "POST", n.url+"/kv/set", configRO, setBodyJSON("config/x", "open")); r.Status != http.StatusOK {
 		t.Fatalf("open set with a read token: %s", r)
 	}
 	tokens.mu.Lock()
@@ -107,18 +108,18 @@ func TestKVAuth(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := doAuth(t, c, tt.method, n.url+tt.path, tt.token, tt.body)
 			if tt.status == 200 {
-				if r.status != 200 {
+				if r.Status != 200 {
 					t.Fatalf("got %s, want 200", r)
 				}
 				return
 			}
-			checkError(t, r, tt.status, tt.wantCode)
+			apitest.CheckError(t, r, tt.status, tt.wantCode)
 		})
 	}
 	// Nothing a refused request sent was applied.
 	tokens.mu.Lock()
 	tokens.required = false
 	tokens.mu.Unlock()
-	mustValue(t, kvGet(t, c, n.url, "user:1", ""), "user:1", "v1")
-	mustValue(t, kvGet(t, c, n.url, "config/x", ""), "config/x", "open")
+	apitest.MustValue(t, kvGet(t, c, n.url, "user:1", ""), "user:1", "v1")
+	apitest.MustValue(t, kvGet(t, c, n.url, "config/x", ""), "config/x", "open")
 }

@@ -10,18 +10,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/clusterkit/clusterkit/engine"
+	"github.com/clusterkit/clusterkit/internal/apitest"
 	"github.com/clusterkit/clusterkit/peer"
 	"github.com/clusterkit/clusterkit/ring"
 	"github.com/clusterkit/clusterkit/storage"
@@ -134,25 +133,8 @@ func singleNodeAuth(tb testing.TB, parts int, a Auth) (*testNode, *http.Client) 
 }
 
 // apiResp is a raw HTTP answer.
-type apiResp struct {
-	status int
-	ctype  string
-	body   []byte
-}
 
 // object decodes the body as a JSON object.
-func (r apiResp) object(tb testing.TB) map[string]any {
-	tb.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(r.body, &m); err != nil {
-		tb.Fatalf("body %q is not a JSON object: %v", r.body, err)
-	}
-	return m
-}
-
-func (r apiResp) String() string {
-	return fmt.Sprintf("%d %s %s", r.status, r.ctype, bytes.TrimSpace(r.body))
-}
 
 func doReq(tb testing.TB, c *http.Client, method, u string, body []byte) apiResp {
 	tb.Helper()
@@ -182,7 +164,7 @@ func doRequest(tb testing.TB, c *http.Client, req *http.Request) apiResp {
 	if err != nil {
 		tb.Fatalf("read answer of %s %s: %v", method, u, err)
 	}
-	return apiResp{status: resp.StatusCode, ctype: resp.Header.Get("Content-Type"), body: b}
+	return apiResp{Status: resp.StatusCode, CType: resp.Header.Get("Content-Type"), Body: b}
 }
 
 func setBodyJSON(key, value string) []byte {
@@ -210,39 +192,9 @@ func kvDelete(tb testing.TB, c *http.Client, base, key string) apiResp {
 }
 
 // mustValue asserts a get answered 200 with value.
-func mustValue(tb testing.TB, r apiResp, key, want string) {
-	tb.Helper()
-	if r.status != http.StatusOK {
-		tb.Fatalf("get %q: got %s, want 200", key, r)
-	}
-	m := r.object(tb)
-	if m["key"] != key || m["value"] != want {
-		tb.Fatalf("get %q: got %v, want key=%q value=%q", key, m, key, want)
-	}
-}
 
 // checkError asserts the contract's error shape: JSON content type and a
 // body {"error": non-empty, "code": non-empty}.
-func checkError(tb testing.TB, r apiResp, wantStatus int, wantCode string) {
-	tb.Helper()
-	if r.status != wantStatus {
-		tb.Errorf("status: got %s, want %d %s", r, wantStatus, wantCode)
-	}
-	if !strings.HasPrefix(r.ctype, "application/json") {
-		tb.Errorf("Content-Type = %q, want application/json (body %q)", r.ctype, r.body)
-	}
-	var e struct {
-		Error *string `json:"error"`
-		Code  *string `json:"code"`
-	}
-	if err := json.Unmarshal(r.body, &e); err != nil {
-		tb.Fatalf("error body %q is not JSON: %v", r.body, err)
-	}
-	if e.Error == nil || *e.Error == "" || e.Code == nil || *e.Code == "" {
-		tb.Errorf("error body %q lacks a non-empty error and code", r.body)
-		return
-	}
-	if wantCode != "" && *e.Code != wantCode {
-		tb.Errorf("code = %q, want %q (body %q)", *e.Code, wantCode, r.body)
-	}
-}
+
+// apiResp is an answer as the KV API gives it.
+type apiResp = apitest.Resp

@@ -21,6 +21,7 @@ import (
 
 	"github.com/clusterkit/clusterkit/engine"
 	"github.com/clusterkit/clusterkit/errcode"
+	"github.com/clusterkit/clusterkit/internal/apitest"
 )
 
 const testParts = 8
@@ -43,10 +44,10 @@ func wantFields(t *testing.T, got, want map[string]any) {
 
 func listKeys(t *testing.T, r apiResp) ([]string, float64) {
 	t.Helper()
-	if r.status != http.StatusOK {
+	if r.Status != http.StatusOK {
 		t.Fatalf("list: got %s, want 200", r)
 	}
-	m := r.object(t)
+	m := r.Object(t)
 	raw, ok := m["keys"].([]any)
 	if !ok {
 		t.Fatalf("list: keys is %T (%v), want an array", m["keys"], m["keys"])
@@ -72,31 +73,31 @@ func TestPublicAPIHappyPath(t *testing.T) {
 	}{
 		{"set", func(t *testing.T) {
 			r := kvSet(t, c, n.url, "user:123", "John Doe")
-			if r.status != http.StatusOK || !strings.HasPrefix(r.ctype, "application/json") {
+			if r.Status != http.StatusOK || !strings.HasPrefix(r.CType, "application/json") {
 				t.Fatalf("got %s, want 200 JSON", r)
 			}
-			wantFields(t, r.object(t), map[string]any{"status": "success", "key": "user:123"})
+			wantFields(t, r.Object(t), map[string]any{"status": "success", "key": "user:123"})
 		}},
 		{"get", func(t *testing.T) {
-			mustValue(t, kvGet(t, c, n.url, "user:123", ""), "user:123", "John Doe")
+			apitest.MustValue(t, kvGet(t, c, n.url, "user:123", ""), "user:123", "John Doe")
 		}},
 		{"get with explicit linearizable and strong consistency", func(t *testing.T) {
-			mustValue(t, kvGet(t, c, n.url, "user:123", "linearizable"), "user:123", "John Doe")
-			mustValue(t, kvGet(t, c, n.url, "user:123", "strong"), "user:123", "John Doe")
-			mustValue(t, kvGet(t, c, n.url, "user:123", "stale"), "user:123", "John Doe")
+			apitest.MustValue(t, kvGet(t, c, n.url, "user:123", "linearizable"), "user:123", "John Doe")
+			apitest.MustValue(t, kvGet(t, c, n.url, "user:123", "strong"), "user:123", "John Doe")
+			apitest.MustValue(t, kvGet(t, c, n.url, "user:123", "stale"), "user:123", "John Doe")
 		}},
 		{"overwrite", func(t *testing.T) {
-			if r := kvSet(t, c, n.url, "user:123", "Jane Doe"); r.status != http.StatusOK {
+			if r := kvSet(t, c, n.url, "user:123", "Jane Doe"); r.Status != http.StatusOK {
 				t.Fatalf("got %s", r)
 			}
-			mustValue(t, kvGet(t, c, n.url, "user:123", ""), "user:123", "Jane Doe")
+			apitest.MustValue(t, kvGet(t, c, n.url, "user:123", ""), "user:123", "Jane Doe")
 		}},
 		{"get absent key is a JSON 404", func(t *testing.T) {
-			checkError(t, kvGet(t, c, n.url, "user:999", ""), http.StatusNotFound, errcode.KeyNotFound)
+			apitest.CheckError(t, kvGet(t, c, n.url, "user:999", ""), http.StatusNotFound, errcode.KeyNotFound)
 		}},
 		{"second key through PUT", func(t *testing.T) {
 			r := doReq(t, c, http.MethodPut, n.url+"/kv/set", setBodyJSON("user:124", "Bob"))
-			if r.status != http.StatusOK {
+			if r.Status != http.StatusOK {
 				t.Fatalf("got %s", r)
 			}
 		}},
@@ -114,18 +115,18 @@ func TestPublicAPIHappyPath(t *testing.T) {
 		}},
 		{"delete", func(t *testing.T) {
 			r := kvDelete(t, c, n.url, "user:123")
-			if r.status != http.StatusOK {
+			if r.Status != http.StatusOK {
 				t.Fatalf("got %s", r)
 			}
-			wantFields(t, r.object(t), map[string]any{"status": "deleted", "key": "user:123"})
+			wantFields(t, r.Object(t), map[string]any{"status": "deleted", "key": "user:123"})
 		}},
 		{"get after delete is 404", func(t *testing.T) {
-			checkError(t, kvGet(t, c, n.url, "user:123", ""), http.StatusNotFound, errcode.KeyNotFound)
+			apitest.CheckError(t, kvGet(t, c, n.url, "user:123", ""), http.StatusNotFound, errcode.KeyNotFound)
 		}},
 		{"deleting an absent key is idempotent", func(t *testing.T) {
 			// A retried delete must not turn into an error for the client.
 			r := doReq(t, c, http.MethodDelete, n.url+"/kv/delete?key=user:123", nil)
-			if r.status != http.StatusOK {
+			if r.Status != http.StatusOK {
 				t.Fatalf("got %s, want 200", r)
 			}
 		}},
@@ -137,10 +138,10 @@ func TestPublicAPIHappyPath(t *testing.T) {
 		}},
 		{"stats", func(t *testing.T) {
 			r := doReq(t, c, http.MethodGet, n.url+"/kv/stats", nil)
-			if r.status != http.StatusOK {
+			if r.Status != http.StatusOK {
 				t.Fatalf("got %s", r)
 			}
-			m := r.object(t)
+			m := r.Object(t)
 			wantFields(t, m, map[string]any{
 				"local_keys": 1, "cluster_nodes": 3, "partitions": testParts,
 				"is_leader": true, "raft_state": "Leader",
@@ -164,7 +165,7 @@ func TestBadInput(t *testing.T) {
 	n, c := singleNode(t, testParts)
 	keep := map[string]string{"keep-1": "v1", "keep-2": "v2"}
 	for k, v := range keep {
-		if r := kvSet(t, c, n.url, k, v); r.status != http.StatusOK {
+		if r := kvSet(t, c, n.url, k, v); r.Status != http.StatusOK {
 			t.Fatalf("seed %q: %s", k, r)
 		}
 	}
@@ -239,13 +240,13 @@ func TestBadInput(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := doReq(t, c, tt.method, n.url+tt.path, tt.body)
-			checkError(t, r, tt.status, tt.code)
+			apitest.CheckError(t, r, tt.status, tt.code)
 		})
 	}
 
 	// None of the refused requests may have changed what was stored.
 	for k, v := range keep {
-		mustValue(t, kvGet(t, c, n.url, k, ""), k, v)
+		apitest.MustValue(t, kvGet(t, c, n.url, k, ""), k, v)
 	}
 	keys, count := listKeys(t, doReq(t, c, http.MethodGet, n.url+"/kv/list", nil))
 	if !slices.Equal(keys, []string{"keep-1", "keep-2"}) || count != 2 {
@@ -278,21 +279,21 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatalf("bad test key")
 			}
 			r := kvSet(t, c, n.url, tt.key, tt.value)
-			if r.status != http.StatusOK {
+			if r.Status != http.StatusOK {
 				t.Fatalf("set: %s", r)
 			}
-			wantFields(t, r.object(t), map[string]any{"status": "success", "key": tt.key})
-			mustValue(t, kvGet(t, c, n.url, tt.key, ""), tt.key, tt.value)
+			wantFields(t, r.Object(t), map[string]any{"status": "success", "key": tt.key})
+			apitest.MustValue(t, kvGet(t, c, n.url, tt.key, ""), tt.key, tt.value)
 			keys, _ := listKeys(t, doReq(t, c, http.MethodGet, n.url+"/kv/list", nil))
 			if !slices.Contains(keys, tt.key) {
 				t.Errorf("list %q does not contain %q", keys, tt.key)
 			}
 			r = kvDelete(t, c, n.url, tt.key)
-			if r.status != http.StatusOK {
+			if r.Status != http.StatusOK {
 				t.Fatalf("delete: %s", r)
 			}
-			wantFields(t, r.object(t), map[string]any{"status": "deleted", "key": tt.key})
-			checkError(t, kvGet(t, c, n.url, tt.key, ""), http.StatusNotFound, errcode.KeyNotFound)
+			wantFields(t, r.Object(t), map[string]any{"status": "deleted", "key": tt.key})
+			apitest.CheckError(t, kvGet(t, c, n.url, tt.key, ""), http.StatusNotFound, errcode.KeyNotFound)
 		})
 	}
 }
@@ -359,14 +360,14 @@ func TestConcurrentSetGet(t *testing.T) {
 			for i := range iterations {
 				key := hot(g, i)
 				r := doReqNoFatal(c, http.MethodPost, n.url+"/kv/set", setBodyJSON(key, fmt.Sprintf("g%d-i%d", g, i)))
-				if r.err != nil || r.status != http.StatusOK {
-					errs <- fmt.Errorf("set %s: %v %s", key, r.err, r.body)
+				if r.err != nil || r.Status != http.StatusOK {
+					errs <- fmt.Errorf("set %s: %v %s", key, r.err, r.Body)
 					return
 				}
 				cons := []string{"", "stale"}[i%2]
 				r = doReqNoFatal(c, http.MethodGet, n.url+"/kv/get?key="+key+"&consistency="+cons, nil)
-				if r.err != nil || r.status != http.StatusOK {
-					errs <- fmt.Errorf("get %s: %v %s", key, r.err, r.body)
+				if r.err != nil || r.Status != http.StatusOK {
+					errs <- fmt.Errorf("get %s: %v %s", key, r.err, r.Body)
 					return
 				}
 				if v := r.value(); !valid(key, v) {
@@ -384,10 +385,10 @@ func TestConcurrentSetGet(t *testing.T) {
 	for k := range hotKeys {
 		key := fmt.Sprintf("hot-%d", k)
 		r := kvGet(t, c, n.url, key, "")
-		if r.status != http.StatusOK {
+		if r.Status != http.StatusOK {
 			t.Fatalf("final get %s: %s", key, r)
 		}
-		if v := r.object(t)["value"].(string); !valid(key, v) {
+		if v := r.Object(t)["value"].(string); !valid(key, v) {
 			t.Errorf("final get %s = %q, never written to it", key, v)
 		}
 	}
@@ -409,14 +410,14 @@ func TestConcurrentSetGet(t *testing.T) {
 
 // rawResp is a response read without testing.T, for use in goroutines.
 type rawResp struct {
-	status int
-	body   []byte
+	Status int
+	Body   []byte
 	err    error
 }
 
 func (r rawResp) value() string {
 	var m map[string]string
-	_ = json.Unmarshal(r.body, &m)
+	_ = json.Unmarshal(r.Body, &m)
 	return m["value"]
 }
 
@@ -431,7 +432,7 @@ func doReqNoFatal(c *http.Client, method, u string, body []byte) rawResp {
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return rawResp{status: resp.StatusCode, body: b, err: err}
+	return rawResp{Status: resp.StatusCode, Body: b, err: err}
 }
 
 // TestNotInitialised: before the cluster has a partition table every KV call
@@ -450,7 +451,7 @@ func TestNotInitialised(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkError(t, doReq(t, client, tt.method, n.url+tt.path, tt.body), http.StatusServiceUnavailable, errcode.Unavailable)
+			apitest.CheckError(t, doReq(t, client, tt.method, n.url+tt.path, tt.body), http.StatusServiceUnavailable, errcode.Unavailable)
 		})
 	}
 	keys, count := listKeys(t, doReq(t, client, http.MethodGet, n.url+"/kv/list", nil))
@@ -463,9 +464,9 @@ func TestNotInitialised(t *testing.T) {
 // space, so clients must escape keys; the escaped form reaches the key.
 func TestQueryEscapingIsTheClientsJob(t *testing.T) {
 	n, c := singleNode(t, testParts)
-	if r := kvSet(t, c, n.url, "a+b", "plus"); r.status != http.StatusOK {
+	if r := kvSet(t, c, n.url, "a+b", "plus"); r.Status != http.StatusOK {
 		t.Fatalf("set: %s", r)
 	}
-	mustValue(t, doReq(t, c, http.MethodGet, n.url+"/kv/get?key="+url.QueryEscape("a+b"), nil), "a+b", "plus")
-	checkError(t, doReq(t, c, http.MethodGet, n.url+"/kv/get?key=a+b", nil), http.StatusNotFound, errcode.KeyNotFound)
+	apitest.MustValue(t, doReq(t, c, http.MethodGet, n.url+"/kv/get?key="+url.QueryEscape("a+b"), nil), "a+b", "plus")
+	apitest.CheckError(t, doReq(t, c, http.MethodGet, n.url+"/kv/get?key=a+b", nil), http.StatusNotFound, errcode.KeyNotFound)
 }

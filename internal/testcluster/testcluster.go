@@ -682,3 +682,21 @@ func (s *syncBuffer) String() string {
 // WaitExit waits up to timeout for the process to exit by itself (without
 // signalling it) and reports whether it did.
 func (n *Node) WaitExit(timeout time.Duration) bool { return n.reap(timeout) }
+
+// Main is a TestMain for a package of process tests: it builds the binary
+// into a temporary directory, sets *bin to it, runs the tests, removes the
+// directory and exits with the tests' code.
+func Main(m *testing.M, bin *string) {
+	dir, err := os.MkdirTemp("", "clusterkit-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if *bin, err = Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
