@@ -62,7 +62,11 @@ type snapshot struct {
 	values  map[string]string
 }
 
-// writeKeys writes n keys through the nodes in turn and returns them.
+// writeKeys writes n keys through the nodes in turn and returns them. A
+// write that gets a 503 is sent again: right after start the cluster may
+// still be moving a primary to the ring's choice, and a write caught in
+// that hand-off is refused or has an unknown outcome; writing the same
+// value again settles it.
 func writeKeys(t *testing.T, c *tc.Cluster, prefix string, n int) map[string]string {
 	t.Helper()
 	out := map[string]string{}
@@ -70,12 +74,15 @@ func writeKeys(t *testing.T, c *tc.Cluster, prefix string, n int) map[string]str
 	for i := range n {
 		k, v := fmt.Sprintf("%s-%d", prefix, i), fmt.Sprintf("value-%d", i)
 		node := running[i%len(running)]
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		r, err := tc.Set(ctx, node.KV, k, v)
-		cancel()
-		if err != nil || r.Status != http.StatusOK {
-			t.Fatalf("set %s through %s: %v %s", k, node.ID, err, tc.ErrText(r))
-		}
+		tc.Eventually(t, 15*time.Second, "set "+k+" through "+node.ID, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			r, err := tc.Set(ctx, node.KV, k, v)
+			if err != nil || r.Status != http.StatusOK {
+				return fmt.Errorf("%v %s", err, tc.ErrText(r))
+			}
+			return nil
+		})
 		out[k] = v
 	}
 	return out
