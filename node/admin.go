@@ -150,20 +150,24 @@ func (ck *ClusterKit) handleCreateToken(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	secret, err := auth.NewSecret()
-	if err == nil {
-		var id string
-		if id, err = auth.NewID(); err == nil {
-			t := consensus.Token{ID: id, Name: in.Name, Hash: auth.Hash(secret), Scopes: in.Scopes, Created: time.Now().UTC()}
-			if err = ck.apply(r.Context(), consensus.CmdTokenCreate, consensus.TokenCmd{Token: t}); err == nil {
-				ck.log.Info("token created", "id", id, "name", in.Name, "scopes", in.Scopes)
-				out := toTokenJSON(t)
-				out.Token = secret
-				writeJSON(w, http.StatusCreated, out)
-				return
-			}
-		}
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
 	}
-	httpapi.WriteError(w, err)
+	id, err := auth.NewID()
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	t := consensus.Token{ID: id, Name: in.Name, Hash: auth.Hash(secret), Scopes: in.Scopes, Created: time.Now().UTC()}
+	if err := ck.apply(r.Context(), consensus.CmdTokenCreate, consensus.TokenCmd{Token: t}); err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	ck.log.Info("token created", "id", id, "name", in.Name, "scopes", in.Scopes)
+	out := toTokenJSON(t)
+	out.Token = secret
+	writeJSON(w, http.StatusCreated, out)
 }
 
 // handleDeleteToken serves DELETE /tokens/{id}.
@@ -486,9 +490,8 @@ func (ck *ClusterKit) handleKeyringOp(w http.ResponseWriter, r *http.Request) {
 	body := keyringJSON(nodes, failed)
 	body["op"], body["key"] = op, fp
 	if len(failed) > 0 {
-		body["error"] = fmt.Sprintf("%s of %s failed on %d member(s); run it again once they are back", op, fp, len(failed))
-		body["code"] = errcode.Unavailable
-		writeJSON(w, http.StatusServiceUnavailable, body)
+		httpapi.WriteError(w, &errcode.Error{Code: errcode.Unavailable, Details: body,
+			Message: fmt.Sprintf("%s of %s failed on %d member(s); run it again once they are back", op, fp, len(failed))})
 		return
 	}
 	writeJSON(w, http.StatusOK, body)

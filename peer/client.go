@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -318,5 +317,3 @@ func readInstallAnswer(br *bufio.Reader) error {
 	_, err = decodeResponse(payload)
 	return err
 }
-
-var _ net.Conn = (*bufferedConn)(nil)
