@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -62,36 +63,57 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
+// Test ports come from below the kernel's ephemeral range (32768-60999 on
+// Linux): a port asked of the kernel with ":0" and closed again can be
+// handed to the next ":0" listener or to an outgoing connection before the
+// node binds it, which once gave node-2's KV listener node-1's gossip port.
+// Nothing in this range is handed out by the kernel, so a port found free
+// here stays free unless another test binds it, and nextPort makes sure no
+// two callers in one test process ever get the same one. The start is
+// spread by process id so that test binaries running side by side (go test
+// runs packages in parallel) walk different stretches of the range.
+const (
+	portLow  = 12000
+	portHigh = 32000
+)
+
+// nextPort is the one piece of package-level state here: it stands in for
+// the kernel's port allocator, which is process-wide too.
+var nextPort atomic.Int64
+
+func init() {
+	nextPort.Store(int64(os.Getpid()*211) % (portHigh - portLow))
+}
+
 // FreePorts returns n distinct ports that are free for both TCP and UDP on
-// 127.0.0.1 right now. Each is held until all are found: a port closed
-// right away can be handed out again by the next request for port 0,
-// which once gave one node the same port for two of its listeners.
+// 127.0.0.1 right now and have not been returned before by this process.
 func FreePorts(n int) ([]int, error) {
 	var ports []int
-	var held []io.Closer
-	defer func() {
-		for _, c := range held {
-			c.Close()
-		}
-	}()
 	for attempt := 0; len(ports) < n; attempt++ {
-		if attempt == 50*n {
-			return nil, fmt.Errorf("no free port found")
+		if attempt == portHigh-portLow {
+			return nil, fmt.Errorf("no free port found in %d-%d", portLow, portHigh)
 		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
+		port := portLow + int(nextPort.Add(1)%(portHigh-portLow))
+		if portFree(port) {
+			ports = append(ports, port)
 		}
-		held = append(held, l)
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		held = append(held, u)
-		ports = append(ports, port)
 	}
 	return ports, nil
+}
+
+func portFree(port int) bool {
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	u, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return false
+	}
+	u.Close()
+	return true
 }
 
 // Node is one ClusterKit process.
