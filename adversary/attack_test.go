@@ -145,11 +145,12 @@ func internalPortRefusesNonMembers(t *testing.T, c *tc.Cluster, tg target) {
 		t.Run(name, func(t *testing.T) {
 			calls := map[string]func() error{
 				"forward a write to the primary": func() error {
-					return cl.Forward(ctx, tg.primary.Raft, peer.ForwardReq{Partition: tg.partition, Epoch: tg.epoch, Op: op})
+					_, err := cl.Forward(ctx, tg.primary.Raft, peer.ForwardReq{Partition: tg.partition, Epoch: tg.epoch, Ops: []peer.Op{op}})
+					return err
 				},
 				"replicate to a replica": func() error {
 					return cl.Replicate(ctx, tg.replica.Raft, peer.ReplicateReq{Partition: tg.partition, Epoch: tg.epoch,
-						Seq: tg.seq, From: tg.primary.ID, Ops: []peer.Op{op}})
+						Seq: tg.seq, From: tg.primary.ID, Entries: []peer.Entry{{Key: op.Key, Value: op.Value}}})
 				},
 				"install an empty copy": func() error {
 					return cl.Install(ctx, tg.replica.Raft, peer.InstallReq{Partition: tg.partition, Epoch: tg.epoch, From: tg.primary.ID},
@@ -294,7 +295,7 @@ func replayedHandshake(t *testing.T, c *tc.Cluster, tg target) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := member.Forward(ctx, rec.ln.Addr().String(), peer.ForwardReq{Partition: tg.partition, Epoch: p.Epoch, Op: peer.Op{Key: tg.key, Value: "recorded"}}); err != nil {
+	if _, err := member.Forward(ctx, rec.ln.Addr().String(), peer.ForwardReq{Partition: tg.partition, Epoch: p.Epoch, Ops: []peer.Op{{Key: tg.key, Value: "recorded"}}}); err != nil {
 		t.Fatalf("the recorded write failed: %v", err)
 	}
 	member.Close()

@@ -231,7 +231,7 @@ func applyInit(s *State, c InitCmd) error {
 	if s.Initialized() {
 		return fmt.Errorf("%w: cluster already initialised", ErrInvalid)
 	}
-	if c.Config.Partitions < 1 || c.Config.ReplicationFactor < 1 {
+	if c.Config.Partitions < 1 || c.Config.ReplicationFactor < 1 || c.Config.MinInSync < 0 {
 		return fmt.Errorf("%w: partitions and replication factor must be >= 1", ErrInvalid)
 	}
 	s.Config = c.Config

@@ -82,6 +82,34 @@ type ClusterConfig struct {
 	Name              string `json:"name"`
 	Partitions        int    `json:"partitions"`
 	ReplicationFactor int    `json:"replication_factor"`
+	// MinInSync is the copy floor; 0 (a cluster bootstrapped before it
+	// existed) means DefaultMinInSync.
+	MinInSync int `json:"min_insync,omitempty"`
+	// HashTags: a key holding "{…}" is placed by the text inside its first
+	// braces (ring.PartitionOfTagged). Clusters bootstrapped before hash
+	// tags keep hashing whole keys.
+	HashTags bool `json:"hash_tags,omitempty"`
+}
+
+// DefaultMinInSync is the copy floor of a cluster that did not set one.
+const DefaultMinInSync = 2
+
+// MinCopies is the effective copy floor: MinInSync, but never more than
+// the replication factor or the number of members that have not left, so
+// a one-node cluster writes with one copy while a three-node cluster that
+// has lost two nodes refuses writes.
+func (s *State) MinCopies() int {
+	floor := s.Config.MinInSync
+	if floor == 0 {
+		floor = DefaultMinInSync
+	}
+	members := 0
+	for _, n := range s.Nodes {
+		if n.Status != StatusLeft {
+			members++
+		}
+	}
+	return max(1, min(floor, s.Config.ReplicationFactor, members))
 }
 
 // State is the replicated cluster metadata. A *State handed out by the Store

@@ -34,7 +34,7 @@ func benchWrites(b *testing.B, cfg clusterConfig, via string) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			key := fmt.Sprintf("bench-%d", seq.Add(1))
-			if err := n.srv.Write(context.Background(), Op{Key: key, Value: value}); err != nil {
+			if _, err := n.srv.Write(context.Background(), Op{Key: key, Value: value}, 0); err != nil {
 				b.Errorf("set %s: %v", key, err)
 				return
 			}

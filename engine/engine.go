@@ -52,6 +52,11 @@ type Engine struct {
 	queuesMu sync.Mutex
 	queues   map[int]*writeQueue
 
+	// unresolved: partitions with replicas that missed a round and are
+	// not yet out of the in-sync set (see dropReplicas).
+	unresolvedMu sync.Mutex
+	unresolved   map[int]unresolvedRound
+
 	kick        chan struct{}
 	leases      *leases
 	guard       *tableGuard
@@ -70,6 +75,7 @@ func New(o Options) (*Engine, error) {
 		replTimeout: cmpOr(o.ReplicationTimeout, time.Second),
 		locks:       map[int]*sync.RWMutex{},
 		queues:      map[int]*writeQueue{},
+		unresolved:  map[int]unresolvedRound{},
 		kick:        make(chan struct{}, 1),
 		leases:      newLeases(time.Now()),
 		confirmRead: o.ReadMode == "confirm",
@@ -178,32 +184,107 @@ func retry(ctx context.Context, attempt func() error) error {
 	}
 }
 
-// Write applies a set or delete through the key's primary.
-func (s *Engine) Write(ctx context.Context, op Op) error {
-	ctx, cancel := s.withDeadline(ctx)
-	defer cancel()
+// Write applies one op through its key's primary.
+func (s *Engine) Write(ctx context.Context, op Op, minCopies int) (Result, error) {
+	if err := s.ready(); err != nil {
+		return Result{}, err
+	}
+	res, err := s.forward(ctx, s.router.PartitionOf(op.Key), []Op{op}, false, minCopies)
+	if err != nil {
+		return Result{}, err
+	}
+	return res[0], nil
+}
+
+// WriteBatch applies ops, each through its key's primary: the ops of one
+// partition go in one request, and the partitions in parallel. Atomic
+// ops must all be of one partition and are applied all or none. It returns
+// a result or an error for every op, in order.
+func (s *Engine) WriteBatch(ctx context.Context, ops []Op, atomic bool, minCopies int) ([]Result, []error) {
+	results, errs := make([]Result, len(ops)), make([]error, len(ops))
+	fail := func(err error) ([]Result, []error) {
+		for i := range errs {
+			errs[i] = err
+		}
+		return results, errs
+	}
+	if err := s.ready(); err != nil {
+		return fail(err)
+	}
+	byPart := map[int][]int{}
+	var order []int
+	for i, op := range ops {
+		p := s.router.PartitionOf(op.Key)
+		if _, ok := byPart[p]; !ok {
+			order = append(order, p)
+		}
+		byPart[p] = append(byPart[p], i)
+	}
+	if atomic && len(order) > 1 {
+		return fail(errcode.New(errcode.CrossPartition, "an atomic batch must fall in one partition; its keys are in %d (co-locate them with a {hash tag})", len(order)))
+	}
+	var wg sync.WaitGroup
+	for _, p := range order {
+		idx := byPart[p]
+		wg.Go(func() {
+			part := make([]Op, len(idx))
+			for j, i := range idx {
+				part[j] = ops[i]
+			}
+			res, err := s.forward(ctx, p, part, atomic, minCopies)
+			for j, i := range idx {
+				if err != nil {
+					errs[i] = err
+				} else {
+					results[i] = res[j]
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return results, errs
+}
+
+// PartitionOf maps a key to its partition.
+func (s *Engine) PartitionOf(key string) int { return s.router.PartitionOf(key) }
+
+func (s *Engine) ready() error {
 	if s.router.Partitions() == 0 {
 		return errcode.New(errcode.Unavailable, "cluster is not initialised yet")
 	}
-	p := s.router.PartitionOf(op.Key)
-	return retry(ctx, func() error {
+	return nil
+}
+
+// forward sends ops of partition p to its primary, again while the answer
+// guarantees nothing was applied.
+func (s *Engine) forward(ctx context.Context, p int, ops []Op, atomic bool, minCopies int) ([]Result, error) {
+	if minCopies > s.router.ReplicationFactor() {
+		return nil, errcode.New(errcode.BadRequest, "min_copies=%d is more than the cluster's replication factor (%d)", minCopies, s.router.ReplicationFactor())
+	}
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	var out []Result
+	err := retry(ctx, func() error {
 		rt, ok := s.router.Route(p)
 		if !ok || rt.Primary == "" {
 			return errcode.New(errcode.Unavailable, "partition %d has no primary", p)
 		}
-		return s.peers.Forward(ctx, rt.Primary, peer.ForwardReq{Partition: p, Epoch: rt.Epoch, Op: op})
+		resp, err := s.peers.Forward(ctx, rt.Primary, peer.ForwardReq{Partition: p, Epoch: rt.Epoch, Ops: ops, Atomic: atomic, MinCopies: minCopies})
+		out = resp.Results
+		return err
 	})
+	return out, err
 }
 
 // Read answers a get, from the primary unless stale reads are allowed.
-func (s *Engine) Read(ctx context.Context, key string, stale bool) (string, error) {
+func (s *Engine) Read(ctx context.Context, key string, stale bool) (peer.ReadResp, error) {
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
-	if s.router.Partitions() == 0 {
-		return "", errcode.New(errcode.Unavailable, "cluster is not initialised yet")
+	if err := s.ready(); err != nil {
+		return peer.ReadResp{}, err
 	}
 	p := s.router.PartitionOf(key)
-	var out string
+	var out peer.ReadResp
 	err := retry(ctx, func() error {
 		rt, ok := s.router.Route(p)
 		if !ok || rt.Primary == "" {
@@ -236,9 +317,9 @@ func (s *Engine) Read(ctx context.Context, key string, stale bool) (string, erro
 }
 
 // ServeRead answers a read sent to this node (by itself or a peer).
-func (s *Engine) ServeRead(ctx context.Context, req peer.ReadReq) (string, error) {
+func (s *Engine) ServeRead(ctx context.Context, req peer.ReadReq) (peer.ReadResp, error) {
 	if err := s.validPartition(req.Partition); err != nil {
-		return "", err
+		return peer.ReadResp{}, err
 	}
 	if req.Stale {
 		return s.localRead(req.Partition, 0, req.Key, true)
@@ -249,9 +330,9 @@ func (s *Engine) ServeRead(ctx context.Context, req peer.ReadReq) (string, error
 // localRead reads key from this node's copy. Unless stale, this node must be
 // the partition's primary at epoch, reconciled, and the read waits for any
 // write in flight so it never returns a value that is not yet acknowledged.
-func (s *Engine) localRead(p int, epoch uint64, key string, stale bool) (string, error) {
+func (s *Engine) localRead(p int, epoch uint64, key string, stale bool) (peer.ReadResp, error) {
 	if stale {
-		return s.get(p, key)
+		return s.staleRead(p, key)
 	}
 	for attempt := 0; ; attempt++ {
 		v, err := s.leasedRead(p, epoch, key)
@@ -266,40 +347,53 @@ func (s *Engine) localRead(p int, epoch uint64, key string, stale bool) (string,
 	}
 }
 
+// staleRead answers from this node's copy, saying how current it is.
+func (s *Engine) staleRead(p int, key string) (peer.ReadResp, error) {
+	m, err := s.store.Meta(p)
+	if err != nil {
+		return peer.ReadResp{}, fmt.Errorf("partition %d meta: %w", p, err)
+	}
+	v, err := s.get(p, key)
+	v.Applied = m.Seq
+	if rt, ok := s.router.Route(p); !ok || rt.Primary != s.router.Self() {
+		v.HeardAgoMillis = s.leases.heardAgo(p, time.Now()).Milliseconds()
+	}
+	return v, err
+}
+
 var errNoLease = errcode.New(errcode.NotReady, "the primary holds no read lease from its in-sync replicas")
 
 // leasedRead reads under the partition's read lock and checks the lease
 // after reading: the value was then current when it was read.
-func (s *Engine) leasedRead(p int, epoch uint64, key string) (string, error) {
+func (s *Engine) leasedRead(p int, epoch uint64, key string) (peer.ReadResp, error) {
 	l := s.lock(p)
 	l.RLock()
 	defer l.RUnlock()
 	rt, err := s.checkPrimary(p, epoch)
 	if err != nil {
-		return "", err
+		return peer.ReadResp{}, err
 	}
 	v, err := s.get(p, key)
-	if s.confirmRead {
-		if !s.confirm(p, rt) {
-			return "", errNoLease
-		}
-		return v, err
+	if !s.stillPrimary(p, rt) {
+		return peer.ReadResp{}, errNoLease
 	}
-	if !s.leases.valid(p, rt.Epoch, rt.InSync, time.Now()) {
-		return "", errNoLease
+	if m, merr := s.store.Meta(p); merr == nil {
+		v.Applied = m.Seq
 	}
 	return v, err
 }
 
-func (s *Engine) get(p int, key string) (string, error) {
-	v, ok, err := s.store.Get(p, []byte(key))
+// get reads key from this node's copy; a key past its deadline is gone,
+// whether or not the sweep has deleted it yet.
+func (s *Engine) get(p int, key string) (peer.ReadResp, error) {
+	rec, ok, err := s.store.Get(p, []byte(key))
 	if err != nil {
-		return "", fmt.Errorf("read %q: %w", key, err)
+		return peer.ReadResp{}, fmt.Errorf("read %q: %w", key, err)
 	}
-	if !ok {
-		return "", errcode.ErrKeyNotFound
+	if !ok || rec.Expired(time.Now().UnixMilli()) {
+		return peer.ReadResp{}, errcode.ErrKeyNotFound
 	}
-	return string(v), nil
+	return peer.ReadResp{Value: string(rec.Value), Revision: rec.Revision, ExpiresAt: rec.ExpiresAt}, nil
 }
 
 // checkPrimary verifies, under the partition lock, that this node is the

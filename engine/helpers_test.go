@@ -41,6 +41,9 @@ type fakeTable struct {
 	frozen   map[string]frozenTable // node → the stale table it still sees
 	watchers []chan struct{}
 	version  uint64
+	// minCopies is the copy floor the table reports (1 unless a test
+	// sets it, as in a cluster with MIN_INSYNC=1).
+	minCopies int
 }
 
 func newFakeTable(parts int, row func(p int) Route) *fakeTable {
@@ -185,7 +188,15 @@ var _ Router = (*tableView)(nil)
 func (v *tableView) Self() string    { return v.self }
 func (v *tableView) Partitions() int { return v.f.parts }
 
-func (v *tableView) PartitionOf(key string) int { return ring.PartitionOf(key, v.f.parts) }
+func (v *tableView) PartitionOf(key string) int { return ring.PartitionOfTagged(key, v.f.parts) }
+
+func (v *tableView) MinCopies() int {
+	v.f.mu.Lock()
+	defer v.f.mu.Unlock()
+	return max(1, v.f.minCopies)
+}
+
+func (v *tableView) ReplicationFactor() int { return 3 }
 
 func (v *tableView) Route(p int) (Route, bool) {
 	v.f.mu.Lock()
@@ -600,7 +611,7 @@ func answer(err error, body any) apiResp {
 // kvSet writes through n, as a client's set sent to n would.
 func kvSet(tb testing.TB, n *testNode, key, value string) apiResp {
 	tb.Helper()
-	err := n.srv.Write(context.Background(), Op{Key: key, Value: value})
+	_, err := n.srv.Write(context.Background(), Op{Key: key, Value: value}, 0)
 	return answer(err, map[string]string{"key": key, "status": "success"})
 }
 
@@ -608,13 +619,13 @@ func kvSet(tb testing.TB, n *testNode, key, value string) apiResp {
 func kvGet(tb testing.TB, n *testNode, key, consistency string) apiResp {
 	tb.Helper()
 	v, err := n.srv.Read(context.Background(), key, consistency == "stale")
-	return answer(err, map[string]string{"key": key, "value": v})
+	return answer(err, map[string]string{"key": key, "value": v.Value})
 }
 
 // kvDelete deletes through n, as a client's delete sent to n would.
 func kvDelete(tb testing.TB, n *testNode, key string) apiResp {
 	tb.Helper()
-	err := n.srv.Write(context.Background(), Op{Delete: true, Key: key})
+	_, err := n.srv.Write(context.Background(), Op{Delete: true, Key: key}, 0)
 	return answer(err, map[string]string{"key": key, "status": "deleted"})
 }
 
@@ -636,8 +647,9 @@ func dumpPartition(tb testing.TB, db *storage.DB, p int) partitionData {
 		d.Meta = m
 		return nil
 	}, func(k, v []byte) error {
-		d.Pairs[string(k)] = string(v)
-		return nil
+		r, err := storage.DecodeRecord(v)
+		d.Pairs[string(k)] = string(r.Value)
+		return err
 	})
 	if err != nil {
 		tb.Fatalf("snapshot partition %d: %v", p, err)

@@ -123,7 +123,7 @@ func TestInstallStreamRoundTrip(t *testing.T) {
 			want := dumpPartition(t, src, p)
 
 			stream := captureInstall(t, src, p)
-			seq, pairs, err := decodeAll(t, stream, MaxValueBytes)
+			seq, pairs, err := decodeAll(t, stream, MaxValueBytes+storage.RecordOverhead)
 			if err != nil {
 				t.Fatalf("decode: %v", err)
 			}
@@ -135,7 +135,11 @@ func TestInstallStreamRoundTrip(t *testing.T) {
 				if i > 0 && bytes.Compare(pairs[i-1].Key, kv.Key) >= 0 {
 					t.Errorf("pairs out of order at %d: %q then %q", i, pairs[i-1].Key, kv.Key)
 				}
-				got[string(kv.Key)] = string(kv.Value)
+				r, err := storage.DecodeRecord(kv.Value)
+				if err != nil {
+					t.Fatalf("pair %q: %v", kv.Key, err)
+				}
+				got[string(kv.Key)] = string(r.Value)
 			}
 			if !reflect.DeepEqual(got, want.Pairs) {
 				t.Errorf("decoded %d pairs, source has %d; they differ", len(got), len(want.Pairs))
@@ -147,7 +151,7 @@ func TestInstallStreamRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer dst.Close()
-			seq, next, err := readStream(bytes.NewReader(stream), MaxValueBytes)
+			seq, next, err := readStream(bytes.NewReader(stream), MaxValueBytes+storage.RecordOverhead)
 			if err != nil {
 				t.Fatal(err)
 			}

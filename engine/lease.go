@@ -43,6 +43,9 @@ type leases struct {
 	// granted: partition → until when this node promised another node
 	// not to act as primary.
 	granted map[int]time.Time
+	// lastHeard: partition → when its primary last renewed a lease or
+	// sent a round to this replica.
+	lastHeard map[int]time.Time
 	// floor: after a restart this node does not know what it granted
 	// before, so it acts as primary of nothing until floor.
 	floor time.Time
@@ -55,7 +58,7 @@ type heldLease struct {
 }
 
 func newLeases(now time.Time) *leases {
-	return &leases{held: map[int]heldLease{}, granted: map[int]time.Time{}, floor: now.Add(LeaseDuration)}
+	return &leases{held: map[int]heldLease{}, granted: map[int]time.Time{}, lastHeard: map[int]time.Time{}, floor: now.Add(LeaseDuration)}
 }
 
 // valid reports whether this node may answer reads for p at epoch now,
@@ -89,6 +92,27 @@ func (l *leases) grant(p int, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.granted[p] = now.Add(LeaseDuration)
+	l.lastHeard[p] = now
+}
+
+// heard records that p's primary was heard from at now (a replica's
+// record, for the staleness of its stale reads).
+func (l *leases) heard(p int, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lastHeard[p] = now
+}
+
+// heardAgo is how long since p's primary was last heard from, or -1 if
+// never since this process started.
+func (l *leases) heardAgo(p int, now time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t, ok := l.lastHeard[p]
+	if !ok {
+		return -1
+	}
+	return now.Sub(t)
 }
 
 // primaryBlockedUntil is when this node may start acting as primary of p.

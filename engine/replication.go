@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -29,10 +30,19 @@ type writeQueue struct {
 	token chan struct{}
 }
 
+// pendingWrite is one forwarded request: one op, or a batch of ops of the
+// partition (all or none of them when atomic).
 type pendingWrite struct {
-	epoch uint64
-	op    Op
-	done  chan error // buffered; gets exactly one result
+	epoch     uint64
+	ops       []Op
+	atomic    bool
+	minCopies int
+	done      chan roundResult // buffered; gets exactly one result
+}
+
+type roundResult struct {
+	results []peer.Result
+	err     error
 }
 
 func (s *Engine) queue(p int) *writeQueue {
@@ -46,14 +56,19 @@ func (s *Engine) queue(p int) *writeQueue {
 	return q
 }
 
-// take removes the next round's writes from the queue.
+// take removes the next round's writes from the queue: up to maxBatchOps
+// ops and maxBatchBytes, but always at least one request whole (a batch
+// request is never split: the client limits keep it within maxBatchOps).
 func (q *writeQueue) take() []*pendingWrite {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	n, size := 0, 0
-	for n < len(q.items) && n < maxBatchOps {
-		size += len(q.items[n].op.Key) + len(q.items[n].op.Value)
-		if n > 0 && size > maxBatchBytes {
+	n, ops, size := 0, 0, 0
+	for n < len(q.items) {
+		for _, op := range q.items[n].ops {
+			size += len(op.Key) + len(op.Value)
+		}
+		ops += len(q.items[n].ops)
+		if n > 0 && (size > maxBatchBytes || ops > maxBatchOps) {
 			break
 		}
 		n++
@@ -76,26 +91,27 @@ func (q *writeQueue) withdraw(w *pendingWrite) bool {
 	return false
 }
 
-// primaryWrite orders, persists and replicates one write, as part of the
-// next round of partition p. It returns once the round is acknowledged by
-// every in-sync replica (or failed).
-func (s *Engine) primaryWrite(ctx context.Context, p int, epoch uint64, op Op) error {
+// primaryWrite orders, persists and replicates w's ops, as part of the next
+// round of partition p. It returns once the round is acknowledged by every
+// in-sync replica (or failed).
+func (s *Engine) primaryWrite(ctx context.Context, p int, w *pendingWrite) ([]peer.Result, error) {
 	q := s.queue(p)
-	w := &pendingWrite{epoch: epoch, op: op, done: make(chan error, 1)}
+	w.done = make(chan roundResult, 1)
 	q.mu.Lock()
 	q.items = append(q.items, w)
 	q.mu.Unlock()
 	for {
 		select {
-		case err := <-w.done:
-			return err
+		case r := <-w.done:
+			return r.results, r.err
 		case <-ctx.Done():
 			if q.withdraw(w) {
-				return errcode.New(errcode.Unavailable, "deadline passed before the write started")
+				return nil, errcode.New(errcode.Unavailable, "deadline passed before the write started")
 			}
 			// A round has it: its outcome is coming, and soon (the
 			// round's replication is bounded).
-			return <-w.done
+			r := <-w.done
+			return r.results, r.err
 		case q.token <- struct{}{}:
 			s.commitUntilDone(p, q, w)
 			<-q.token
@@ -117,73 +133,206 @@ func (s *Engine) commitUntilDone(p int, q *writeQueue, w *pendingWrite) {
 	}
 }
 
-// commitRound persists and replicates batch as consecutive writes of p and
-// delivers each write's result. The partition lock is held throughout, so
-// rounds reach replicas in sequence order and no read sees a write before
-// it is acknowledged.
+func failAll(batch []*pendingWrite, err error) {
+	for _, w := range batch {
+		w.done <- roundResult{err: err}
+	}
+}
+
+// commitRound decides, persists and replicates batch as consecutive writes
+// of p and delivers each write's result. The partition lock is held
+// throughout, so rounds reach replicas in sequence order, conditions are
+// checked against every write before them, and no read sees a write
+// before it is acknowledged.
 func (s *Engine) commitRound(p int, batch []*pendingWrite) {
 	l := s.lock(p)
 	l.Lock()
 	defer l.Unlock()
 	rt, err := s.checkPrimary(p, 0)
 	if err != nil {
-		for _, w := range batch {
-			w.done <- err
-		}
+		failAll(batch, err)
 		return
 	}
-	ops := make([]Op, 0, len(batch))
-	writes := batch[:0:0]
+	if err := s.resolve(p, rt); err != nil {
+		failAll(batch, err)
+		return
+	}
+	m, err := s.store.Meta(p)
+	if err != nil {
+		failAll(batch, fmt.Errorf("partition %d meta: %w", p, err))
+		return
+	}
+	floor := s.router.MinCopies()
+	copies := 1 + len(rt.InSync)
+	r := newRound(s.store, p, m, time.Now())
+	var writes []*pendingWrite
 	for _, w := range batch {
-		if w.epoch != 0 && w.epoch != rt.Epoch {
-			w.done <- errcode.New(errcode.EpochMismatch, "partition %d is at epoch %d here, request used %d", p, rt.Epoch, w.epoch)
-			continue
+		switch need := max(floor, w.minCopies); {
+		case w.epoch != 0 && w.epoch != rt.Epoch:
+			w.done <- roundResult{err: errcode.New(errcode.EpochMismatch, "partition %d is at epoch %d here, request used %d", p, rt.Epoch, w.epoch)}
+		case copies < need:
+			w.done <- roundResult{err: errcode.New(errcode.NotEnoughReplicas,
+				"partition %d has %d of the %d copies a write needs in sync; nothing was written", p, copies, need)}
+		default:
+			if err := r.add(w); err != nil {
+				w.done <- roundResult{err: err}
+				continue
+			}
+			writes = append(writes, w)
 		}
-		ops = append(ops, w.op)
-		writes = append(writes, w)
 	}
-	if len(ops) == 0 {
+	if len(writes) == 0 {
 		return
 	}
-	err = s.replicateRound(p, rt, ops)
-	for _, w := range writes {
-		w.done <- err
+	if len(r.entries) == 0 {
+		// Nothing to write (failed conditions, deletes of absent keys):
+		// the answers were read from this copy, so, like a read, they
+		// need this node to still lead the partition.
+		if !s.stillPrimary(p, rt) {
+			failAll(writes, errNoLease)
+			return
+		}
+		for i, w := range writes {
+			w.done <- roundResult{results: r.results[i]}
+		}
+		return
+	}
+	acked, err := s.replicateRound(p, rt, m.Seq+1, r)
+	for i, w := range writes {
+		switch need := max(floor, w.minCopies); {
+		case err != nil:
+			w.done <- roundResult{err: err}
+		case acked < need:
+			w.done <- roundResult{err: errcode.New(errcode.OutcomeUnknown,
+				"partition %d: the write reached only %d of the %d copies it needs", p, acked, need)}
+		default:
+			w.done <- roundResult{results: r.results[i]}
+		}
 	}
 }
 
-func (s *Engine) replicateRound(p int, rt Route, ops []Op) error {
-	m, err := s.store.Meta(p)
-	if err != nil {
-		return fmt.Errorf("partition %d meta: %w", p, err)
+// stillPrimary checks, as a read does, that this node still leads p.
+func (s *Engine) stillPrimary(p int, rt Route) bool {
+	if s.confirmRead {
+		return s.confirm(p, rt)
 	}
-	seq := m.Seq + 1
-	sops := make([]storage.Op, len(ops))
-	for i, op := range ops {
-		sops[i] = storageOp(op)
+	return s.leases.valid(p, rt.Epoch, rt.InSync, time.Now())
+}
+
+// replicateRound persists r's entries as writes first, first+1, ... of p
+// and sends them to every in-sync replica. It returns how many copies,
+// this one included, have them on disk.
+func (s *Engine) replicateRound(p int, rt Route, first uint64, r *round) (int, error) {
+	sops := make([]storage.Op, len(r.entries))
+	for i, e := range r.entries {
+		sops[i] = storageOp(e)
 	}
-	after, err := s.store.ApplyBatch(p, rt.Epoch, seq, sops)
-	if err != nil {
+	keys := r.keys
+	if err := s.store.ApplyReplicated(p, rt.Epoch, first, sops, keys); err != nil {
 		// Storage failed before anything was replicated; the batch is
 		// atomic, so nothing was applied.
-		return errcode.New(errcode.Unavailable, "persist write: %v", err)
+		return 0, errcode.New(errcode.Unavailable, "persist write: %v", err)
 	}
 
-	req := peer.ReplicateReq{Partition: p, Epoch: rt.Epoch, Seq: seq, From: s.router.Self(), Version: s.router.Version(), Ops: ops, Keys: &after.Keys}
+	req := peer.ReplicateReq{Partition: p, Epoch: rt.Epoch, Seq: first, From: s.router.Self(), Version: s.router.Version(), Entries: r.entries, Keys: &keys}
 	failed := s.fanOut(context.Background(), rt.InSync, req)
 	// From here on the writes are on this node's disk: any failure leaves
 	// their outcome unknown to the clients, never "not applied".
 	for node, ferr := range failed {
 		s.log.Warn("replica missed writes; removing it from the in-sync set",
-			"partition", p, "epoch", rt.Epoch, "replica", node, "seq", seq, "writes", len(ops), "err", ferr)
-		cctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		err := s.control.SetInSync(cctx, p, rt.Epoch, node, false)
-		cancel()
-		if err != nil {
-			return errcode.New(errcode.OutcomeUnknown, "replica %s of partition %d missed the write and could not be removed from the in-sync set: %v", node, p, err)
-		}
-		s.Kick()
+			"partition", p, "epoch", rt.Epoch, "replica", node, "seq", first, "writes", len(r.entries), "err", ferr)
+	}
+	if err := s.dropReplicas(p, rt.Epoch, failed); err != nil {
+		return 0, errcode.New(errcode.OutcomeUnknown, "partition %d: %v", p, err)
+	}
+	return 1 + len(rt.InSync) - len(failed), nil
+}
+
+// dropReplicas removes nodes, which missed a round, from p's in-sync set.
+// Until that succeeds the partition takes no further round (see resolve):
+// a primary cut off from the cluster keeps at most one round on its disk
+// that the others lack, which is what bounds the revision gap a new primary
+// leaves (see advanceForEpoch).
+func (s *Engine) dropReplicas(p int, epoch uint64, failed map[string]error) error {
+	if len(failed) == 0 {
+		return nil
+	}
+	s.unresolvedMu.Lock()
+	u := s.unresolved[p]
+	if u.epoch != epoch {
+		u = unresolvedRound{epoch: epoch, nodes: map[string]bool{}}
+	}
+	for n := range failed {
+		u.nodes[n] = true
+	}
+	s.unresolved[p] = u
+	s.unresolvedMu.Unlock()
+	defer s.Kick()
+	return s.resolveNodes(p, epoch)
+}
+
+// unresolvedRound lists the replicas of a partition that missed a round
+// and are still in its in-sync set.
+type unresolvedRound struct {
+	epoch uint64
+	nodes map[string]bool
+}
+
+// resolve removes, before a new round of p starts, the replicas that
+// missed an earlier round; while it cannot, the partition refuses writes
+// (they are not applied).
+func (s *Engine) resolve(p int, rt Route) error {
+	s.unresolvedMu.Lock()
+	u, ok := s.unresolved[p]
+	s.unresolvedMu.Unlock()
+	if !ok {
+		return nil
+	}
+	if u.epoch != rt.Epoch {
+		s.unresolvedMu.Lock()
+		delete(s.unresolved, p)
+		s.unresolvedMu.Unlock()
+		return nil
+	}
+	if err := s.resolveNodes(p, rt.Epoch); err != nil {
+		return errcode.New(errcode.Unavailable, "partition %d: a replica missed a write and cannot be taken out of the in-sync set yet: %v", p, err)
 	}
 	return nil
+}
+
+// resolveNodes takes p's unresolved replicas out of its in-sync set.
+func (s *Engine) resolveNodes(p int, epoch uint64) error {
+	s.unresolvedMu.Lock()
+	u := s.unresolved[p]
+	nodes := slices.Collect(maps.Keys(u.nodes))
+	s.unresolvedMu.Unlock()
+	for _, node := range nodes {
+		if rt, ok := s.router.Route(p); ok && rt.Epoch == epoch && !rt.IsInSync(node) {
+			s.forgetUnresolved(p, node)
+			continue
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		err := s.control.SetInSync(cctx, p, epoch, node, false)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("replica %s missed the write and could not be removed from the in-sync set: %w", node, err)
+		}
+		s.forgetUnresolved(p, node)
+	}
+	return nil
+}
+
+func (s *Engine) forgetUnresolved(p int, node string) {
+	s.unresolvedMu.Lock()
+	defer s.unresolvedMu.Unlock()
+	u, ok := s.unresolved[p]
+	if !ok {
+		return
+	}
+	delete(u.nodes, node)
+	if len(u.nodes) == 0 {
+		delete(s.unresolved, p)
+	}
 }
 
 // fanOut sends req to every node in parallel and returns those that failed.
@@ -209,15 +358,24 @@ func (s *Engine) fanOut(ctx context.Context, nodes []string, req peer.ReplicateR
 	return failed
 }
 
-// ServeForward runs a write sent to this node as the partition's primary
+// ServeForward runs writes sent to this node as the partition's primary
 // (by a peer, or by this node itself).
-func (s *Engine) ServeForward(ctx context.Context, req peer.ForwardReq) error {
-	if err := s.validOp(req.Partition, req.Op); err != nil {
-		return err
+func (s *Engine) ServeForward(ctx context.Context, req peer.ForwardReq) (peer.ForwardResp, error) {
+	if len(req.Ops) == 0 || len(req.Ops) > MaxBatchOps {
+		return peer.ForwardResp{}, errcode.New(errcode.BadRequest, "a forwarded write holds 1 to %d ops, not %d", MaxBatchOps, len(req.Ops))
+	}
+	if req.MinCopies < 0 || req.MinCopies > maxCopies {
+		return peer.ForwardResp{}, errcode.New(errcode.BadRequest, "min_copies %d is out of range", req.MinCopies)
+	}
+	for _, op := range req.Ops {
+		if err := s.validOp(req.Partition, op); err != nil {
+			return peer.ForwardResp{}, err
+		}
 	}
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
-	return s.primaryWrite(ctx, req.Partition, req.Epoch, req.Op)
+	res, err := s.primaryWrite(ctx, req.Partition, &pendingWrite{epoch: req.Epoch, ops: req.Ops, atomic: req.Atomic, minCopies: req.MinCopies})
+	return peer.ForwardResp{Results: res}, err
 }
 
 // validPartition checks a partition number a peer sent.
@@ -243,10 +401,23 @@ func (s *Engine) validOp(p int, op Op) error {
 	switch {
 	case op.Key == "":
 		return errcode.New(errcode.BadRequest, "write without a key")
+	case op.TTLMillis < 0 || op.TTLMillis > MaxTTL.Milliseconds():
+		return errcode.New(errcode.BadRequest, "ttl of %d ms is out of range", op.TTLMillis)
 	case len(op.Key) > MaxKeyBytes || len(op.Value) > MaxValueBytes:
 		return errcode.New(errcode.BadRequest, "write of a %d-byte key and a %d-byte value is over the limits", len(op.Key), len(op.Value))
 	case s.router.PartitionOf(op.Key) != p:
 		return errcode.New(errcode.BadRequest, "key %q belongs to partition %d, not %d", op.Key, s.router.PartitionOf(op.Key), p)
+	}
+	return nil
+}
+
+// validEntry checks a log entry a primary sent, as validOp checks an op.
+func (s *Engine) validEntry(p int, e peer.Entry) error {
+	if err := s.validOp(p, Op{Key: e.Key, Value: e.Value}); err != nil {
+		return err
+	}
+	if e.ExpiresAt < 0 || e.PrevExpiresAt < 0 {
+		return errcode.New(errcode.BadRequest, "entry with a negative deadline")
 	}
 	return nil
 }
@@ -321,11 +492,11 @@ func (s *Engine) ServeReplicate(ctx context.Context, req peer.ReplicateReq) erro
 // order. A round that overlaps what is already applied (the primary
 // retried) is applied from the first write this copy lacks.
 func (s *Engine) applyReplicate(ctx context.Context, req peer.ReplicateReq) error {
-	if len(req.Ops) == 0 {
+	if len(req.Entries) == 0 {
 		return errcode.New(errcode.BadRequest, "replication round without writes")
 	}
-	for _, op := range req.Ops {
-		if err := s.validOp(req.Partition, op); err != nil {
+	for _, e := range req.Entries {
+		if err := s.validEntry(req.Partition, e); err != nil {
 			return err
 		}
 	}
@@ -339,7 +510,7 @@ func (s *Engine) applyReplicate(ctx context.Context, req peer.ReplicateReq) erro
 	if err != nil {
 		return err
 	}
-	last := req.Seq + uint64(len(req.Ops)) - 1
+	last := req.Seq + uint64(len(req.Entries)) - 1
 	switch {
 	case m.Epoch != req.Epoch:
 		return errcode.New(errcode.NotReady, "partition %d copy is from epoch %d; it needs a sync for epoch %d", req.Partition, m.Epoch, req.Epoch)
@@ -348,10 +519,10 @@ func (s *Engine) applyReplicate(ctx context.Context, req peer.ReplicateReq) erro
 	case req.Seq > m.Seq+1:
 		return errcode.New(errcode.NotReady, "partition %d: got write %d after %d; it needs a sync", req.Partition, req.Seq, m.Seq)
 	}
-	ops := req.Ops[m.Seq+1-req.Seq:]
-	sops := make([]storage.Op, len(ops))
-	for i, op := range ops {
-		sops[i] = storageOp(op)
+	entries := req.Entries[m.Seq+1-req.Seq:]
+	sops := make([]storage.Op, len(entries))
+	for i, e := range entries {
+		sops[i] = storageOp(e)
 	}
 	// The primary's key count is for the end of the round, which is where
 	// this copy will be too, however much of the round it already had.
@@ -363,6 +534,7 @@ func (s *Engine) applyReplicate(ctx context.Context, req peer.ReplicateReq) erro
 	if err != nil {
 		return fmt.Errorf("apply replicated writes: %w", err)
 	}
+	s.leases.heard(req.Partition, time.Now())
 	return nil
 }
 
@@ -383,7 +555,7 @@ func (s *Engine) ServeInstall(ctx context.Context, req peer.InstallReq, accept f
 		return err
 	}
 	start := time.Now()
-	seq, next, err := peer.ReadInstall(r, MaxKeyBytes, MaxValueBytes)
+	seq, next, err := peer.ReadInstall(r, MaxKeyBytes, MaxValueBytes+storage.RecordOverhead)
 	if err != nil {
 		return errcode.New(errcode.BadRequest, "%v", err)
 	}
@@ -394,6 +566,9 @@ func (s *Engine) ServeInstall(ctx context.Context, req peer.InstallReq, accept f
 		}
 		if err := s.validOp(p, Op{Key: string(k)}); err != nil {
 			return storage.KV{}, false, err
+		}
+		if _, err := storage.DecodeRecord(v); err != nil {
+			return storage.KV{}, false, fmt.Errorf("key %q: %w", k, err)
 		}
 		return storage.KV{Key: k, Value: v}, true, nil
 	})

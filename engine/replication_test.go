@@ -38,7 +38,7 @@ func storedValue(t *testing.T, db *storage.DB, p int, key string) (string, bool)
 	if err != nil {
 		t.Fatalf("storage get %q: %v", key, err)
 	}
-	return string(v), ok
+	return string(v.Value), ok
 }
 
 func meta(t *testing.T, db *storage.DB, p int) storage.Meta {
@@ -237,7 +237,7 @@ func TestCatchUpUnderConcurrentWrites(t *testing.T) {
 				if i%7 == 6 {
 					op = Op{Delete: true, Key: key}
 				}
-				if err := n1.srv.Write(context.Background(), op); err != nil {
+				if _, err := n1.srv.Write(context.Background(), op, 0); err != nil {
 					errs <- fmt.Errorf("write %s: %v", key, err)
 					return
 				}
@@ -312,13 +312,13 @@ func TestReplicateFencing(t *testing.T) {
 		t.Fatalf("replica meta after install = %+v", m)
 	}
 
-	reqN := func(p int, epoch, seq uint64, from string, ops ...Op) peer.ReplicateReq {
-		return peer.ReplicateReq{Partition: p, Epoch: epoch, Seq: seq, From: from, Ops: ops}
+	reqN := func(p int, epoch, seq uint64, from string, ops ...peer.Entry) peer.ReplicateReq {
+		return peer.ReplicateReq{Partition: p, Epoch: epoch, Seq: seq, From: from, Entries: ops}
 	}
-	req := func(p int, epoch, seq uint64, from string, op Op) peer.ReplicateReq {
+	req := func(p int, epoch, seq uint64, from string, op peer.Entry) peer.ReplicateReq {
 		return reqN(p, epoch, seq, from, op)
 	}
-	set := func(v string) Op { return Op{Key: a, Value: v} }
+	set := func(v string) peer.Entry { return peer.Entry{Key: a, Value: v} }
 	steps := []struct {
 		name       string
 		before     func()
@@ -330,31 +330,31 @@ func TestReplicateFencing(t *testing.T) {
 	}{
 		{name: "next seq applies", body: req(0, 5, 11, "n1", set("v11")), wantStatus: 200, wantSeq: 11, wantA: "v11"},
 		{name: "duplicate of the last write is acked, not applied", body: req(0, 5, 11, "n1", set("CHANGED")), wantStatus: 200, wantSeq: 11, wantA: "v11"},
-		{name: "old duplicate delete is acked, not applied", body: req(0, 5, 3, "n1", Op{Delete: true, Key: a}), wantStatus: 200, wantSeq: 11, wantA: "v11"},
+		{name: "old duplicate delete is acked, not applied", body: req(0, 5, 3, "n1", peer.Entry{Delete: true, Key: a}), wantStatus: 200, wantSeq: 11, wantA: "v11"},
 		{name: "gap in seq refused", body: req(0, 5, 13, "n1", set("v13")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 11, wantA: "v11"},
 		{name: "older epoch refused", body: req(0, 4, 12, "n1", set("old")), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
 		{name: "sender is not the primary", body: req(0, 5, 12, "n3", set("rogue")), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
-		{name: "this node is not a replica", body: req(1, 5, 1, "n1", Op{Key: b, Value: "x"}), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
+		{name: "this node is not a replica", body: req(1, 5, 1, "n1", peer.Entry{Key: b, Value: "x"}), wantStatus: 409, wantCode: errcode.EpochMismatch, wantSeq: 11, wantA: "v11"},
 		{name: "epoch not known here yet", body: req(0, 6, 12, "n1", set("future")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 11, wantA: "v11"},
 		{
 			// A replica whose table is behind the sender's must not act on
 			// it: membership may have changed without a new epoch.
 			name:       "table behind the sender's refused",
-			body:       peer.ReplicateReq{Partition: 0, Epoch: 5, Seq: 12, From: "n1", Version: 1 << 40, Ops: []Op{set("ahead")}},
+			body:       peer.ReplicateReq{Partition: 0, Epoch: 5, Seq: 12, From: "n1", Version: 1 << 40, Entries: []peer.Entry{set("ahead")}},
 			wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 11, wantA: "v11",
 		},
-		{name: "key of another partition refused", body: req(0, 5, 12, "n1", Op{Key: b, Value: "misplaced"}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 11, wantA: "v11"},
-		{name: "key over the limit refused", body: req(0, 5, 12, "n1", Op{Key: strings.Repeat("k", MaxKeyBytes+1)}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 11, wantA: "v11"},
-		{name: "value over the limit refused", body: req(0, 5, 12, "n1", Op{Key: a, Value: strings.Repeat("v", MaxValueBytes+1)}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 11, wantA: "v11"},
-		{name: "in order again", body: req(0, 5, 12, "n1", Op{Delete: true, Key: a}), wantStatus: 200, wantSeq: 12},
+		{name: "key of another partition refused", body: req(0, 5, 12, "n1", peer.Entry{Key: b, Value: "misplaced"}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 11, wantA: "v11"},
+		{name: "key over the limit refused", body: req(0, 5, 12, "n1", peer.Entry{Key: strings.Repeat("k", MaxKeyBytes+1)}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 11, wantA: "v11"},
+		{name: "value over the limit refused", body: req(0, 5, 12, "n1", peer.Entry{Key: a, Value: strings.Repeat("v", MaxValueBytes+1)}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 11, wantA: "v11"},
+		{name: "in order again", body: req(0, 5, 12, "n1", peer.Entry{Delete: true, Key: a}), wantStatus: 200, wantSeq: 12},
 		{
 			name:       "round overlapping what is applied applies only the new writes",
-			body:       reqN(0, 5, 11, "n1", set("dup11"), Op{Delete: true, Key: a}, set("v13"), set("v14")),
+			body:       reqN(0, 5, 11, "n1", set("dup11"), peer.Entry{Delete: true, Key: a}, set("v13"), set("v14")),
 			wantStatus: 200, wantSeq: 14, wantA: "v14",
 		},
 		{name: "round with a gap refused whole", body: reqN(0, 5, 16, "n1", set("v16"), set("v17")), wantStatus: 503, wantCode: errcode.NotReady, wantSeq: 14, wantA: "v14"},
 		{name: "empty round refused", body: reqN(0, 5, 15, "n1"), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 14, wantA: "v14"},
-		{name: "round with an empty key refused whole", body: reqN(0, 5, 15, "n1", set("v15"), Op{Key: ""}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 14, wantA: "v14"},
+		{name: "round with an empty key refused whole", body: reqN(0, 5, 15, "n1", set("v15"), peer.Entry{Key: ""}), wantStatus: 400, wantCode: errcode.BadRequest, wantSeq: 14, wantA: "v14"},
 		{
 			name:   "copy from an older epoch needs a sync",
 			before: func() { c.table.updateAll(func(r *Route) { r.Epoch = 6 }) },
@@ -417,7 +417,7 @@ func TestForwardedWriteStaleEpoch(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			key := fmt.Sprintf("stale-%d", i)
 			p := ring.PartitionOf(key, parts)
-			err := member(t).Forward(context.Background(), tt.to.addr(), peer.ForwardReq{Partition: p, Epoch: tt.epoch, Op: Op{Key: key, Value: "v"}})
+			_, err := member(t).Forward(context.Background(), tt.to.addr(), peer.ForwardReq{Partition: p, Epoch: tt.epoch, Ops: []Op{{Key: key, Value: "v"}}})
 			r := answer(err, struct{}{})
 			if tt.wantStatus == http.StatusOK {
 				if r.Status != http.StatusOK {

@@ -29,6 +29,7 @@ func (s *Engine) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { s.runLeases(ctx) })
+	wg.Go(func() { s.runSweep(ctx) })
 	changed, stop := s.router.Changed()
 	defer stop()
 	tick := time.NewTicker(time.Second)
@@ -160,6 +161,10 @@ func (s *Engine) reconcile(ctx context.Context, p int, epoch uint64) bool {
 		return true
 	}
 	start := time.Now()
+	if err := s.advanceForEpoch(p, epoch); err != nil {
+		s.log.Error("advance partition write order for a new epoch", "partition", p, "epoch", epoch, "err", err)
+		return false
+	}
 	var mu sync.Mutex
 	var failed []string
 	var wg sync.WaitGroup
@@ -206,6 +211,31 @@ func (s *Engine) reconcile(ctx context.Context, p int, epoch uint64) bool {
 	s.log.Log(ctx, lvl, "partition ready as primary", "partition", p, "epoch", epoch,
 		"in_sync", rt.InSync, "dropped", failed, "took", time.Since(start).Round(time.Millisecond))
 	return true
+}
+
+// epochRevisionGap is how far a new primary moves a partition's write
+// order past its own copy's. The previous primary may have put writes on
+// its disk that never reached this copy and were never acknowledged; their
+// revisions may have been seen (by a stale read there, or in a response
+// lost on the way), so they must never be handed out again for other
+// writes. A primary keeps at most one unacknowledged round on its disk
+// that its in-sync replicas lack (it takes no round while one is
+// unresolved, see dropReplicas), and a round holds at most maxBatchOps
+// writes, so that many numbers suffice.
+const epochRevisionGap = maxBatchOps
+
+// advanceForEpoch moves p's write order past every revision the previous
+// primary may have used, before the copy goes to the replicas; the first
+// epoch has no previous primary.
+func (s *Engine) advanceForEpoch(p int, epoch uint64) error {
+	if epoch <= 1 {
+		return nil
+	}
+	m, err := s.store.Meta(p)
+	if err != nil {
+		return err
+	}
+	return s.store.Advance(p, m.Seq+epochRevisionGap)
 }
 
 // catchUpTimeout bounds one partition copy to a replica.

@@ -8,19 +8,22 @@ import (
 	"github.com/clusterkit/clusterkit/storage"
 )
 
-// Op is a write (a set or a delete).
+// Op is a client write (a set, delete or TTL change, maybe conditional).
 type Op = peer.Op
 
-func storageOp(o Op) storage.Op {
-	return storage.Op{Delete: o.Delete, Key: []byte(o.Key), Value: []byte(o.Value)}
+// Result is the outcome of one Op.
+type Result = peer.Result
+
+func storageOp(e peer.Entry) storage.Op {
+	return storage.Op{Delete: e.Delete, Key: []byte(e.Key), Value: []byte(e.Value), ExpiresAt: e.ExpiresAt, PrevExpiresAt: e.PrevExpiresAt}
 }
 
 // Transport carries the engine's calls to other nodes, addressed by node
 // ID; a call addressed to this node is served locally (package peer does
 // both).
 type Transport interface {
-	Forward(ctx context.Context, node string, req peer.ForwardReq) error
-	Read(ctx context.Context, node string, req peer.ReadReq) (string, error)
+	Forward(ctx context.Context, node string, req peer.ForwardReq) (peer.ForwardResp, error)
+	Read(ctx context.Context, node string, req peer.ReadReq) (peer.ReadResp, error)
 	Replicate(ctx context.Context, node string, req peer.ReplicateReq) error
 	Lease(ctx context.Context, node string, req peer.LeaseReq) (peer.LeaseResp, error)
 	Install(ctx context.Context, node string, req peer.InstallReq, send func(io.Writer) error) error

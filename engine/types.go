@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/clusterkit/clusterkit/storage"
 )
@@ -18,6 +19,20 @@ const (
 	// MaxBodyBytes caps a request body. A value of MaxValueBytes written
 	// entirely as \uXXXX escapes takes six times its size.
 	MaxBodyBytes = 7 << 20
+
+	// MinTTL and MaxTTL bound a key's TTL. Below a second, the clock
+	// skew bound (see README) would be most of the TTL.
+	MinTTL = time.Second
+	MaxTTL = 10 * 365 * 24 * time.Hour
+
+	// MaxBatchOps caps the ops of one batch request, and MaxBatchBytes
+	// the sum of their key and value lengths. A batch of one partition
+	// is committed in one round, which takes up to maxBatchOps.
+	MaxBatchOps   = 500
+	MaxBatchBytes = 4 << 20
+
+	// maxCopies bounds min_copies: REPLICATION_FACTOR is at most 7.
+	maxCopies = 7
 )
 
 // Route is one partition's row of the partition table as the data plane
@@ -55,6 +70,11 @@ type Router interface {
 	// Changed delivers a value after every table change; see
 	// consensus.FSM.Watch for the semantics.
 	Changed() (<-chan struct{}, func())
+	// MinCopies is the cluster's copy floor: how many copies, the
+	// primary's included, a write must be on before it is acknowledged.
+	MinCopies() int
+	// ReplicationFactor is the cluster's replication factor.
+	ReplicationFactor() int
 }
 
 // Control is the cluster's configuration manager: it changes a partition's
@@ -67,11 +87,12 @@ type Control interface {
 // Storage is the node's durable copy of its partitions.
 type Storage interface {
 	Meta(p int) (storage.Meta, error)
-	Get(p int, key []byte) ([]byte, bool, error)
-	Apply(p int, epoch, seq uint64, op storage.Op) error
+	Get(p int, key []byte) (storage.Record, bool, error)
 	ApplyBatch(p int, epoch, first uint64, ops []storage.Op) (storage.Meta, error)
 	ApplyReplicated(p int, epoch, first uint64, ops []storage.Op, keys uint64) error
 	SetEpoch(p int, epoch uint64) error
+	Advance(p int, seq uint64) error
+	Expired(p int, now int64, limit int) ([][]byte, error)
 	Snapshot(p int, begin func(storage.Meta) error, fn func(k, v []byte) error) error
 	StageInstall(p int, epoch, seq uint64, next func() (storage.KV, bool, error)) (*storage.Staged, error)
 	Keys(p int, limit int) ([]string, error)

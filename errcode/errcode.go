@@ -56,6 +56,15 @@ const (
 	OutcomeUnknown   = "outcome_unknown"  // may or may not have been applied
 	NoLeader         = "no_leader"        // no Raft leader known right now
 	Internal         = "internal"         // a bug or a broken disk
+
+	// The data model's codes.
+	ConditionFailed   = "condition_failed"    // if_revision, if_absent or if_exists did not hold
+	Aborted           = "aborted"             // an atomic batch op not applied because another failed
+	NotEnoughReplicas = "not_enough_replicas" // fewer copies in sync than the write needs; not applied
+	CrossPartition    = "cross_partition"     // an atomic batch spans partitions
+	TooManyOps        = "too_many_ops"        // a batch over its limits
+	InvalidTTL        = "invalid_ttl"
+	InvalidCondition  = "invalid_condition"
 )
 
 // New returns an Error with a formatted message.

@@ -3,9 +3,6 @@ package kvapi
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -19,6 +16,7 @@ import (
 	"github.com/clusterkit/clusterkit/engine"
 	"github.com/clusterkit/clusterkit/errcode"
 	"github.com/clusterkit/clusterkit/internal/httpapi"
+	"github.com/clusterkit/clusterkit/peer"
 )
 
 // DefaultListLimit and MaxListLimit bound /kv/list.
@@ -29,10 +27,15 @@ const (
 
 // Engine is the data plane as the KV handlers need it.
 type Engine interface {
-	// Write applies a set or delete through the key's primary.
-	Write(ctx context.Context, op engine.Op) error
+	// Write applies one op through the key's primary.
+	Write(ctx context.Context, op engine.Op, minCopies int) (engine.Result, error)
+	// WriteBatch applies ops through their primaries, one request per
+	// partition, all or none if atomic (one partition only).
+	WriteBatch(ctx context.Context, ops []engine.Op, atomic bool, minCopies int) ([]engine.Result, []error)
 	// Read answers a get (from the primary unless stale).
-	Read(ctx context.Context, key string, stale bool) (string, error)
+	Read(ctx context.Context, key string, stale bool) (peer.ReadResp, error)
+	// PartitionOf maps a key to its partition.
+	PartitionOf(key string) int
 	// ListKeys returns up to limit keys this node holds, in order, and how
 	// many it holds in all.
 	ListKeys(limit int) (keys []string, total int, err error)
@@ -96,6 +99,8 @@ func (s *Server) Handler() http.Handler {
 		r.Get("/get", s.handleGet)
 		r.Post("/delete", s.handleDelete)
 		r.Delete("/delete", s.handleDelete)
+		r.Post("/expire", s.handleExpire)
+		r.Post("/batch", s.handleBatch)
 		r.Get("/list", s.handleList)
 		r.Get("/stats", s.handleStats)
 	})
@@ -128,23 +133,6 @@ func (s *Server) count(next http.Handler) http.Handler {
 	})
 }
 
-// Response bodies of the hot routes, as structs: encoding a map costs a
-// sort and more allocations on every request.
-type keyStatus struct {
-	Key    string `json:"key"`
-	Status string `json:"status"`
-}
-
-type keyValue struct {
-	Key   string `json:"key"`
-	Value string `json:"value"`
-}
-
-type setBody struct {
-	Key   *string `json:"key"`
-	Value *string `json:"value"`
-}
-
 // replaced reports whether encoding/json substituted U+FFFD into s for an
 // invalid escape: s holds U+FFFD although the body never spells it.
 func replaced(body []byte, s string) bool {
@@ -164,111 +152,6 @@ func validateKey(key string) error {
 		return errcode.New(errcode.InvalidKey, "key must be valid UTF-8")
 	}
 	return nil
-}
-
-func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, engine.MaxBodyBytes))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, errcode.New(errcode.BodyTooLarge, "request body exceeds %d bytes", engine.MaxBodyBytes))
-			return
-		}
-		writeError(w, errcode.New(errcode.BadRequest, "read body: %v", err))
-		return
-	}
-	var in setBody
-	if err := json.Unmarshal(body, &in); err != nil {
-		writeError(w, errcode.New(errcode.InvalidJSON, "body must be a JSON object {\"key\": string, \"value\": string}: %v", err))
-		return
-	}
-	if in.Key == nil {
-		writeError(w, errcode.New(errcode.MissingKey, "key is required"))
-		return
-	}
-	if err := validateKey(*in.Key); err != nil {
-		writeError(w, err)
-		return
-	}
-	if replaced(body, *in.Key) {
-		writeError(w, errcode.New(errcode.InvalidKey, "key must be valid UTF-8 (it holds invalid bytes or a lone surrogate escape)"))
-		return
-	}
-	if in.Value == nil {
-		writeError(w, errcode.New(errcode.MissingValue, "value is required (use \"\" for an empty value)"))
-		return
-	}
-	if len(*in.Value) > engine.MaxValueBytes {
-		writeError(w, errcode.New(errcode.ValueTooLarge, "value is %d bytes; the limit is %d", len(*in.Value), engine.MaxValueBytes))
-		return
-	}
-	if replaced(body, *in.Value) {
-		writeError(w, errcode.New(errcode.InvalidValue, "value must be valid UTF-8 (it holds invalid bytes or a lone surrogate escape)"))
-		return
-	}
-	if err := permit(r, *in.Key, true); err != nil {
-		writeError(w, err)
-		return
-	}
-	if err := s.eng.Write(r.Context(), engine.Op{Key: *in.Key, Value: *in.Value}); err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, keyStatus{Key: *in.Key, Status: "success"})
-}
-
-func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
-	q, err := httpapi.Query(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	key := q.Get("key")
-	if err := validateKey(key); err != nil {
-		writeError(w, err)
-		return
-	}
-	if err := permit(r, key, true); err != nil {
-		writeError(w, err)
-		return
-	}
-	if err := s.eng.Write(r.Context(), engine.Op{Delete: true, Key: key}); err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, keyStatus{Key: key, Status: "deleted"})
-}
-
-func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
-	q, err := httpapi.Query(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	key := q.Get("key")
-	if err := validateKey(key); err != nil {
-		writeError(w, err)
-		return
-	}
-	var stale bool
-	switch c := q.Get("consistency"); c {
-	case "", "linearizable", "strong":
-	case "stale":
-		stale = true
-	default:
-		writeError(w, errcode.New(errcode.BadRequest, "consistency must be \"linearizable\" (default) or \"stale\", not %q", c))
-		return
-	}
-	if err := permit(r, key, false); err != nil {
-		writeError(w, err)
-		return
-	}
-	v, err := s.eng.Read(r.Context(), key, stale)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, keyValue{Key: key, Value: v})
 }
 
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {

@@ -21,9 +21,19 @@ func (t *tableRouter) Version() uint64 { return t.fsm.State().Version }
 
 func (t *tableRouter) Partitions() int { return t.fsm.State().Config.Partitions }
 
-func (t *tableRouter) PartitionOf(key string) int {
-	return ring.PartitionOf(key, t.fsm.State().Config.Partitions)
+func (t *tableRouter) PartitionOf(key string) int { return keyPartition(t.fsm.State(), key) }
+
+// keyPartition places key by the rule the cluster was bootstrapped with.
+func keyPartition(st *consensus.State, key string) int {
+	if st.Config.HashTags {
+		return ring.PartitionOfTagged(key, st.Config.Partitions)
+	}
+	return ring.PartitionOf(key, st.Config.Partitions)
 }
+
+func (t *tableRouter) MinCopies() int { return t.fsm.State().MinCopies() }
+
+func (t *tableRouter) ReplicationFactor() int { return t.fsm.State().Config.ReplicationFactor }
 
 func (t *tableRouter) Route(p int) (engine.Route, bool) {
 	row, ok := t.fsm.State().Partition(p)

@@ -39,7 +39,7 @@ func (ck *ClusterKit) GetNodesForKey(key string) ([]Node, error) {
 	if !st.Initialized() {
 		return nil, ErrNotInitialized
 	}
-	p, _ := st.Partition(ring.PartitionOf(key, st.Config.Partitions))
+	p, _ := st.Partition(keyPartition(st, key))
 	var out []Node
 	if p.Primary != "" {
 		out = append(out, ck.nodeRef(st, p.Primary))
@@ -58,7 +58,7 @@ func (ck *ClusterKit) AmIResponsibleFor(key string) (ok bool, role string, nodes
 		return false, "", nil, err
 	}
 	st := ck.raft.State()
-	p, _ := st.Partition(ring.PartitionOf(key, st.Config.Partitions))
+	p, _ := st.Partition(keyPartition(st, key))
 	role = p.Role(ck.cfg.NodeID)
 	return role != "", role, nodes, nil
 }

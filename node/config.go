@@ -11,6 +11,7 @@ import (
 
 	"github.com/clusterkit/clusterkit/auth"
 	"github.com/clusterkit/clusterkit/clusterkey"
+	"github.com/clusterkit/clusterkit/consensus"
 	"github.com/clusterkit/clusterkit/internal/certs"
 	"github.com/clusterkit/clusterkit/internal/httpapi"
 	"github.com/clusterkit/clusterkit/storage"
@@ -21,10 +22,12 @@ const (
 	DefaultClusterName       = "my-app-cluster"
 	DefaultPartitions        = 16
 	DefaultReplicationFactor = 3
-	DefaultFailoverGrace     = 2 * time.Second
-	DefaultRequestTimeout    = 5 * time.Second
-	DefaultStatusInterval    = 15 * time.Second
-	DefaultCacheMB           = storage.DefaultCacheBytes >> 20
+	// DefaultMinInSync is the copy floor: copies a write must be on.
+	DefaultMinInSync      = consensus.DefaultMinInSync
+	DefaultFailoverGrace  = 2 * time.Second
+	DefaultRequestTimeout = 5 * time.Second
+	DefaultStatusInterval = 15 * time.Second
+	DefaultCacheMB        = storage.DefaultCacheBytes >> 20
 	// MaxCacheMB bounds CACHE_MB (64 GiB): a larger value is a typo.
 	MaxCacheMB = 64 << 10
 	// MaxPartitions bounds PARTITIONS; the table lives in every node's
@@ -51,6 +54,8 @@ type Config struct {
 	ClusterName       string
 	Partitions        int
 	ReplicationFactor int
+	// MinInSync is the copy floor (MIN_INSYNC), fixed at bootstrap.
+	MinInSync int
 
 	// FailoverGrace is how long a node must stay dead before the leader
 	// moves its partitions: damping for gossip false positives.
@@ -118,6 +123,7 @@ func DefaultConfig(id string) Config {
 		ClusterName:       DefaultClusterName,
 		Partitions:        DefaultPartitions,
 		ReplicationFactor: DefaultReplicationFactor,
+		MinInSync:         DefaultMinInSync,
 		FailoverGrace:     DefaultFailoverGrace,
 		RequestTimeout:    DefaultRequestTimeout,
 		StatusInterval:    DefaultStatusInterval,
@@ -189,6 +195,7 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	}
 	integer("PARTITIONS", &c.Partitions)
 	integer("REPLICATION_FACTOR", &c.ReplicationFactor)
+	integer("MIN_INSYNC", &c.MinInSync)
 	integer("CACHE_MB", &c.CacheMB)
 	boolean := func(k string, dst *bool) bool {
 		v := get(k)
@@ -353,6 +360,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReplicationFactor < 1 || c.ReplicationFactor > 7 {
 		return fmt.Errorf("REPLICATION_FACTOR=%d: must be from 1 to 7", c.ReplicationFactor)
+	}
+	if c.MinInSync < 1 || c.MinInSync > 7 {
+		return fmt.Errorf("MIN_INSYNC=%d: must be from 1 to 7", c.MinInSync)
 	}
 	if c.FailoverGrace < 0 {
 		return fmt.Errorf("FAILOVER_GRACE=%s: must not be negative", c.FailoverGrace)

@@ -44,6 +44,7 @@ func wantDefaults(mod func(*Config)) Config {
 		ClusterName:       "my-app-cluster",
 		Partitions:        16,
 		ReplicationFactor: 3,
+		MinInSync:         2,
 		FailoverGrace:     2 * time.Second,
 		RequestTimeout:    5 * time.Second,
 		StatusInterval:    15 * time.Second,
@@ -162,11 +163,11 @@ func TestFromEnvValidate(t *testing.T) {
 				"NODE_NAME": "alpha", "DATA_DIR": "/var/lib/ck", "CLUSTER_NAME": "prod",
 				"PARTITIONS": "64", "REPLICATION_FACTOR": "2", "FAILOVER_GRACE": "750ms",
 				"REQUEST_TIMEOUT": "9s", "STATUS_INTERVAL": "0s", "LOG_LEVEL": "debug", "PPROF": "true",
-				"CACHE_MB": "128",
+				"CACHE_MB": "128", "MIN_INSYNC": "1",
 			},
 			want: wantDefaults(func(c *Config) {
 				c.NodeName, c.DataDir, c.ClusterName = "alpha", "/var/lib/ck", "prod"
-				c.Partitions, c.ReplicationFactor = 64, 2
+				c.Partitions, c.ReplicationFactor, c.MinInSync = 64, 2, 1
 				c.FailoverGrace, c.RequestTimeout, c.StatusInterval = 750*time.Millisecond, 9*time.Second, 0
 				c.LogLevel, c.Pprof = "debug", true
 				c.CacheMB = 128
@@ -250,6 +251,8 @@ func TestFromEnvValidateErrors(t *testing.T) {
 		{"PARTITIONS above the maximum", map[string]string{"PARTITIONS": "5000"}, []string{"PARTITIONS", "5000"}},
 		{"REPLICATION_FACTOR zero", map[string]string{"REPLICATION_FACTOR": "0"}, []string{"REPLICATION_FACTOR"}},
 		{"REPLICATION_FACTOR not a number", map[string]string{"REPLICATION_FACTOR": "three"}, []string{"REPLICATION_FACTOR", "three"}},
+		{"MIN_INSYNC zero", map[string]string{"MIN_INSYNC": "0"}, []string{"MIN_INSYNC"}},
+		{"MIN_INSYNC over the limit", map[string]string{"MIN_INSYNC": "8"}, []string{"MIN_INSYNC"}},
 		{"CACHE_MB zero", map[string]string{"CACHE_MB": "0"}, []string{"CACHE_MB", "from 1"}},
 		{"CACHE_MB above the maximum", map[string]string{"CACHE_MB": "100000"}, []string{"CACHE_MB", "100000"}},
 		{"CACHE_MB not a number", map[string]string{"CACHE_MB": "32MB"}, []string{"CACHE_MB", "32MB"}},

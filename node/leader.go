@@ -127,10 +127,12 @@ func (r *reconciler) pass(ctx context.Context) error {
 		if err := r.apply(ctx, consensus.CmdInit, consensus.InitCmd{Config: consensus.ClusterConfig{
 			ID: hex.EncodeToString(id), Name: ck.cfg.ClusterName,
 			Partitions: ck.cfg.Partitions, ReplicationFactor: ck.cfg.ReplicationFactor,
+			MinInSync: ck.cfg.MinInSync, HashTags: true,
 		}}); err != nil {
 			return err
 		}
-		ck.log.Info("cluster initialised", "name", ck.cfg.ClusterName, "partitions", ck.cfg.Partitions, "replication_factor", ck.cfg.ReplicationFactor)
+		ck.log.Info("cluster initialised", "name", ck.cfg.ClusterName, "partitions", ck.cfg.Partitions,
+			"replication_factor", ck.cfg.ReplicationFactor, "min_insync", ck.cfg.MinInSync, "hash_tags", true)
 	}
 	now := time.Now()
 	var errs []error

@@ -193,6 +193,7 @@ func (ck *ClusterKit) handleCluster(w http.ResponseWriter, r *http.Request) {
 				"cluster_name":       name,
 				"partition_count":    st.Config.Partitions,
 				"replication_factor": st.Config.ReplicationFactor,
+				"min_insync":         st.MinCopies(),
 			},
 			"version": st.Version,
 		},
@@ -201,6 +202,9 @@ func (ck *ClusterKit) handleCluster(w http.ResponseWriter, r *http.Request) {
 			"format":    ring.PartitionFormat,
 			"modulo":    st.Config.Partitions,
 			"seed":      0,
+			// A key holding "{…}" is hashed by the text in its first
+			// braces (clusters bootstrapped with hash tags).
+			"hash_tags": st.Config.HashTags,
 		},
 	})
 }
@@ -259,7 +263,7 @@ func (ck *ClusterKit) handlePartitionForKey(w http.ResponseWriter, r *http.Reque
 		writeError(w, errcode.Unavailable, errors.New("cluster is not initialised yet"))
 		return
 	}
-	p, _ := st.Partition(ring.PartitionOf(key, st.Config.Partitions))
+	p, _ := st.Partition(keyPartition(st, key))
 	out := toPartitionJSON(st, p)
 	writeJSON(w, http.StatusOK, map[string]any{
 		"id": out.ID, "primary_node": out.Primary, "replica_nodes": out.Replicas,

@@ -143,22 +143,36 @@ func (c *Client) call(ctx context.Context, node string, kind byte, payload []byt
 	return c.callAddr(ctx, addr, kind, payload)
 }
 
-// Forward sends a client write to node, the partition's primary.
-func (c *Client) Forward(ctx context.Context, node string, req ForwardReq) error {
+// Forward sends client writes to node, the partition's primary.
+func (c *Client) Forward(ctx context.Context, node string, req ForwardReq) (ForwardResp, error) {
 	if h := c.localHandlers(node); h != nil {
 		return h.Data.ServeForward(ctx, req)
 	}
-	_, err := c.call(ctx, node, kindForward, encodeForward(req))
-	return err
+	b, err := c.call(ctx, node, kindForward, encodeForward(req))
+	if err != nil {
+		return ForwardResp{}, err
+	}
+	resp, err := decodeForwardResp(b)
+	if err == nil && len(resp.Results) != len(req.Ops) {
+		err = fmt.Errorf("%w: %d results for %d ops", errMalformed, len(resp.Results), len(req.Ops))
+	}
+	if err != nil {
+		// The write may have been applied; only its answer is lost.
+		return ForwardResp{}, errcode.New(errcode.OutcomeUnknown, "answer from %s: %v", node, err)
+	}
+	return resp, nil
 }
 
 // Read sends a client read to node.
-func (c *Client) Read(ctx context.Context, node string, req ReadReq) (string, error) {
+func (c *Client) Read(ctx context.Context, node string, req ReadReq) (ReadResp, error) {
 	if h := c.localHandlers(node); h != nil {
 		return h.Data.ServeRead(ctx, req)
 	}
 	b, err := c.call(ctx, node, kindRead, encodeRead(req))
-	return string(b), err
+	if err != nil {
+		return ReadResp{}, err
+	}
+	return decodeReadResp(b)
 }
 
 // Replicate sends a replication round to a replica.

@@ -78,7 +78,7 @@ func validHello(in []byte, cluster string) bool {
 // FuzzDecode: no payload a peer sends makes a decoder panic, and whatever
 // decodes re-encodes to the same message.
 func FuzzDecode(f *testing.F) {
-	f.Add(encodeForward(ForwardReq{Partition: 1, Epoch: 2, Op: Op{Key: "k", Value: "v"}}))
+	f.Add(encodeForward(ForwardReq{Partition: 1, Epoch: 2, Ops: []Op{{Key: "k", Value: "v"}}}))
 	f.Add(encodeRead(ReadReq{Partition: 3, Epoch: 4, Stale: true, Key: "k"}))
 	f.Add(encodeResponse(nil, []byte("body"), nil))
 	f.Add([]byte{1, 2, 3})

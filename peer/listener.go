@@ -16,8 +16,8 @@ import (
 
 // DataHandler serves the data plane's node-to-node calls (the engine).
 type DataHandler interface {
-	ServeForward(ctx context.Context, req ForwardReq) error
-	ServeRead(ctx context.Context, req ReadReq) (string, error)
+	ServeForward(ctx context.Context, req ForwardReq) (ForwardResp, error)
+	ServeRead(ctx context.Context, req ReadReq) (ReadResp, error)
 	ServeReplicate(ctx context.Context, req ReplicateReq) error
 	ServeLease(ctx context.Context, req LeaseReq) (LeaseResp, error)
 	// ServeInstall replaces the local copy of a partition with the one the
@@ -277,15 +277,18 @@ func (l *Listener) dispatch(ctx context.Context, kind byte, payload []byte) ([]b
 		var req ForwardReq
 		if req, err = decodeForward(payload); err == nil {
 			decoded = req
-			serve = func(ctx context.Context) ([]byte, error) { return nil, h.Data.ServeForward(ctx, req) }
+			serve = func(ctx context.Context) ([]byte, error) {
+				resp, err := h.Data.ServeForward(ctx, req)
+				return encodeForwardResp(resp), err
+			}
 		}
 	case kindRead:
 		var req ReadReq
 		if req, err = decodeRead(payload); err == nil {
 			decoded = req
 			serve = func(ctx context.Context) ([]byte, error) {
-				v, err := h.Data.ServeRead(ctx, req)
-				return []byte(v), err
+				resp, err := h.Data.ServeRead(ctx, req)
+				return encodeReadResp(resp), err
 			}
 		}
 	case kindReplicate:

@@ -23,18 +23,58 @@ func TestRPCCodecRoundTrip(t *testing.T) {
 		{
 			name: "forward set",
 			encode: func() []byte {
-				return encodeForward(ForwardReq{Partition: 7, Epoch: 1 << 40, Op: Op{Key: "k", Value: big}})
+				return encodeForward(ForwardReq{Partition: 7, Epoch: 1 << 40, Ops: []Op{{Key: "k", Value: big}}})
 			},
 			decode: func(b []byte) (any, error) { return decodeForward(b) },
-			want:   ForwardReq{Partition: 7, Epoch: 1 << 40, Op: Op{Key: "k", Value: big}},
+			want:   ForwardReq{Partition: 7, Epoch: 1 << 40, Ops: []Op{{Key: "k", Value: big}}},
 		},
 		{
 			name: "forward delete with an empty value",
 			encode: func() []byte {
-				return encodeForward(ForwardReq{Partition: 0, Epoch: 3, Op: Op{Delete: true, Key: "gone"}})
+				return encodeForward(ForwardReq{Partition: 0, Epoch: 3, Ops: []Op{{Delete: true, Key: "gone"}}})
 			},
 			decode: func(b []byte) (any, error) { return decodeForward(b) },
-			want:   ForwardReq{Partition: 0, Epoch: 3, Op: Op{Delete: true, Key: "gone"}},
+			want:   ForwardReq{Partition: 0, Epoch: 3, Ops: []Op{{Delete: true, Key: "gone"}}},
+		},
+		{
+			name: "atomic conditional batch with every option",
+			encode: func() []byte {
+				return encodeForward(ForwardReq{Partition: 3, Epoch: 8, Atomic: true, MinCopies: 3, Ops: []Op{
+					{Key: "a", Value: "1", HasIfRevision: true, IfRevision: 0, TTLMillis: 30_000, Prev: true},
+					{Key: "b", Delete: true, HasIfRevision: true, IfRevision: 1 << 50, IfExists: true},
+					{Key: "c", Touch: true, TTLMillis: 1000}, {Key: "d", Value: "v", KeepTTL: true},
+					{Key: "e", Expire: true}, {Key: "f", Get: true},
+				}})
+			},
+			decode: func(b []byte) (any, error) { return decodeForward(b) },
+			want: ForwardReq{Partition: 3, Epoch: 8, Atomic: true, MinCopies: 3, Ops: []Op{
+				{Key: "a", Value: "1", HasIfRevision: true, IfRevision: 0, TTLMillis: 30_000, Prev: true},
+				{Key: "b", Delete: true, HasIfRevision: true, IfRevision: 1 << 50, IfExists: true},
+				{Key: "c", Touch: true, TTLMillis: 1000}, {Key: "d", Value: "v", KeepTTL: true},
+				{Key: "e", Expire: true}, {Key: "f", Get: true},
+			}},
+		},
+		{
+			name: "forward results",
+			encode: func() []byte {
+				return encodeForwardResp(ForwardResp{Results: []Result{
+					{Revision: 12, Exists: true, ExpiresAt: 1_800_000_000_000, Prev: &Versioned{Value: big, Revision: 11}},
+					{Code: ResultConditionFailed, Revision: 4, Exists: true}, {Code: ResultNotFound},
+				}})
+			},
+			decode: func(b []byte) (any, error) { return decodeForwardResp(b) },
+			want: ForwardResp{Results: []Result{
+				{Revision: 12, Exists: true, ExpiresAt: 1_800_000_000_000, Prev: &Versioned{Value: big, Revision: 11}},
+				{Code: ResultConditionFailed, Revision: 4, Exists: true}, {Code: ResultNotFound},
+			}},
+		},
+		{
+			name: "read answer",
+			encode: func() []byte {
+				return encodeReadResp(ReadResp{Value: big, Revision: 7, ExpiresAt: 5, Applied: 9, HeardAgoMillis: 250})
+			},
+			decode: func(b []byte) (any, error) { return decodeReadResp(b) },
+			want:   ReadResp{Value: big, Revision: 7, ExpiresAt: 5, Applied: 9, HeardAgoMillis: 250},
 		},
 		{
 			name:   "stale read",
@@ -46,21 +86,21 @@ func TestRPCCodecRoundTrip(t *testing.T) {
 			name: "replication round",
 			encode: func() []byte {
 				return encodeReplicate(ReplicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
-					Ops: []Op{{Key: "a", Value: "1"}, {Delete: true, Key: "b"}, {Key: "c", Value: ""}}})
+					Entries: []Entry{{Key: "a", Value: "1", ExpiresAt: 99}, {Delete: true, Expired: true, Key: "b", PrevExpiresAt: 5}, {Key: "c", Value: ""}}})
 			},
 			decode: func(b []byte) (any, error) { return decodeReplicate(b) },
 			want: ReplicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
-				Ops: []Op{{Key: "a", Value: "1"}, {Delete: true, Key: "b"}, {Key: "c", Value: ""}}},
+				Entries: []Entry{{Key: "a", Value: "1", ExpiresAt: 99}, {Delete: true, Expired: true, Key: "b", PrevExpiresAt: 5}, {Key: "c", Value: ""}}},
 		},
 		{
 			name: "replication round with the primary's key count",
 			encode: func() []byte {
 				return encodeReplicate(ReplicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
-					Ops: []Op{{Key: "a", Value: "1"}}, Keys: new(uint64(300))})
+					Entries: []Entry{{Key: "a", Value: "1"}}, Keys: new(uint64(300))})
 			},
 			decode: func(b []byte) (any, error) { return decodeReplicate(b) },
 			want: ReplicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
-				Ops: []Op{{Key: "a", Value: "1"}}, Keys: new(uint64(300))},
+				Entries: []Entry{{Key: "a", Value: "1"}}, Keys: new(uint64(300))},
 		},
 	}
 	for _, tt := range tests {
@@ -139,7 +179,7 @@ func TestReadFrameRejectsBadLengths(t *testing.T) {
 }
 
 func FuzzDecodeReplicate(f *testing.F) {
-	f.Add(encodeReplicate(ReplicateReq{Partition: 1, Epoch: 2, Seq: 3, Version: 4, From: "n1", Ops: []Op{{Key: "a", Value: "b"}}}))
+	f.Add(encodeReplicate(ReplicateReq{Partition: 1, Epoch: 2, Seq: 3, Version: 4, From: "n1", Entries: []Entry{{Key: "a", Value: "b"}}}))
 	f.Add([]byte{0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeReplicate(b)

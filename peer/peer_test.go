@@ -27,14 +27,18 @@ type recordingHandler struct {
 	installs [][]byte
 }
 
-func (h *recordingHandler) ServeForward(ctx context.Context, req ForwardReq) error {
+func (h *recordingHandler) ServeForward(ctx context.Context, req ForwardReq) (ForwardResp, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.forwards = append(h.forwards, req)
-	return nil
+	out := ForwardResp{}
+	for i := range req.Ops {
+		out.Results = append(out.Results, Result{Revision: uint64(100 + i)})
+	}
+	return out, nil
 }
 
-func (h *recordingHandler) ServeRead(ctx context.Context, req ReadReq) (string, error) {
+func (h *recordingHandler) ServeRead(ctx context.Context, req ReadReq) (ReadResp, error) {
 	h.mu.Lock()
 	d := h.stallFor
 	h.mu.Unlock()
@@ -43,9 +47,9 @@ func (h *recordingHandler) ServeRead(ctx context.Context, req ReadReq) (string, 
 		time.Sleep(d)
 	}
 	if req.Key == "missing" {
-		return "", errcode.ErrKeyNotFound
+		return ReadResp{}, errcode.ErrKeyNotFound
 	}
-	return "value-of-" + req.Key, nil
+	return ReadResp{Value: "value-of-" + req.Key, Revision: 9, Applied: 12}, nil
 }
 
 func (h *recordingHandler) ServeReplicate(context.Context, ReplicateReq) error { return nil }
@@ -141,11 +145,11 @@ func TestCalls(t *testing.T) {
 	addr := l.Addr().String()
 	ctx := context.Background()
 
-	if err := c.Forward(ctx, addr, ForwardReq{Partition: 1, Epoch: 2, Op: Op{Key: "k", Value: "v"}}); err != nil {
+	if _, err := c.Forward(ctx, addr, ForwardReq{Partition: 1, Epoch: 2, Ops: []Op{{Key: "k", Value: "v"}}}); err != nil {
 		t.Fatalf("forward: %v", err)
 	}
-	if v, err := c.Read(ctx, addr, ReadReq{Key: "k"}); err != nil || v != "value-of-k" {
-		t.Fatalf("read = %q, %v", v, err)
+	if v, err := c.Read(ctx, addr, ReadReq{Key: "k"}); err != nil || v.Value != "value-of-k" {
+		t.Fatalf("read = %+v, %v", v, err)
 	}
 	if _, err := c.Read(ctx, addr, ReadReq{Key: "missing"}); !errors.Is(err, errcode.ErrKeyNotFound) {
 		t.Fatalf("read of a missing key: %v, want key_not_found", err)
@@ -185,7 +189,7 @@ func TestCalls(t *testing.T) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.forwards) != 1 || h.forwards[0].Op.Value != "v" {
+	if len(h.forwards) != 1 || h.forwards[0].Ops[0].Value != "v" {
 		t.Errorf("handler saw forwards %+v", h.forwards)
 	}
 	if len(h.installs) != 1 || !bytes.Equal(h.installs[0], stream) {
@@ -200,7 +204,7 @@ func TestLocalShortCircuit(t *testing.T) {
 	c := NewClient(Config{Self: "me", ClusterName: "c"}, func(string) (string, bool) { return "", false })
 	defer c.Close()
 	c.SetLocal(Handlers{Data: h, Control: h})
-	if err := c.Forward(context.Background(), "me", ForwardReq{Op: Op{Key: "x"}}); err != nil {
+	if _, err := c.Forward(context.Background(), "me", ForwardReq{Ops: []Op{{Key: "x"}}}); err != nil {
 		t.Fatalf("local forward: %v", err)
 	}
 	if _, err := c.Read(context.Background(), "other", ReadReq{Key: "x"}); errcode.Of(err) != errcode.Unavailable {
@@ -220,7 +224,7 @@ func TestRedialsAfterPeerClosed(t *testing.T) {
 	c := newTestClient(t, Config{Self: "client", ClusterName: "c"})
 	addr := l.Addr().String()
 	for i := range 3 {
-		if err := c.Forward(context.Background(), addr, ForwardReq{Op: Op{Key: "k"}}); err != nil {
+		if _, err := c.Forward(context.Background(), addr, ForwardReq{Ops: []Op{{Key: "k"}}}); err != nil {
 			t.Fatalf("forward %d: %v", i, err)
 		}
 		// The server drops every connection it serves, as a restarted
@@ -254,7 +258,7 @@ func TestRedialsAfterPeerClosed(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	if err := c.Forward(context.Background(), addr, ForwardReq{Op: Op{Key: "k"}}); err != nil {
+	if _, err := c.Forward(context.Background(), addr, ForwardReq{Ops: []Op{{Key: "k"}}}); err != nil {
 		t.Fatalf("forward after the last close: %v", err)
 	}
 }
@@ -288,7 +292,7 @@ func TestWrongClusterRefused(t *testing.T) {
 	h := &recordingHandler{}
 	l := serve(t, Config{Self: "node-1", ClusterName: "prod", Logger: serverLog.logger()}, h)
 	c := newTestClient(t, Config{Self: "stranger", ClusterName: "staging", Logger: clientLog.logger()})
-	err := c.Forward(context.Background(), l.Addr().String(), ForwardReq{Op: Op{Key: "k"}})
+	_, err := c.Forward(context.Background(), l.Addr().String(), ForwardReq{Ops: []Op{{Key: "k"}}})
 	if errcode.Of(err) != errcode.Unavailable || !strings.Contains(err.Error(), `cluster "prod"`) {
 		t.Fatalf("forward across clusters: %v", err)
 	}
@@ -393,7 +397,7 @@ func TestHandshakeCap(t *testing.T) {
 	c := newTestClient(t, Config{Self: "client", ClusterName: "c"})
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		err := c.Forward(context.Background(), addr, ForwardReq{Op: Op{Key: "k"}})
+		_, err := c.Forward(context.Background(), addr, ForwardReq{Ops: []Op{{Key: "k"}}})
 		if err == nil {
 			break
 		}

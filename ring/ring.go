@@ -51,6 +51,27 @@ func PartitionOf(key string, partitions int) int {
 	return int(h.Sum64() % uint64(partitions))
 }
 
+// HashTag returns the part of key that places it: the text inside its
+// first "{…}" when that is not empty, else the whole key (Redis Cluster's
+// rule), so that keys sharing a tag share a partition.
+func HashTag(key string) string {
+	open := strings.IndexByte(key, '{')
+	if open < 0 {
+		return key
+	}
+	end := strings.IndexByte(key[open+1:], '}')
+	if end <= 0 {
+		return key
+	}
+	return key[open+1 : open+1+end]
+}
+
+// PartitionOfTagged is PartitionOf of key's HashTag. A cluster records at
+// bootstrap which of the two places its keys (the hash_tags setting).
+func PartitionOfTagged(key string, partitions int) int {
+	return PartitionOf(HashTag(key), partitions)
+}
+
 // PartitionName returns fmt.Sprintf(PartitionFormat, id).
 func PartitionName(id int) string {
 	return fmt.Sprintf(PartitionFormat, id)

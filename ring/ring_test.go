@@ -429,3 +429,29 @@ func BenchmarkAssign(b *testing.B) {
 		Assign(nodes, 16, 3)
 	}
 }
+
+func TestHashTag(t *testing.T) {
+	tests := []struct{ key, want string }{
+		{"user:1", "user:1"},
+		{"{user:1}:profile", "user:1"},
+		{"cart:{user:1}", "user:1"},
+		{"{a}{b}", "a"},     // the first braces only
+		{"{}x", "{}x"},      // empty braces: the whole key
+		{"x{", "x{"},        // unclosed: the whole key
+		{"x}{y", "x}{y"},    // no close after the open: the whole key
+		{"a{b{c}d}", "b{c"}, // up to the first close after the open
+		{"{é}1", "é"},       // bytes, not runes
+	}
+	for _, tt := range tests {
+		if got := HashTag(tt.key); got != tt.want {
+			t.Errorf("HashTag(%q) = %q, want %q", tt.key, got, tt.want)
+		}
+	}
+	if PartitionOfTagged("{user:1}:a", 16) != PartitionOfTagged("{user:1}:b", 16) ||
+		PartitionOfTagged("{user:1}:a", 16) != PartitionOf("user:1", 16) {
+		t.Fatal("keys with one tag are not placed together")
+	}
+	if PartitionOfTagged("plain", 16) != PartitionOf("plain", 16) {
+		t.Fatal("a key without a tag moved")
+	}
+}

@@ -54,11 +54,59 @@ func decodeMeta(b []byte) Meta {
 	}
 }
 
-// Op is one write.
+// Op is one write. Write number seq of a partition gives its key the
+// revision seq.
 type Op struct {
 	Delete bool
 	Key    []byte
 	Value  []byte
+	// ExpiresAt is the key's deadline in Unix milliseconds (0: none).
+	ExpiresAt int64
+	// PrevExpiresAt is the deadline the key had before this write (0:
+	// none), so that a blind write can drop its expiry index entry
+	// without reading the key.
+	PrevExpiresAt int64
+}
+
+// Record is a key's stored state: its value, the revision of the write
+// that produced it and its deadline.
+type Record struct {
+	Value     []byte
+	Revision  uint64
+	ExpiresAt int64 // Unix milliseconds; 0: no TTL
+}
+
+// Expired reports whether r's deadline has passed at now (Unix ms).
+func (r Record) Expired(now int64) bool { return r.ExpiresAt != 0 && now >= r.ExpiresAt }
+
+// A stored value is a record: a format byte, the revision and the deadline
+// (8 bytes each, big endian), then the value. The layout is a data-format
+// contract: partition copies carry records as they are stored.
+const (
+	recordFormat = 1
+	// RecordOverhead is what a record adds to its value's length.
+	RecordOverhead = 17
+)
+
+// EncodeRecord returns r as stored.
+func EncodeRecord(r Record) []byte {
+	b := make([]byte, RecordOverhead, RecordOverhead+len(r.Value))
+	b[0] = recordFormat
+	binary.BigEndian.PutUint64(b[1:], r.Revision)
+	binary.BigEndian.PutUint64(b[9:], uint64(r.ExpiresAt))
+	return append(b, r.Value...)
+}
+
+// DecodeRecord parses a stored record. The value aliases b.
+func DecodeRecord(b []byte) (Record, error) {
+	if len(b) < RecordOverhead || b[0] != recordFormat {
+		return Record{}, errors.New("storage: malformed record")
+	}
+	exp := int64(binary.BigEndian.Uint64(b[9:]))
+	if exp < 0 {
+		return Record{}, errors.New("storage: malformed record deadline")
+	}
+	return Record{Revision: binary.BigEndian.Uint64(b[1:]), ExpiresAt: exp, Value: b[RecordOverhead:]}, nil
 }
 
 // KV is one key/value pair of a partition snapshot.
@@ -67,11 +115,20 @@ type KV struct {
 }
 
 // Key layout: 'd' | partition (4 bytes, big endian) | user key for data,
-// 'm' | partition for metadata. The layout is a data-format contract.
+// 'm' | partition for metadata, 'x' | partition | deadline (8 bytes, big
+// endian, Unix ms) | user key for the expiry index, which lists every key
+// with a TTL in deadline order so the sweep finds expired keys without a
+// scan. The layout is a data-format contract.
 const (
-	dataTag = 'd'
-	metaTag = 'm'
+	dataTag   = 'd'
+	metaTag   = 'm'
+	expiryTag = 'x'
 )
+
+func expiryKey(p int, deadline int64, key []byte) []byte {
+	b := binary.BigEndian.AppendUint64(prefix(expiryTag, p), uint64(deadline))
+	return append(b, key...)
+}
 
 func prefix(tag byte, p int) []byte {
 	b := make([]byte, 5, 5+64)
@@ -86,6 +143,11 @@ func metaKey(p int) []byte             { return prefix(metaTag, p) }
 // dataBounds returns the key range holding partition p's pairs.
 func dataBounds(p int) (lower, upper []byte) {
 	return prefix(dataTag, p), prefix(dataTag, p+1)
+}
+
+// expiryBounds returns the key range of partition p's expiry index.
+func expiryBounds(p int) (lower, upper []byte) {
+	return prefix(expiryTag, p), prefix(expiryTag, p+1)
 }
 
 // stripes serialises read-modify-write of a partition's metadata.
@@ -138,7 +200,12 @@ func Open(dir string, o Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
-	return &DB{db: db, metas: map[int]Meta{}}, nil
+	d := &DB{db: db, metas: map[int]Meta{}}
+	if err := d.upgrade(logger); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("upgrade kv store %s: %w", dir, err)
+	}
+	return d, nil
 }
 
 // Close closes the store.
@@ -205,13 +272,21 @@ func (d *DB) setCached(p int, m Meta) {
 	d.metaMu.Unlock()
 }
 
-// Get returns the value of key in partition p.
-func (d *DB) Get(p int, key []byte) ([]byte, bool, error) {
+// Get returns key's record in partition p. It does not look at the
+// deadline: whether an expired key is visible is the caller's decision.
+func (d *DB) Get(p int, key []byte) (Record, bool, error) {
 	v, ok, err := read(d.db, dataKey(p, key))
-	if err != nil {
-		return nil, false, fmt.Errorf("get from partition %d: %w", p, err)
+	if err != nil || !ok {
+		if err != nil {
+			err = fmt.Errorf("get from partition %d: %w", p, err)
+		}
+		return Record{}, false, err
 	}
-	return v, ok, nil
+	r, err := DecodeRecord(v)
+	if err != nil {
+		return Record{}, false, fmt.Errorf("get from partition %d: key %q: %w", p, key, err)
+	}
+	return r, true, nil
 }
 
 // Apply applies op to partition p as write number seq of epoch, durably.
@@ -260,35 +335,40 @@ func (d *DB) apply(p int, epoch, first uint64, ops []Op, keys *uint64) (Meta, er
 	defer b.Close()
 	// present tracks keys this batch already wrote, so a key set twice in
 	// one batch is counted once.
-	var present map[string]bool
+	var present map[string]prevState
 	if keys == nil && len(ops) > 1 {
-		present = make(map[string]bool, len(ops))
+		present = make(map[string]prevState, len(ops))
 	}
-	for _, op := range ops {
+	for i, op := range ops {
 		k := dataKey(p, op.Key)
 		if keys == nil {
-			existed, seen := present[string(op.Key)]
+			prev, seen := present[string(op.Key)]
 			if !seen {
-				if _, existed, err = read(d.db, k); err != nil {
+				v, ok, err := read(d.db, k)
+				if err != nil {
 					return Meta{}, fmt.Errorf("apply to partition %d: %w", p, err)
 				}
+				prev = prevState{}
+				if ok {
+					r, err := DecodeRecord(v)
+					if err != nil {
+						return Meta{}, fmt.Errorf("apply to partition %d: key %q: %w", p, op.Key, err)
+					}
+					prev = prevState{exists: true, expiresAt: r.ExpiresAt}
+				}
 			}
+			op.PrevExpiresAt = prev.expiresAt
 			switch {
-			case op.Delete && existed:
+			case op.Delete && prev.exists:
 				m.Keys--
-			case !op.Delete && !existed:
+			case !op.Delete && !prev.exists:
 				m.Keys++
 			}
 			if present != nil {
-				present[string(op.Key)] = !op.Delete
+				present[string(op.Key)] = prevState{exists: !op.Delete, expiresAt: op.ExpiresAt}
 			}
 		}
-		if op.Delete {
-			err = b.Delete(k, nil)
-		} else {
-			err = b.Set(k, op.Value, nil)
-		}
-		if err != nil {
+		if err := writeOp(b, p, first+uint64(i), op); err != nil {
 			return Meta{}, err
 		}
 	}
@@ -296,6 +376,32 @@ func (d *DB) apply(p int, epoch, first uint64, ops []Op, keys *uint64) (Meta, er
 		m.Keys = *keys
 	}
 	return d.commit(b, p, epoch, first+uint64(len(ops))-1, m)
+}
+
+// prevState is what apply knows of a key before a write.
+type prevState struct {
+	exists    bool
+	expiresAt int64
+}
+
+// writeOp adds op, as write number seq of p, to b: the record and its
+// expiry index entry.
+func writeOp(b *pebble.Batch, p int, seq uint64, op Op) error {
+	if op.PrevExpiresAt != 0 {
+		if err := b.Delete(expiryKey(p, op.PrevExpiresAt, op.Key), nil); err != nil {
+			return err
+		}
+	}
+	k := dataKey(p, op.Key)
+	if op.Delete {
+		return b.Delete(k, nil)
+	}
+	if op.ExpiresAt != 0 {
+		if err := b.Set(expiryKey(p, op.ExpiresAt, op.Key), nil, nil); err != nil {
+			return err
+		}
+	}
+	return b.Set(k, EncodeRecord(Record{Value: op.Value, Revision: seq, ExpiresAt: op.ExpiresAt}), nil)
 }
 
 // commit adds p's metadata at (epoch, seq) to b, commits it durably and
@@ -314,6 +420,28 @@ func (d *DB) commit(b *pebble.Batch, p int, epoch, seq uint64, m Meta) (Meta, er
 
 // SetEpoch records that partition p's copy is reconciled at epoch.
 func (d *DB) SetEpoch(p int, epoch uint64) error {
+	return d.updateMeta(p, func(m *Meta) bool {
+		m.Epoch = epoch
+		return true
+	})
+}
+
+// Advance raises partition p's sequence number to at least seq, durably,
+// leaving its epoch and pairs alone: a new primary moves its write order
+// past every number the previous primary may have handed out.
+func (d *DB) Advance(p int, seq uint64) error {
+	return d.updateMeta(p, func(m *Meta) bool {
+		if m.Seq >= seq {
+			return false
+		}
+		m.Seq = seq
+		return true
+	})
+}
+
+// updateMeta changes p's metadata with change, durably, if it reports a
+// change.
+func (d *DB) updateMeta(p int, change func(*Meta) bool) error {
 	l := d.lock(p)
 	l.Lock()
 	defer l.Unlock()
@@ -321,7 +449,9 @@ func (d *DB) SetEpoch(p int, epoch uint64) error {
 	if err != nil {
 		return err
 	}
-	m.Epoch = epoch
+	if !change(&m) {
+		return nil
+	}
 	if err := d.db.Set(metaKey(p), m.encode(), pebble.Sync); err != nil {
 		return err
 	}
@@ -331,8 +461,9 @@ func (d *DB) SetEpoch(p int, epoch uint64) error {
 
 // Snapshot calls begin with partition p's metadata and then fn for every
 // pair in key order, all from one consistent snapshot, so the pairs are
-// exactly the state the metadata describes. The slices passed to fn are
-// valid only during the call.
+// exactly the state the metadata describes. The values are records as
+// stored (see EncodeRecord). The slices passed to fn are valid only during
+// the call.
 func (d *DB) Snapshot(p int, begin func(Meta) error, fn func(k, v []byte) error) error {
 	snap := d.db.NewSnapshot()
 	defer snap.Close()
@@ -377,11 +508,10 @@ type Staged struct {
 }
 
 // StageInstall reads a copy of partition p from next into memory, to be
-// installed by Commit. Nothing is locked while next runs, however slow.
+// installed by Commit. Values are records as Snapshot yields them. Nothing is locked while next runs, however slow.
 func (d *DB) StageInstall(p int, epoch, seq uint64, next func() (KV, bool, error)) (*Staged, error) {
 	b := d.db.NewBatch()
-	lo, hi := dataBounds(p)
-	if err := b.DeleteRange(lo, hi, nil); err != nil {
+	if err := deletePartition(b, p); err != nil {
 		b.Close()
 		return nil, err
 	}
@@ -399,7 +529,14 @@ func (d *DB) StageInstall(p int, epoch, seq uint64, next func() (KV, bool, error
 			b.Close()
 			return nil, errors.New("storage: empty key in a partition copy")
 		}
-		if err := b.Set(dataKey(p, kv.Key), kv.Value, nil); err != nil {
+		r, err := DecodeRecord(kv.Value)
+		if err == nil && r.ExpiresAt != 0 {
+			err = b.Set(expiryKey(p, r.ExpiresAt, kv.Key), nil, nil)
+		}
+		if err == nil {
+			err = b.Set(dataKey(p, kv.Key), kv.Value, nil)
+		}
+		if err != nil {
 			b.Close()
 			return nil, err
 		}
@@ -439,6 +576,32 @@ func (d *DB) Keys(p int, limit int) ([]string, error) {
 	var out []string
 	for it.First(); it.Valid() && (limit <= 0 || len(out) < limit); it.Next() {
 		out = append(out, string(it.Key()[len(lo):]))
+	}
+	return out, it.Close()
+}
+
+// deletePartition adds the deletion of p's pairs and expiry index to b.
+func deletePartition(b *pebble.Batch, p int) error {
+	lo, hi := dataBounds(p)
+	if err := b.DeleteRange(lo, hi, nil); err != nil {
+		return err
+	}
+	lo, hi = expiryBounds(p)
+	return b.DeleteRange(lo, hi, nil)
+}
+
+// Expired returns up to limit keys of partition p whose deadline is at or
+// before now (Unix ms), earliest first, from the expiry index.
+func (d *DB) Expired(p int, now int64, limit int) ([][]byte, error) {
+	lo, _ := expiryBounds(p)
+	hi := binary.BigEndian.AppendUint64(prefix(expiryTag, p), uint64(now)+1)
+	it, err := d.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, fmt.Errorf("expiry index of partition %d: %w", p, err)
+	}
+	var out [][]byte
+	for it.First(); it.Valid() && len(out) < limit; it.Next() {
+		out = append(out, bytes.Clone(it.Key()[len(lo)+8:]))
 	}
 	return out, it.Close()
 }
@@ -529,8 +692,7 @@ func (d *DB) Drop(p int) error {
 	defer l.Unlock()
 	b := d.db.NewBatch()
 	defer b.Close()
-	lo, hi := dataBounds(p)
-	if err := b.DeleteRange(lo, hi, nil); err != nil {
+	if err := deletePartition(b, p); err != nil {
 		return err
 	}
 	if err := b.Delete(metaKey(p), nil); err != nil {

@@ -84,11 +84,12 @@ func get(tb testing.TB, db *closer, p int, key string) (string, bool) {
 	if err != nil {
 		tb.Fatalf("Get(%d, %q): %v", p, key, err)
 	}
-	return string(v), ok
+	return string(v.Value), ok
 }
 
 // dump returns everything Snapshot yields for p, copying the iterator's
-// key and value buffers (they are only valid during the callback).
+// key and value buffers (they are only valid during the callback), with
+// each record's value only: tests compare values with kv pairs.
 func dump(tb testing.TB, db *closer, p int) (Meta, []KV) {
 	tb.Helper()
 	var m Meta
@@ -96,7 +97,11 @@ func dump(tb testing.TB, db *closer, p int) (Meta, []KV) {
 	err := db.Snapshot(p,
 		func(mm Meta) error { m = mm; return nil },
 		func(k, v []byte) error {
-			out = append(out, KV{Key: bytes.Clone(k), Value: bytes.Clone(v)})
+			r, err := DecodeRecord(v)
+			if err != nil {
+				return err
+			}
+			out = append(out, KV{Key: bytes.Clone(k), Value: bytes.Clone(r.Value)})
 			return nil
 		})
 	if err != nil {
@@ -105,7 +110,8 @@ func dump(tb testing.TB, db *closer, p int) (Meta, []KV) {
 	return m, out
 }
 
-// kvIter turns a slice into the next func Install takes.
+// kvIter turns a slice of pairs into the next func Install takes, each
+// value as a record of revision 1.
 func kvIter(kvs []KV) func() (KV, bool, error) {
 	i := 0
 	return func() (KV, bool, error) {
@@ -113,7 +119,7 @@ func kvIter(kvs []KV) func() (KV, bool, error) {
 			return KV{}, false, nil
 		}
 		i++
-		return kvs[i-1], true, nil
+		return KV{Key: kvs[i-1].Key, Value: EncodeRecord(Record{Value: kvs[i-1].Value, Revision: 1})}, true, nil
 	}
 }
 
@@ -254,7 +260,7 @@ func TestGetReturnsCopy(t *testing.T) {
 	db := openDB(t, t.TempDir())
 	mustApply(t, db, 1, 1, 1, put("a", "value"))
 	v, _, _ := db.Get(1, []byte("a"))
-	copy(v, "XXXXX") // the caller owns what Get returns
+	copy(v.Value, "XXXXX") // the caller owns what Get returns
 	if got, _ := get(t, db, 1, "a"); got != "value" {
 		t.Fatalf("stored value changed through Get's result: %q", got)
 	}
@@ -377,8 +383,9 @@ func TestSnapshotConsistent(t *testing.T) {
 					write(del("k0198"))
 					write(put("zzz", "inserted"))
 				}
-				got = append(got, KV{bytes.Clone(k), bytes.Clone(v)})
-				return nil
+				r, err := DecodeRecord(v)
+				got = append(got, KV{bytes.Clone(k), bytes.Clone(r.Value)})
+				return err
 			})
 		if err != nil {
 			t.Fatal(err)
@@ -529,7 +536,7 @@ func TestInstall(t *testing.T) {
 		err := db.Install(p, 5, 42, func() (KV, bool, error) {
 			i++
 			if i <= 2 {
-				return kv(fmt.Sprintf("n%d", i), "N"), true, nil
+				return KV{Key: fmt.Appendf(nil, "n%d", i), Value: EncodeRecord(Record{Value: []byte("N")})}, true, nil
 			}
 			return KV{}, false, boom
 		})
@@ -864,8 +871,8 @@ func TestApplyBatch(t *testing.T) {
 				}
 				for k, v := range tt.want {
 					got, ok, err := db.Get(3, []byte(k))
-					if err != nil || !ok || string(got) != v {
-						t.Errorf("get %s = %q, %v, %v; want %q", k, got, ok, err, v)
+					if err != nil || !ok || string(got.Value) != v {
+						t.Errorf("get %s = %q, %v, %v; want %q", k, got.Value, ok, err, v)
 					}
 				}
 				for _, k := range tt.absent {

@@ -15,7 +15,8 @@ import (
 func Status(code string) int {
 	switch code {
 	case errcode.BadRequest, errcode.InvalidJSON, errcode.InvalidQuery, errcode.MissingKey,
-		errcode.MissingValue, errcode.InvalidKey, errcode.InvalidValue:
+		errcode.MissingValue, errcode.InvalidKey, errcode.InvalidValue,
+		errcode.InvalidTTL, errcode.InvalidCondition, errcode.CrossPartition:
 		return http.StatusBadRequest
 	case errcode.Unauthorized:
 		return http.StatusUnauthorized
@@ -27,13 +28,13 @@ func Status(code string) int {
 		return http.StatusMethodNotAllowed
 	case errcode.Timeout:
 		return http.StatusRequestTimeout
-	case errcode.Conflict, errcode.EpochMismatch:
+	case errcode.Conflict, errcode.EpochMismatch, errcode.ConditionFailed, errcode.Aborted:
 		return http.StatusConflict
-	case errcode.KeyTooLarge, errcode.ValueTooLarge, errcode.BodyTooLarge:
+	case errcode.KeyTooLarge, errcode.ValueTooLarge, errcode.BodyTooLarge, errcode.TooManyOps:
 		return http.StatusRequestEntityTooLarge
 	case errcode.HostNotAllowed:
 		return http.StatusMisdirectedRequest
-	case errcode.Unavailable, errcode.NotReady, errcode.NotLeader, errcode.OutcomeUnknown, errcode.NoLeader:
+	case errcode.Unavailable, errcode.NotReady, errcode.NotLeader, errcode.OutcomeUnknown, errcode.NoLeader, errcode.NotEnoughReplicas:
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
