@@ -52,24 +52,31 @@ func (r *round) get(key string) (keyState, error) {
 }
 
 // add decides w's ops. An atomic request adds its entries only if every op
-// applies; otherwise none of them, and its failed ops say why.
+// applies; otherwise none of them, and its failed ops say why. A request
+// that fails (storage could not be read) adds nothing either.
 func (r *round) add(w *pendingWrite) error {
 	mark, keys := len(r.entries), r.keys
 	saved := map[string]keyState{}
+	rollback := func() {
+		r.entries, r.keys = r.entries[:mark], keys
+		for k, v := range saved {
+			r.state[k] = v
+		}
+	}
 	results := make([]peer.Result, len(w.ops))
 	failed := false
 	for i, op := range w.ops {
-		if w.atomic {
-			if _, ok := saved[op.Key]; !ok {
-				k, err := r.get(op.Key)
-				if err != nil {
-					return err
-				}
-				saved[op.Key] = k
+		if _, ok := saved[op.Key]; !ok {
+			k, err := r.get(op.Key)
+			if err != nil {
+				rollback()
+				return err
 			}
+			saved[op.Key] = k
 		}
 		res, err := r.apply(op)
 		if err != nil {
+			rollback()
 			return err
 		}
 		results[i] = res
@@ -77,10 +84,7 @@ func (r *round) add(w *pendingWrite) error {
 		failed = failed || (res.Code != "" && !op.Get)
 	}
 	if w.atomic && failed {
-		r.entries, r.keys = r.entries[:mark], keys
-		for k, v := range saved {
-			r.state[k] = v
-		}
+		rollback()
 		for i := range results {
 			if results[i].Code == "" || w.ops[i].Get {
 				results[i] = peer.Result{Code: peer.ResultAborted}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -32,17 +33,21 @@ type h1Conn struct {
 }
 
 // h1Do sends the request in w.req (for path) to address i on the worker's
-// connection and returns the answer's status, with do's errors. A request that fails on a
+// connection and returns the answer's status, with do's errors; with
+// keepBody, the answer's body is left in w.resp. A request that fails on a
 // reused connection before any answer arrived (the server closed it while
 // idle) is sent once more on a new one. net/http's Transport does that
 // only for idempotent requests; this retries sets too, since a set the
 // server did get (it closed the connection mid-request, say while
 // shutting down) writes the same value twice, which changes nothing the
-// load tool counts.
-func (t *HTTPTarget) h1Do(ctx context.Context, w *httpWorker, i int, method, path string) (int, error) {
+// load tool counts. (A conditional set the server did apply is answered,
+// when sent again, with a conflict: counted as one, which is as rare as
+// the case is.)
+func (t *HTTPTarget) h1Do(ctx context.Context, w *httpWorker, i int, method, path string, keepBody bool) (int, error) {
 	for len(w.conns) < len(t.addrs) {
 		w.conns = append(w.conns, nil)
 	}
+	w.resp = w.resp[:0] // no answer yet, rather than the last one
 	for attempt := 0; ; attempt++ {
 		c := w.conns[i]
 		if c == nil {
@@ -65,7 +70,11 @@ func (t *HTTPTarget) h1Do(ctx context.Context, w *httpWorker, i int, method, pat
 			c = &h1Conn{nc: nc, br: bufio.NewReaderSize(nc, 4096)}
 			w.conns[i] = c
 		}
-		status, keep, err := c.roundTrip(ctx, t.timeout, w.req, method)
+		var body *[]byte
+		if keepBody {
+			body = &w.resp
+		}
+		status, keep, err := c.roundTrip(ctx, t.timeout, w.req, method, body)
 		if err == nil && keep {
 			c.reqs++
 		} else {
@@ -92,10 +101,16 @@ func isStaleConn(err error) bool {
 	return errors.Is(err, errBeforeAnswer) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
+// maxKeptBody bounds the answer body h1Do keeps (a batch of 500 results is
+// about 50 KB); past it the rest is drained, and the truncated body then
+// fails to scan, which counts as a bad answer.
+const maxKeptBody = 1 << 20
+
 // roundTrip writes req and reads one response, draining its body so the
-// connection can carry the next request; keep is false if the server
-// asked to close the connection.
-func (c *h1Conn) roundTrip(ctx context.Context, timeout time.Duration, req []byte, method string) (status int, keep bool, err error) {
+// connection can carry the next request, into *body (reusing its array)
+// if body is not nil; keep is false if the server asked to close the
+// connection.
+func (c *h1Conn) roundTrip(ctx context.Context, timeout time.Duration, req []byte, method string, body *[]byte) (status int, keep bool, err error) {
 	if timeout > 0 {
 		if err := c.nc.SetDeadline(time.Now().Add(timeout)); err != nil {
 			return 0, false, err
@@ -118,14 +133,31 @@ func (c *h1Conn) roundTrip(ctx context.Context, timeout time.Duration, req []byt
 	if err != nil {
 		return 0, false, err
 	}
+	var kept []byte
+	if body != nil {
+		kept = (*body)[:0]
+	}
 	for {
-		_, err := resp.Body.Read(c.drain[:])
+		buf := c.drain[:]
+		if body != nil && len(kept) < maxKeptBody {
+			if len(kept) == cap(kept) {
+				kept = slices.Grow(kept, 512)
+			}
+			buf = kept[len(kept):cap(kept)]
+		}
+		n, err := resp.Body.Read(buf)
+		if body != nil && len(kept) < maxKeptBody {
+			kept = kept[:len(kept)+n]
+		}
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return 0, false, err
 		}
+	}
+	if body != nil {
+		*body = kept
 	}
 	return resp.StatusCode, !resp.Close, nil
 }

@@ -17,7 +17,8 @@ import (
 )
 
 // HTTPTarget drives ClusterKit's JSON-over-HTTP KV API (POST /kv/set,
-// GET /kv/get). Worker w sends its requests to the addresses in turn,
+// GET /kv/get, and for the CAS and batch workloads conditional sets and
+// POST /kv/batch). Worker w sends its requests to the addresses in turn,
 // starting at Addrs[w mod len(Addrs)].
 //
 // The load tool shares the machine's cores with the servers it measures, so
@@ -31,7 +32,6 @@ import (
 type HTTPTarget struct {
 	hc      *http.Client
 	addrs   []string
-	setURL  []string // "http://ADDR/kv/set" for each address
 	getURL  []string // "http://ADDR/kv/get?key=" for each address
 	suffix  string   // appended to a get URL ("&consistency=stale")
 	workers []httpWorker
@@ -55,11 +55,16 @@ type httpWorker struct {
 	url   []byte    // scratch for building a get URL
 	body  []byte    // scratch for building a set body
 	req   []byte    // the request being sent, head and body
+	resp  []byte    // the last answer's body, when the caller reads it
+	fails []error   // SetBatch's failed keys, reused
 	conns []*h1Conn // by address index; used by this worker's goroutine only
 	_     [64]byte
 }
 
-var _ Target = (*HTTPTarget)(nil)
+var (
+	_ CASTarget   = (*HTTPTarget)(nil)
+	_ BatchTarget = (*HTTPTarget)(nil)
+)
 
 // NewHTTPTarget returns the HTTP target for c.Addrs, c.Concurrency workers,
 // c.Timeout per request and c.Stale reads.
@@ -88,7 +93,6 @@ func NewHTTPTarget(c Config) *HTTPTarget {
 		t.token = c.Token
 	}
 	for _, a := range c.Addrs {
-		t.setURL = append(t.setURL, t.scheme+a+"/kv/set")
 		t.getURL = append(t.getURL, t.scheme+a+"/kv/get?key=")
 	}
 	if c.Stale {
@@ -140,25 +144,103 @@ func appendSetBody(body []byte, key string, value []byte) []byte {
 	return append(body, '}')
 }
 
-// Set POSTs {"key":key,"value":value} to /kv/set.
-func (t *HTTPTarget) Set(ctx context.Context, worker int, key string, value []byte) error {
+// appendSetIfBody appends {"key":key,"value":value,"if_revision":rev}.
+func appendSetIfBody(body []byte, key string, value []byte, rev uint64) []byte {
+	body = appendSetBody(body, key, value)
+	body = append(body[:len(body)-1], `,"if_revision":`...)
+	body = strconv.AppendUint(body, rev, 10)
+	return append(body, '}')
+}
+
+// appendBatchBody appends {"ops":[{"op":"set","key":K,"value":value},...]}.
+func appendBatchBody(body []byte, keys []string, value []byte) []byte {
+	body = append(body, `{"ops":[`...)
+	for j, k := range keys {
+		if j > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, `{"op":"set","key":`...)
+		body = appendJSONString(body, k)
+		body = append(body, `,"value":`...)
+		body = appendJSONString(body, value)
+		body = append(body, '}')
+	}
+	return append(body, "]}"...)
+}
+
+// post sends a POST to path with the body that build appends, to the
+// address pick chooses for key, and returns the answer's status and,
+// with keepBody, its body (for a worker, in its scratch: valid until its
+// next request). A worker builds the body in its scratch buffer and sends
+// it on its lean connection; other callers go through net/http.
+func (t *HTTPTarget) post(ctx context.Context, worker int, key, path string, build func([]byte) []byte, keepBody bool) (int, []byte, error) {
 	i, w := t.pick(worker, key)
 	if w != nil {
-		w.body = appendSetBody(w.body[:0], key, value)
-		w.req = appendRequestHead(w.req[:0], http.MethodPost, "/kv/set", t.addrs[i], t.authHeader, len(w.body))
+		w.body = build(w.body[:0])
+		w.req = appendRequestHead(w.req[:0], http.MethodPost, path, t.addrs[i], t.authHeader, len(w.body))
 		w.req = append(w.req, w.body...)
-		_, err := t.h1Do(ctx, w, i, http.MethodPost, "/kv/set")
-		return err
+		status, err := t.h1Do(ctx, w, i, http.MethodPost, path, keepBody)
+		return status, w.resp, err // empty without keepBody
 	}
-	body := appendSetBody(make([]byte, 0, len(`{"key":"","value":""}`)+len(key)+len(value)), key, value)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.setURL[i], bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.scheme+t.addrs[i]+path, bytes.NewReader(build(nil)))
 	if err != nil {
-		return &KindError{Kind: "request", Err: err}
+		return 0, nil, &KindError{Kind: "request", Err: err}
 	}
 	req.Header["Content-Type"] = jsonContentType
 	t.authorize(req)
-	_, err = t.do(req, t.addrs[i])
+	return t.do(req, t.addrs[i], keepBody)
+}
+
+// Set POSTs {"key":key,"value":value} to /kv/set.
+func (t *HTTPTarget) Set(ctx context.Context, worker int, key string, value []byte) error {
+	_, _, err := t.post(ctx, worker, key, "/kv/set", func(b []byte) []byte { return appendSetBody(b, key, value) }, false)
 	return err
+}
+
+// SetIf POSTs {"key":key,"value":value,"if_revision":rev} to /kv/set; a
+// 409 whose code is condition_failed is a conflict. Other 409s (the
+// cluster's own conflicts, such as an epoch mismatch) are errors: they
+// say nothing about another client's write.
+func (t *HTTPTarget) SetIf(ctx context.Context, worker int, key string, value []byte, rev uint64) (bool, error) {
+	status, body, err := t.post(ctx, worker, key, "/kv/set", func(b []byte) []byte { return appendSetIfBody(b, key, value, rev) }, true)
+	if status == http.StatusConflict && topIs(body, "code", "condition_failed") {
+		return true, nil
+	}
+	return false, err
+}
+
+// SetBatch POSTs the sets of value under keys to /kv/batch, at the address
+// of keys[0] (the node there forwards the others to their primaries), and
+// counts each result whose status is not 200 as a failed key.
+func (t *HTTPTarget) SetBatch(ctx context.Context, worker int, keys []string, value []byte) ([]error, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	status, body, err := t.post(ctx, worker, keys[0], "/kv/batch", func(b []byte) []byte { return appendBatchBody(b, keys, value) }, true)
+	if err != nil {
+		return nil, err
+	}
+	var fails []error
+	if worker >= 0 && worker < len(t.workers) {
+		fails = t.workers[worker].fails[:0]
+	}
+	n := 0
+	ok := batchStatuses(body, func(s []byte) {
+		n++
+		if string(s) != "200" {
+			fails = append(fails, &KindError{Kind: statusKind(s)})
+		}
+	})
+	if worker >= 0 && worker < len(t.workers) {
+		t.workers[worker].fails = fails
+	}
+	if !ok || n != len(keys) {
+		return nil, &KindError{Kind: "bad_answer", Err: fmt.Errorf("POST /kv/batch: status %d, %d results for %d ops", status, n, len(keys))}
+	}
+	if len(fails) == 0 {
+		return nil, nil
+	}
+	return fails, nil
 }
 
 // authorize adds the bearer token, if any, to a request of the net/http path.
@@ -172,41 +254,71 @@ var jsonContentType = []string{"application/json"}
 
 // Get GETs /kv/get?key=key; a 404 is found=false.
 func (t *HTTPTarget) Get(ctx context.Context, worker int, key string) (bool, error) {
-	i, w := t.pick(worker, key)
-	var status int
-	var err error
-	if w != nil {
-		w.url = append(w.url[:0], "/kv/get?key="...)
-		w.url = appendQueryEscape(w.url, key)
-		w.url = append(w.url, t.suffix...)
-		w.req = appendRequestHead(w.req[:0], http.MethodGet, string(w.url), t.addrs[i], t.authHeader, -1)
-		status, err = t.h1Do(ctx, w, i, http.MethodGet, "/kv/get")
-	} else {
-		u := appendQueryEscape([]byte(t.getURL[i]), key)
-		u = append(u, t.suffix...)
-		req, rerr := http.NewRequestWithContext(ctx, http.MethodGet, string(u), nil)
-		if rerr != nil {
-			return false, &KindError{Kind: "request", Err: rerr}
-		}
-		t.authorize(req)
-		status, err = t.do(req, t.addrs[i])
-	}
+	status, _, err := t.get(ctx, worker, key, t.suffix, false)
 	if status == http.StatusNotFound {
 		return false, nil
 	}
 	return err == nil, err
 }
 
-// do sends req and drains the response. Any status but 200 is an error of
-// kind http_STATUS, except that a 404 for a get is left to the caller.
-func (t *HTTPTarget) do(req *http.Request, addr string) (int, error) {
+// GetRevision GETs /kv/get?key=key and reads the answer's revision; a 404
+// is found=false. The read is never stale, whatever Config.Stale says: it
+// is the read of a read-modify-write, and a copy that lags would make
+// conflicts that no other client caused.
+func (t *HTTPTarget) GetRevision(ctx context.Context, worker int, key string) (uint64, bool, error) {
+	status, body, err := t.get(ctx, worker, key, "", true)
+	switch {
+	case status == http.StatusNotFound:
+		return 0, false, nil
+	case err != nil:
+		return 0, false, err
+	}
+	rev, ok := topUint(body, "revision")
+	if !ok {
+		return 0, false, &KindError{Kind: "bad_answer", Err: fmt.Errorf("GET /kv/get?key=%s: no revision in the answer", key)}
+	}
+	return rev, true, nil
+}
+
+// get sends GET /kv/get?key=key, with suffix after the query, and returns
+// the answer's status and, with keepBody, its body, like post.
+func (t *HTTPTarget) get(ctx context.Context, worker int, key, suffix string, keepBody bool) (int, []byte, error) {
+	i, w := t.pick(worker, key)
+	if w != nil {
+		w.url = append(w.url[:0], "/kv/get?key="...)
+		w.url = appendQueryEscape(w.url, key)
+		w.url = append(w.url, suffix...)
+		w.req = appendRequestHead(w.req[:0], http.MethodGet, string(w.url), t.addrs[i], t.authHeader, -1)
+		status, err := t.h1Do(ctx, w, i, http.MethodGet, "/kv/get", keepBody)
+		return status, w.resp, err // empty without keepBody
+	}
+	u := appendQueryEscape([]byte(t.getURL[i]), key)
+	u = append(u, suffix...)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, string(u), nil)
+	if err != nil {
+		return 0, nil, &KindError{Kind: "request", Err: err}
+	}
+	t.authorize(req)
+	return t.do(req, t.addrs[i], keepBody)
+}
+
+// do sends req and drains the response, or with keepBody reads and returns
+// its body. Any status but 200 is an error of kind http_STATUS, except
+// that a 404 for a get is left to the caller.
+func (t *HTTPTarget) do(req *http.Request, addr string, keepBody bool) (int, []byte, error) {
 	resp, err := t.hc.Do(req)
 	if err != nil {
-		return 0, &KindError{Kind: "transport", Err: err}
+		return 0, nil, &KindError{Kind: "transport", Err: err}
+	}
+	defer resp.Body.Close()
+	var body []byte
+	if keepBody {
+		if body, err = io.ReadAll(io.LimitReader(resp.Body, maxKeptBody)); err != nil {
+			return 0, nil, &KindError{Kind: "transport", Err: fmt.Errorf("%s %s%s: %w", req.Method, addr, req.URL.Path, err)}
+		}
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode, statusError(resp.StatusCode, req.Method, addr, req.URL.Path)
+	return resp.StatusCode, body, statusError(resp.StatusCode, req.Method, addr, req.URL.Path)
 }
 
 // statusError is the error for an answer's status: none for 200, or for a
@@ -276,7 +388,6 @@ func (t *HTTPTarget) RouteByOwner(ctx context.Context, mgmtAddr string) error {
 			i = len(t.addrs)
 			index[addr] = i
 			t.addrs = append(t.addrs, addr)
-			t.setURL = append(t.setURL, t.scheme+addr+"/kv/set")
 			t.getURL = append(t.getURL, t.scheme+addr+"/kv/get?key=")
 		}
 		owner[p] = i

@@ -10,6 +10,7 @@ package loadgen
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -40,6 +41,14 @@ type Config struct {
 	Stale       bool          // consistency=stale gets (HTTP target)
 	Timeout     time.Duration // per request, applied by the target
 	Seed        uint64
+	// Workload is what a write is: WorkloadSet ("" too) a plain set,
+	// WorkloadCAS a read-modify-write (a get of the key's revision, then
+	// a set on the condition that it has not changed), which needs a
+	// CASTarget.
+	Workload string
+	// Batch, when over 1, makes each write a batch of that many sets in
+	// one request (up to MaxBatch), which needs a BatchTarget; 0 is 1.
+	Batch int
 	// RouteVia, if set, is a node's management address: the HTTP target
 	// reads the partition table there and sends each key to its primary
 	// (HTTPTarget.RouteByOwner) instead of to the addresses in turn.
@@ -53,23 +62,45 @@ type Config struct {
 	Token string
 }
 
-// Result summarises a run.
+// The workloads of Config.Workload.
+const (
+	WorkloadSet = "set"
+	WorkloadCAS = "cas"
+)
+
+// MaxBatch is the largest Config.Batch: the most ops a ClusterKit batch
+// request takes.
+const MaxBatch = 500
+
+// Result summarises a run. An op is a get, a set, a CAS (its get and its
+// conditional set) or a batch request; Keys counts the keys the ops read or
+// wrote, which is Ops but for batches.
 type Result struct {
-	Ops       int64         `json:"ops"`
-	Reads     int64         `json:"reads"`
-	Writes    int64         `json:"writes"`
-	Errors    int64         `json:"errors"`
-	Misses    int64         `json:"misses"`
-	Elapsed   time.Duration `json:"-"`
-	Seconds   float64       `json:"seconds"`
-	OpsPerSec float64       `json:"ops_per_sec"`
-	P50Ms     float64       `json:"p50_ms"`
-	P90Ms     float64       `json:"p90_ms"`
-	P99Ms     float64       `json:"p99_ms"`
-	P999Ms    float64       `json:"p999_ms"`
-	MaxMs     float64       `json:"max_ms"`
+	Ops    int64 `json:"ops"`
+	Reads  int64 `json:"reads"`
+	Writes int64 `json:"writes"`
+	Keys   int64 `json:"keys"`
+	// Errors counts failed ops, except that with batches it counts keys: a
+	// batch's result that is not 200 is one, a failed batch request one
+	// per key it carried.
+	Errors int64 `json:"errors"`
+	Misses int64 `json:"misses"`
+	// Conflicts counts the CAS ops whose condition failed because another
+	// client wrote the key between the get and the set: the workload's
+	// expected contention, not errors. Such an op is not retried.
+	Conflicts  int64         `json:"conflicts"`
+	Elapsed    time.Duration `json:"-"`
+	Seconds    float64       `json:"seconds"`
+	OpsPerSec  float64       `json:"ops_per_sec"`
+	KeysPerSec float64       `json:"keys_per_sec"`
+	P50Ms      float64       `json:"p50_ms"`
+	P90Ms      float64       `json:"p90_ms"`
+	P99Ms      float64       `json:"p99_ms"`
+	P999Ms     float64       `json:"p999_ms"`
+	MaxMs      float64       `json:"max_ms"`
 	// ErrorKinds counts errors by kind: HTTP status (http_503), transport
-	// failure, or whatever kind a Target gives (see KindError).
+	// failure, an answer the target could not read (bad_answer), or
+	// whatever kind a Target gives (see KindError).
 	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`
 	Preloaded  int              `json:"preloaded"`
 }
@@ -105,14 +136,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 }
 
 // RegisterFlags defines the workload flags every load command shares
-// (-c, -d, -keys, -value-size, -reads, -preload, -timeout, -seed,
-// -route-via) on fs, stored into c.
+// (-c, -d, -keys, -value-size, -reads, -workload, -batch, -preload,
+// -timeout, -seed, -route-via, TLS and token) on fs, stored into c.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Concurrency, "c", 32, "concurrent clients")
 	fs.DurationVar(&c.Duration, "d", 10*time.Second, "duration of the measured run")
 	fs.IntVar(&c.Keys, "keys", 100000, "number of distinct keys")
 	fs.IntVar(&c.ValueSize, "value-size", 100, "value size in bytes")
 	fs.Float64Var(&c.ReadRatio, "reads", 0, "fraction of operations that are reads (0..1)")
+	fs.StringVar(&c.Workload, "workload", WorkloadSet, "what a write is: set, or cas (get the key's revision, then set it if unchanged; a lost race counts as a conflict)")
+	fs.IntVar(&c.Batch, "batch", 1, fmt.Sprintf("sets per write request, sent as one POST /kv/batch when over 1 (at most %d; -workload set only)", MaxBatch))
 	fs.BoolVar(&c.Preload, "preload", false, "write every key once before the run (then a key not found counts as a miss)")
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "per-request timeout")
 	fs.Uint64Var(&c.Seed, "seed", uint64(time.Now().UnixNano()), "random seed")
@@ -171,18 +204,29 @@ func (c Config) validateLoad() error {
 		return errors.New("-value-size must be from 0 to 1048576")
 	case c.ReadRatio < 0 || c.ReadRatio > 1:
 		return errors.New("-reads must be from 0 to 1")
+	case c.Workload != "" && c.Workload != WorkloadSet && c.Workload != WorkloadCAS:
+		return fmt.Errorf("-workload must be %s or %s, not %q", WorkloadSet, WorkloadCAS, c.Workload)
+	case c.Batch < 0 || c.Batch > MaxBatch:
+		return fmt.Errorf("-batch must be from 1 to %d", MaxBatch)
+	case c.Batch > 1 && c.Workload == WorkloadCAS:
+		// A CAS op is one key's get and conditional set, each a request
+		// of its own; a batch has no place for the get.
+		return errors.New("-batch applies to -workload set only, not cas")
 	}
 	return nil
 }
+
+// batch is the number of sets per write: Batch, or 1 for 0.
+func (c Config) batch() int { return max(c.Batch, 1) }
 
 // String renders the human summary.
 func (r Result) String(c Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "targets      %s\n", strings.Join(c.Addrs, ","))
-	fmt.Fprintf(&b, "workload     c=%d keys=%d value=%dB reads=%.0f%% stale=%v preload=%v\n",
-		c.Concurrency, c.Keys, c.ValueSize, c.ReadRatio*100, c.Stale, c.Preload)
-	fmt.Fprintf(&b, "ops          %d in %.1fs (%d reads, %d writes)\n", r.Ops, r.Seconds, r.Reads, r.Writes)
-	fmt.Fprintf(&b, "throughput   %.0f ops/s\n", r.OpsPerSec)
+	fmt.Fprintf(&b, "workload     %s c=%d keys=%d value=%dB reads=%.0f%% batch=%d stale=%v preload=%v\n",
+		cmp.Or(c.Workload, WorkloadSet), c.Concurrency, c.Keys, c.ValueSize, c.ReadRatio*100, c.batch(), c.Stale, c.Preload)
+	fmt.Fprintf(&b, "ops          %d in %.1fs (%d reads, %d writes; %d keys)\n", r.Ops, r.Seconds, r.Reads, r.Writes, r.Keys)
+	fmt.Fprintf(&b, "throughput   %.0f ops/s  %.0f keys/s\n", r.OpsPerSec, r.KeysPerSec)
 	fmt.Fprintf(&b, "latency      p50 %.2fms  p90 %.2fms  p99 %.2fms  p999 %.2fms  max %.2fms\n", r.P50Ms, r.P90Ms, r.P99Ms, r.P999Ms, r.MaxMs)
 	fmt.Fprintf(&b, "errors       %d", r.Errors)
 	if len(r.ErrorKinds) > 0 {
@@ -194,6 +238,9 @@ func (r Result) String(c Config) string {
 		fmt.Fprintf(&b, " (%s)", strings.Join(kinds, " "))
 	}
 	fmt.Fprintf(&b, "\nmisses       %d (a preloaded key not found, e.g. a 404: wrong answers)\n", r.Misses)
+	if c.Workload == WorkloadCAS || r.Conflicts > 0 {
+		fmt.Fprintf(&b, "conflicts    %d (a CAS that lost to another client's write: not errors)\n", r.Conflicts)
+	}
 	return b.String()
 }
 
@@ -214,10 +261,22 @@ func Run(ctx context.Context, c Config, progress io.Writer) (Result, error) {
 
 // RunTarget executes the workload in c (all but Addrs, Stale and Timeout,
 // which belong to the target) against t and returns its summary. progress,
-// if not nil, gets a live line every second. It does not close t.
+// if not nil, gets a live line every second. It does not close t. A CAS
+// workload needs t to be a CASTarget, and batches a BatchTarget.
 func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Result, error) {
 	if err := c.validateLoad(); err != nil {
 		return Result{}, err
+	}
+	cas, _ := t.(CASTarget)
+	if c.Workload == WorkloadCAS && cas == nil {
+		return Result{}, fmt.Errorf("-workload cas: the target (%T) has no conditional sets", t)
+	}
+	bt, _ := t.(BatchTarget)
+	if c.batch() > 1 && bt == nil {
+		return Result{}, fmt.Errorf("-batch %d: the target (%T) has no batch requests", c.Batch, t)
+	}
+	if c.Workload != WorkloadCAS {
+		cas = nil
 	}
 	var res Result
 	if c.Preload {
@@ -227,11 +286,13 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 		res.Preloaded = c.Keys
 	}
 	value := bytes.Repeat([]byte("x"), c.ValueSize)
+	batch := c.batch()
 
-	var ops, errs, misses atomic.Int64
+	var ops, errs, misses, conflicts atomic.Int64
 	lat := make([][]time.Duration, c.Concurrency)
 	reads := make([]int64, c.Concurrency)
 	writes := make([]int64, c.Concurrency)
+	keys := make([]int64, c.Concurrency)
 	kinds := make([]map[string]int64, c.Concurrency)
 	// start is taken first: the run then lasts at least Duration, which
 	// ends at the context's deadline.
@@ -244,29 +305,63 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 		rng := rand.New(rand.NewPCG(c.Seed, uint64(w)))
 		wg.Go(func() {
 			var kb [32]byte
+			batchKeys := make([]string, batch)
 			for runCtx.Err() == nil {
 				k := string(appendKey(kb[:0], rng.IntN(c.Keys)))
 				isRead := rng.Float64() < c.ReadRatio
 				t0 := time.Now()
 				var err error
-				found := true
+				var failed []error
+				found, conflict := true, false
 				// Requests use ctx, not runCtx: one in flight at the end
 				// of the run completes and is counted.
-				if isRead {
+				switch {
+				case isRead:
 					found, err = t.Get(ctx, w, k)
 					reads[w]++
-				} else {
+					keys[w]++
+				case cas != nil:
+					found, conflict, err = casOnce(ctx, cas, w, k, value)
+					writes[w]++
+					keys[w]++
+				case batch > 1:
+					batchKeys[0] = k
+					for j := 1; j < batch; j++ {
+						batchKeys[j] = string(appendKey(kb[:0], rng.IntN(c.Keys)))
+					}
+					failed, err = bt.SetBatch(ctx, w, batchKeys, value)
+					writes[w]++
+					keys[w] += int64(batch)
+				default:
 					err = t.Set(ctx, w, k, value)
 					writes[w]++
+					keys[w]++
 				}
 				lat[w] = append(lat[w], time.Since(t0))
 				ops.Add(1)
 				switch {
+				case err != nil && batch > 1 && !isRead:
+					// Every key of a failed batch failed.
+					errs.Add(int64(batch))
+					kinds[w][ErrorKind(err)] += int64(batch)
 				case err != nil:
 					errs.Add(1)
 					kinds[w][ErrorKind(err)]++
-				case !found && c.Preload:
-					misses.Add(1)
+				default:
+					// A CAS whose get missed a preloaded key is a
+					// miss, and then usually a conflict too.
+					if conflict {
+						conflicts.Add(1)
+					}
+					if !found && c.Preload {
+						misses.Add(1)
+					}
+				}
+				if len(failed) > 0 {
+					errs.Add(int64(len(failed)))
+					for _, f := range failed {
+						kinds[w][ErrorKind(f)]++
+					}
 				}
 			}
 		})
@@ -284,7 +379,11 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 					return
 				case <-t.C:
 					n := ops.Load()
-					fmt.Fprintf(progress, "\r%5.0fs  %8d ops/s  errors %d  misses %d   ", time.Since(start).Seconds(), n-last, errs.Load(), misses.Load())
+					fmt.Fprintf(progress, "\r%5.0fs  %8d ops/s  errors %d  misses %d", time.Since(start).Seconds(), n-last, errs.Load(), misses.Load())
+					if cas != nil {
+						fmt.Fprintf(progress, "  conflicts %d", conflicts.Load())
+					}
+					fmt.Fprint(progress, "   ")
 					last = n
 				}
 			}
@@ -300,6 +399,7 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 		all = append(all, lat[w]...)
 		res.Reads += reads[w]
 		res.Writes += writes[w]
+		res.Keys += keys[w]
 		for k, v := range kinds[w] {
 			if res.ErrorKinds == nil {
 				res.ErrorKinds = map[string]int64{}
@@ -308,14 +408,33 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 		}
 	}
 	slices.Sort(all)
-	res.Ops, res.Errors, res.Misses = ops.Load(), errs.Load(), misses.Load()
+	res.Ops, res.Errors, res.Misses, res.Conflicts = ops.Load(), errs.Load(), misses.Load(), conflicts.Load()
 	res.Seconds = res.Elapsed.Seconds()
 	res.OpsPerSec = float64(res.Ops) / res.Seconds
+	res.KeysPerSec = float64(res.Keys) / res.Seconds
 	res.P50Ms, res.P90Ms, res.P99Ms, res.P999Ms = pct(all, 0.50), pct(all, 0.90), pct(all, 0.99), pct(all, 0.999)
 	if len(all) > 0 {
 		res.MaxMs = ms(all[len(all)-1])
 	}
 	return res, nil
+}
+
+// casOnce is one CAS op: read key's revision, then set it on the condition
+// that the revision is unchanged (0: that the key still does not exist). A
+// failed condition is a conflict, and is not retried: a retry would hide
+// the contention the workload is there to measure. found is false for a
+// key the get did not find, which, with a preload, is a miss; the set is
+// still sent, conditioned on the key's absence.
+func casOnce(ctx context.Context, t CASTarget, worker int, key string, value []byte) (found, conflict bool, err error) {
+	rev, found, err := t.GetRevision(ctx, worker, key)
+	if err != nil {
+		return true, false, fmt.Errorf("cas: get the revision: %w", err)
+	}
+	conflict, err = t.SetIf(ctx, worker, key, value, rev)
+	if err != nil {
+		return found, false, fmt.Errorf("cas: conditional set: %w", err)
+	}
+	return found, conflict, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -19,6 +19,31 @@ type Target interface {
 	Close() error
 }
 
+// CASTarget is a Target that can write conditionally on a key's revision,
+// as -workload cas needs: each of its writes is a GetRevision followed by
+// a SetIf with the revision read.
+type CASTarget interface {
+	Target
+	// GetRevision reads key's revision. It reports found=false and
+	// revision 0, with a nil error, for a key the store does not have.
+	GetRevision(ctx context.Context, worker int, key string) (rev uint64, found bool, err error)
+	// SetIf writes value under key if key's revision is still rev (0: if
+	// the key does not exist). It reports conflict=true, with a nil error,
+	// when the condition did not hold and nothing was written.
+	SetIf(ctx context.Context, worker int, key string, value []byte, rev uint64) (conflict bool, err error)
+}
+
+// BatchTarget is a Target that can write many keys in one request, as
+// -batch needs.
+type BatchTarget interface {
+	Target
+	// SetBatch writes value under every key in one request. err is set
+	// when the request as a whole failed: then no key counts as written.
+	// Otherwise failed holds the error of each key that was not written
+	// (nil when all were); the slice is valid until the worker's next call.
+	SetBatch(ctx context.Context, worker int, keys []string, value []byte) (failed []error, err error)
+}
+
 // KindError is an error with a short kind ("http_503", "transport", ...)
 // under which the summary counts it. A Target returns one, possibly
 // wrapped, to choose the kind; other errors are counted by ErrorKind.
