@@ -30,13 +30,15 @@ import (
 // RoundTripper may still read a body after Do returns, so that path
 // allocates each body afresh.
 type HTTPTarget struct {
-	hc      *http.Client
-	addrs   []string
-	getURL  []string // "http://ADDR/kv/get?key=" for each address
-	suffix  string   // appended to a get URL ("&consistency=stale")
-	workers []httpWorker
-	spare   atomic.Uint64 // round robin for worker numbers past len(workers)
-	timeout time.Duration
+	hc     *http.Client
+	addrs  []string
+	getURL []string // "http://ADDR/kv/get?key=" for each address
+	suffix string   // appended to a get URL ("&consistency=stale")
+	// setExtra is appended to every set's JSON fields (the -ttl option).
+	setExtra string
+	workers  []httpWorker
+	spare    atomic.Uint64 // round robin for worker numbers past len(workers)
+	timeout  time.Duration
 	// tls, when set, wraps every connection; scheme is "http://" or
 	// "https://" to match.
 	tls    *tls.Config
@@ -77,12 +79,13 @@ func NewHTTPTarget(c Config) *HTTPTarget {
 		IdleConnTimeout:     time.Minute,
 	}
 	t := &HTTPTarget{
-		hc:      &http.Client{Transport: tr, Timeout: c.Timeout},
-		addrs:   c.Addrs,
-		workers: make([]httpWorker, n),
-		timeout: c.Timeout,
-		tls:     c.TLS,
-		scheme:  "http://",
+		hc:       &http.Client{Transport: tr, Timeout: c.Timeout},
+		addrs:    c.Addrs,
+		workers:  make([]httpWorker, n),
+		timeout:  c.Timeout,
+		setExtra: ttlField(c.TTL),
+		tls:      c.TLS,
+		scheme:   "http://",
 	}
 	if c.TLS != nil {
 		tr.TLSClientConfig = c.TLS
@@ -121,6 +124,14 @@ func OpenHTTPTarget(ctx context.Context, c Config) (*HTTPTarget, error) {
 	return t, nil
 }
 
+// ttlField is the JSON field that gives a set ttl (none for 0).
+func ttlField(ttl time.Duration) string {
+	if ttl <= 0 {
+		return ""
+	}
+	return `,"ttl":"` + ttl.String() + `"`
+}
+
 // pick returns the index of the address for worker's next request, and the
 // worker's scratch state (nil for a worker number past Concurrency).
 func (t *HTTPTarget) pick(worker int, key string) (int, *httpWorker) {
@@ -136,24 +147,27 @@ func (t *HTTPTarget) pick(worker int, key string) (int, *httpWorker) {
 	return int(t.spare.Add(1) % uint64(len(t.addrs))), nil
 }
 
-func appendSetBody(body []byte, key string, value []byte) []byte {
+// appendSetBody appends {"key":key,"value":value} and extra, the set's
+// further fields (",\"ttl\":\"60s\"" with -ttl), before the closing brace.
+func appendSetBody(body []byte, key string, value []byte, extra string) []byte {
 	body = append(body, `{"key":`...)
 	body = appendJSONString(body, key)
 	body = append(body, `,"value":`...)
 	body = appendJSONString(body, value)
+	body = append(body, extra...)
 	return append(body, '}')
 }
 
 // appendSetIfBody appends {"key":key,"value":value,"if_revision":rev}.
-func appendSetIfBody(body []byte, key string, value []byte, rev uint64) []byte {
-	body = appendSetBody(body, key, value)
+func appendSetIfBody(body []byte, key string, value []byte, extra string, rev uint64) []byte {
+	body = appendSetBody(body, key, value, extra)
 	body = append(body[:len(body)-1], `,"if_revision":`...)
 	body = strconv.AppendUint(body, rev, 10)
 	return append(body, '}')
 }
 
 // appendBatchBody appends {"ops":[{"op":"set","key":K,"value":value},...]}.
-func appendBatchBody(body []byte, keys []string, value []byte) []byte {
+func appendBatchBody(body []byte, keys []string, value []byte, extra string) []byte {
 	body = append(body, `{"ops":[`...)
 	for j, k := range keys {
 		if j > 0 {
@@ -163,6 +177,7 @@ func appendBatchBody(body []byte, keys []string, value []byte) []byte {
 		body = appendJSONString(body, k)
 		body = append(body, `,"value":`...)
 		body = appendJSONString(body, value)
+		body = append(body, extra...)
 		body = append(body, '}')
 	}
 	return append(body, "]}"...)
@@ -193,7 +208,7 @@ func (t *HTTPTarget) post(ctx context.Context, worker int, key, path string, bui
 
 // Set POSTs {"key":key,"value":value} to /kv/set.
 func (t *HTTPTarget) Set(ctx context.Context, worker int, key string, value []byte) error {
-	_, _, err := t.post(ctx, worker, key, "/kv/set", func(b []byte) []byte { return appendSetBody(b, key, value) }, false)
+	_, _, err := t.post(ctx, worker, key, "/kv/set", func(b []byte) []byte { return appendSetBody(b, key, value, t.setExtra) }, false)
 	return err
 }
 
@@ -202,7 +217,7 @@ func (t *HTTPTarget) Set(ctx context.Context, worker int, key string, value []by
 // cluster's own conflicts, such as an epoch mismatch) are errors: they
 // say nothing about another client's write.
 func (t *HTTPTarget) SetIf(ctx context.Context, worker int, key string, value []byte, rev uint64) (bool, error) {
-	status, body, err := t.post(ctx, worker, key, "/kv/set", func(b []byte) []byte { return appendSetIfBody(b, key, value, rev) }, true)
+	status, body, err := t.post(ctx, worker, key, "/kv/set", func(b []byte) []byte { return appendSetIfBody(b, key, value, t.setExtra, rev) }, true)
 	if status == http.StatusConflict && topIs(body, "code", "condition_failed") {
 		return true, nil
 	}
@@ -216,7 +231,7 @@ func (t *HTTPTarget) SetBatch(ctx context.Context, worker int, keys []string, va
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	status, body, err := t.post(ctx, worker, keys[0], "/kv/batch", func(b []byte) []byte { return appendBatchBody(b, keys, value) }, true)
+	status, body, err := t.post(ctx, worker, keys[0], "/kv/batch", func(b []byte) []byte { return appendBatchBody(b, keys, value, t.setExtra) }, true)
 	if err != nil {
 		return nil, err
 	}

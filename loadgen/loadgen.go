@@ -60,6 +60,8 @@ type Config struct {
 	UseTLS   bool
 	// Token, when set, is sent as a bearer token (KV auth).
 	Token string
+	// TTL, when positive, gives every key written that TTL (HTTP target).
+	TTL time.Duration
 }
 
 // The workloads of Config.Workload.
@@ -113,6 +115,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	c := Config{}
 	c.RegisterFlags(fs)
 	fs.BoolVar(&c.Stale, "stale", false, "read with consistency=stale")
+	fs.DurationVar(&c.TTL, "ttl", 0, "give every key written this TTL (e.g. 60s; 0: none)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	quiet := fs.Bool("quiet", false, "no progress line")
 	if err := fs.Parse(args); err != nil {

@@ -1171,3 +1171,18 @@ func TestScanJSON(t *testing.T) {
 		}
 	}
 }
+
+func TestSetBodiesCarryTTL(t *testing.T) {
+	extra := ttlField(90 * time.Second)
+	tests := []struct{ got, want string }{
+		{string(appendSetBody(nil, "k", []byte("v"), extra)), `{"key":"k","value":"v","ttl":"1m30s"}`},
+		{string(appendSetIfBody(nil, "k", []byte("v"), extra, 7)), `{"key":"k","value":"v","ttl":"1m30s","if_revision":7}`},
+		{string(appendBatchBody(nil, []string{"a", "b"}, []byte("v"), extra)), `{"ops":[{"op":"set","key":"a","value":"v","ttl":"1m30s"},{"op":"set","key":"b","value":"v","ttl":"1m30s"}]}`},
+		{string(appendSetBody(nil, "k", []byte("v"), ttlField(0))), `{"key":"k","value":"v"}`},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("body = %s, want %s", tt.got, tt.want)
+		}
+	}
+}
