@@ -18,6 +18,18 @@
 //     partition is identical to its primary's (digests asked over the
 //     internal port, as a member).
 //
+// Most scenarios run the register workload above (sets, deletes, gets).
+// Those named cas-* run the CAS load instead: clients increment shared
+// counters by read-modify-write with if_revision; after healing each
+// counter must count every acknowledged increment and at most those plus
+// the ones with an unknown outcome (no lost update, no double apply), and
+// the history must be linearizable under history.RevisionModel (revisions
+// strictly increase, a failed condition really did not hold). Those named
+// ttl-* run the TTL load: keys set with 2-4 s TTLs and read all the time
+// through random nodes with both consistencies; history.CheckTTL checks
+// that no read returns a value after its deadline (plus 50 ms) and that no
+// linearizable read misses a live one.
+//
 // The nodes run with FAILOVER_GRACE=1s (failover 1 s after gossip declares
 // a node dead) and REQUEST_TIMEOUT=2s (below the clients' 3 s timeout), and
 // every node, node-1 included, lists the others in JOIN_ADDR, as
@@ -35,6 +47,7 @@
 //	go test -race -count=1 ./nemesis/                 # short pass (CI)
 //	go test -count=1 -timeout 0 ./nemesis/ -nemesis.soak   # soak (or CLUSTERKIT_SOAK=1)
 //	go test -count=1 ./nemesis/ -run 'TestNemesis/n3/kill-leader$' -nemesis.seed=42 -v
+//	go test -race -count=1 ./nemesis/ -run 'TestNemesis/n./(cas|ttl)-' -v  # the CAS and TTL loads
 //
 // See nemesis_test.go for every flag. On failure the history, the
 // visualisation, the node logs and a summary are kept in a directory named

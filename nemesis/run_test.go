@@ -32,8 +32,8 @@ type run struct {
 	c      *tc.Cluster
 	rec    *history.Recorder
 	kv     *kvClient
-	w      *workload
-	keys   []string // the workload's keys
+	load   load
+	keys   []string // the load's keys
 	values atomic.Int64
 
 	// extraKeys are written by the scenario itself (durability); they
@@ -66,9 +66,11 @@ func runScenario(t *testing.T, size int, sc scenario, seed int64, netns bool) {
 	r := &run{t: t, seed: seed, rng: rng, p: p, rec: history.NewRecorder()}
 	r.kv = newKVClient(r.rec, func(msg string) { r.fail("harness: %s", msg) })
 	defer r.kv.close()
-	for i := range p.keys {
-		r.keys = append(r.keys, fmt.Sprintf("nemesis-%d-k%d", seed%100000, i))
+	newLoad := sc.load
+	if newLoad == nil {
+		newLoad = newRegisterLoad
 	}
+	r.load = newLoad(r) // names r.keys
 
 	r.c = tc.New(t, binary, size, tc.Options{Env: nodeEnv, Netns: netns, JoinAll: !*flagReadmeJoin})
 	where := "loopback"
@@ -84,9 +86,8 @@ func runScenario(t *testing.T, size int, sc scenario, seed int64, netns bool) {
 	t.Logf("%d nodes up on %s after %s; workload: %d clients on keys %v; %s",
 		size, where, time.Since(start).Round(time.Millisecond), p.clients, r.keys, p)
 
-	r.w = &workload{kv: r.kv, keys: r.keys, targets: r.clientTargets, values: &r.values}
-	r.w.start(p.clients, seed)
-	defer r.w.halt()
+	r.load.start(p.clients, seed)
+	defer r.load.halt()
 	r.sleep(p.warmup)
 	for round := range p.rounds {
 		if p.rounds > 1 {
@@ -112,6 +113,34 @@ func (r *run) fail(format string, args ...any) {
 	r.failures = append(r.failures, msg)
 	r.mu.Unlock()
 	r.t.Error(msg)
+}
+
+// eachKeyUntil runs attempt for every key in parallel until it reports
+// success, every 100 ms, failing the run if deadline (on the recorder's
+// clock) passes first. Each key has its own client, replaced after an
+// unknown outcome, as a real client reconnects.
+func (r *run) eachKeyUntil(what string, deadline int64, attempt func(client int, key string) (history.Op, bool)) {
+	var wg sync.WaitGroup
+	for _, key := range r.keys {
+		wg.Go(func() {
+			client := r.rec.NewClient()
+			for {
+				op, done := attempt(client, key)
+				if done {
+					return
+				}
+				if op.Outcome == history.Unknown {
+					client = r.rec.NewClient()
+				}
+				if r.rec.Now() > deadline {
+					r.fail("%s of %s did not succeed within %s of healing; last attempt: %s", what, key, finalDeadline, op)
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func (r *run) logf(format string, args ...any) {
@@ -267,40 +296,40 @@ func (r *run) finalOp(kind history.Kind, key string, deadline int64) (history.Op
 	}
 }
 
+// load is what the clients do during a scenario, and the checks of what
+// they did: the register workload by default (registerLoad), or the one a
+// scenario names (casLoad, ttlLoad). The faults, the convergence and the
+// replica checks are the same whatever the load.
+type load interface {
+	// start starts the clients on r.keys.
+	start(clients int, seed int64)
+	// halt stops them and waits for their operations in flight; it may
+	// be called again.
+	halt()
+	// final runs once everything is healed and the clients have
+	// stopped: the operations that must succeed by deadline (recorder
+	// time), finalDeadline after the last healing action.
+	final(deadline int64)
+	// settled runs once the cluster has converged (or failed to).
+	settled()
+	// check checks the whole history (failing the run on a violation)
+	// and returns the porcupine reports it made, for the artifacts.
+	check(h history.History) []history.Report
+}
+
 // finish heals everything, stops the workload and runs every check.
 func (r *run) finish() {
 	t := r.t
 	r.healAll()
-	r.w.halt()
+	r.load.halt()
 	h := r.rec.History()
 	r.logf("workload stopped: %s", h.Counts())
 
-	// A final read of every key (the lost-write check), then a final
-	// write to every workload key, each within 10 s of the last healing
-	// action.
 	r.mu.Lock()
 	deadline := r.lastHeal + int64(finalDeadline)
 	r.mu.Unlock()
-	all := append(slices.Clone(r.keys), r.extraKeys...)
-	finals := make([]history.Op, len(all))
-	var wg sync.WaitGroup
-	for i, key := range all {
-		wg.Go(func() {
-			op, err := r.finalOp(history.Read, key, deadline)
-			finals[i] = op
-			if err != nil {
-				r.fail("final read of %s did not succeed within %s of healing: %v", key, finalDeadline, err)
-				return
-			}
-			if i < len(r.keys) {
-				if _, err := r.finalOp(history.Write, key, deadline); err != nil {
-					r.fail("final write to %s did not succeed within %s of healing: %v", key, finalDeadline, err)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	r.logf("final reads and writes done")
+	r.load.final(deadline)
+	r.logf("final operations done")
 
 	converged := true
 	if err := tc.WaitConverged(r.members(), replicationFactor, r.p.converge); err != nil {
@@ -309,36 +338,7 @@ func (r *run) finish() {
 	} else {
 		r.logf("cluster converged: %d nodes active, every partition fully in sync", len(r.members()))
 	}
-
-	// Read every key again once settled: the final writes (and the
-	// durability scenarios' writes) must be there.
-	finals2 := make([]history.Op, len(all))
-	deadline2 := r.rec.Now() + int64(finalDeadline)
-	for i, key := range all {
-		wg.Go(func() {
-			op, err := r.finalOp(history.Read, key, deadline2)
-			finals2[i] = op
-			if err != nil {
-				r.fail("read of %s after convergence failed: %v", key, err)
-			}
-		})
-	}
-	wg.Wait()
-
-	h = r.rec.History()
-	var okFinals []history.Op
-	for _, f := range append(finals, finals2...) {
-		if f.Outcome == history.OK {
-			okFinals = append(okFinals, f)
-		}
-	}
-	if lost := history.LostWrites(h, okFinals); len(lost) > 0 {
-		for _, l := range lost {
-			r.fail("%s", l)
-		}
-	} else {
-		r.logf("no acknowledged write lost (%d final reads)", len(okFinals))
-	}
+	r.load.settled()
 
 	if converged {
 		if err := r.checkReplicas(); err != nil {
@@ -356,16 +356,11 @@ func (r *run) finish() {
 		}
 	}
 
-	start := time.Now()
-	rep := history.Check(h, r.p.checkTimeout)
-	if !rep.OK() {
-		r.fail("linearizability check failed:\n%s", rep)
-	} else {
-		r.logf("linearizable: %d keys, %d operations, checked in %s", len(rep.Keys), len(h.Ops), time.Since(start).Round(time.Millisecond))
-	}
+	h = r.rec.History()
+	reps := r.load.check(h)
 
 	if t.Failed() {
-		dir := r.saveArtifacts(h, &rep)
+		dir := r.saveArtifacts(h, reps)
 		t.Errorf("seed=%d: artifacts (history, visualisation, node logs, summary) in %s", r.seed, dir)
 	}
 }
@@ -440,14 +435,19 @@ func (r *run) compareDigests() error {
 
 // saveArtifacts keeps everything needed to study a failure and returns
 // the directory.
-func (r *run) saveArtifacts(h history.History, rep *history.Report) string {
+func (r *run) saveArtifacts(h history.History, reps []history.Report) string {
 	dir, err := artifactDir(r.t.Name(), r.seed)
 	if err != nil {
 		r.t.Errorf("artifact directory: %v", err)
 		return "(none)"
 	}
-	if _, err := history.SaveAll(dir, h, rep); err != nil {
+	if _, err := history.SaveAll(dir, h, nil); err != nil {
 		r.t.Errorf("save history: %v", err)
+	}
+	for _, rep := range reps {
+		if _, err := rep.Visualize(dir, false); err != nil {
+			r.t.Errorf("visualise: %v", err)
+		}
 	}
 	for _, n := range r.c.Nodes {
 		if err := copyFile(filepath.Join(dir, n.ID+".log"), n.LogPath()); err != nil {
@@ -481,7 +481,10 @@ func (r *run) saveArtifacts(h history.History, rep *history.Report) string {
 	for _, e := range h.Events {
 		fmt.Fprintf(&b, "- [%s .. %s] %s\n", time.Duration(e.Start), time.Duration(e.End), e.Description)
 	}
-	fmt.Fprintf(&b, "\noperations: %s\n\nlinearizability:\n%s", h.Counts(), rep)
+	fmt.Fprintf(&b, "\noperations: %s\n\nlinearizability:\n", h.Counts())
+	for _, rep := range reps {
+		fmt.Fprintf(&b, "%s", rep)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "summary.txt"), []byte(b.String()), 0o644); err != nil {
 		r.t.Errorf("write summary: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,27 +48,63 @@ func (k *kvClient) close() { k.hc.CloseIdleConnections() }
 // do performs one operation through node and records it. value is the
 // value to write (Write only).
 func (k *kvClient) do(client int, node *tc.Node, kind history.Kind, key, value string) history.Op {
+	return k.send(client, node, request{kind: kind, key: key, value: value})
+}
+
+// request is one KV operation with its options; the zero options are a
+// plain set, delete or linearizable get.
+type request struct {
+	kind       history.Kind
+	key, value string
+	// ifRevision makes a write conditional on the key's revision (0:
+	// the key must not exist).
+	ifRevision *uint64
+	ttl        time.Duration // set only
+	// stale reads with consistency=stale (so does -nemesis.stale-reads,
+	// but the history then records the read as linearizable).
+	stale bool
+}
+
+// send performs one operation through node and records it.
+func (k *kvClient) send(client int, node *tc.Node, r request) history.Op {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	var req *http.Request
 	base := "http://" + node.KV
-	switch kind {
+	switch r.kind {
 	case history.Write:
-		b, _ := json.Marshal(map[string]string{"key": key, "value": value})
+		body := map[string]any{"key": r.key, "value": r.value}
+		if r.ifRevision != nil {
+			body["if_revision"] = *r.ifRevision
+		}
+		if r.ttl != 0 {
+			body["ttl"] = r.ttl.String()
+		}
+		b, _ := json.Marshal(body)
 		req, _ = http.NewRequestWithContext(ctx, http.MethodPost, base+"/kv/set", bytes.NewReader(b))
 		req.Header.Set("Content-Type", "application/json")
 	case history.Delete:
-		req, _ = http.NewRequestWithContext(ctx, http.MethodPost, base+"/kv/delete?key="+url.QueryEscape(key), nil)
+		u := base + "/kv/delete?key=" + url.QueryEscape(r.key)
+		if r.ifRevision != nil {
+			u += fmt.Sprintf("&if_revision=%d", *r.ifRevision)
+		}
+		req, _ = http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
 	default:
-		u := base + "/kv/get?key=" + url.QueryEscape(key)
-		if *flagStaleReads {
+		u := base + "/kv/get?key=" + url.QueryEscape(r.key)
+		if r.stale || *flagStaleReads {
 			u += "&consistency=stale"
 		}
 		req, _ = http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	}
-	op := history.Op{Client: client, Kind: kind, Key: key, Node: node.ID}
-	if kind == history.Write {
-		op.Value = value
+	op := history.Op{Client: client, Kind: r.kind, Key: r.key, Node: node.ID, Stale: r.stale}
+	switch r.kind {
+	case history.Write:
+		op.Value, op.TTL = r.value, r.ttl
+		fallthrough
+	case history.Delete:
+		if r.ifRevision != nil {
+			op.HasIfRevision, op.IfRevision = true, *r.ifRevision
+		}
 	}
 	op.Call = k.rec.Now()
 	resp, err := k.hc.Do(req)
@@ -79,17 +116,35 @@ func (k *kvClient) do(client int, node *tc.Node, kind history.Kind, key, value s
 		resp.Body.Close()
 	}
 	op.Return = k.rec.Now()
-	classify(&op, status, body, err, k.harnessErr)
+	classify(&op, status, body, err, k.rec, k.harnessErr)
 	return k.rec.Add(op)
 }
 
-// classify sets the outcome of op from the HTTP answer (status 0: none).
-func classify(op *history.Op, status int, body []byte, err error, harnessErr func(string)) {
-	var e struct {
-		Code  string `json:"code"`
-		Value string `json:"value"`
+// answer is what classify reads from an answer's body.
+type answer struct {
+	Code            string  `json:"code"`
+	Value           string  `json:"value"`
+	Revision        uint64  `json:"revision"`
+	Deleted         bool    `json:"deleted"`
+	ExpiresAt       string  `json:"expires_at"`
+	CurrentRevision *uint64 `json:"current_revision"`
+	Exists          bool    `json:"exists"`
+}
+
+// classify sets the outcome of op from the HTTP answer (status 0: none),
+// and what an OK answer reported: revision, deadline, for a delete whether
+// it deleted anything, for a failed condition the key's state.
+func classify(op *history.Op, status int, body []byte, err error, rec *history.Recorder, harnessErr func(string)) {
+	var e answer
+	jerr := json.Unmarshal(body, &e)
+	var deadline int64
+	if jerr == nil && e.ExpiresAt != "" {
+		t, perr := time.Parse(time.RFC3339Nano, e.ExpiresAt)
+		if perr != nil && harnessErr != nil {
+			harnessErr(fmt.Sprintf("answer to %s: expires_at %q: %v", op, e.ExpiresAt, perr))
+		}
+		deadline = rec.Wall(t)
 	}
-	_ = json.Unmarshal(body, &e)
 	switch {
 	case status == 0 && isDialError(err):
 		// Nothing was sent: connection refused, or no connection in time.
@@ -98,13 +153,22 @@ func classify(op *history.Op, status int, body []byte, err error, harnessErr fun
 		op.Outcome, op.Err = history.Unknown, err.Error()
 	case status == http.StatusOK && op.Kind != history.Read:
 		// The answer's header says it was applied, even if the body was
-		// cut short.
+		// cut short (its revision and deadline are then unknown).
 		op.Outcome = history.OK
+		if err != nil || jerr != nil {
+			op.Partial, op.Err = true, fmt.Sprintf("200, body cut short: %v %v", err, jerr)
+			break
+		}
+		op.Revision, op.Deadline, op.Found = e.Revision, deadline, op.Kind == history.Delete && e.Deleted
 	case status == http.StatusOK && err == nil:
-		op.Outcome, op.Found, op.Value = history.OK, true, e.Value
+		op.Outcome, op.Found, op.Value, op.Revision, op.Deadline = history.OK, true, e.Value, e.Revision, deadline
 	case status == http.StatusNotFound && op.Kind == history.Read && e.Code == "key_not_found" && err == nil:
 		op.Outcome = history.OK
-	case status == http.StatusServiceUnavailable && e.Code == "unavailable":
+	case status == http.StatusConflict && e.Code == "condition_failed" && err == nil && e.CurrentRevision != nil:
+		// Certainly not applied, and the answer shows the key's state.
+		op.Outcome, op.CondFailed, op.Revision, op.Found = history.OK, true, *e.CurrentRevision, e.Exists
+	case status == http.StatusServiceUnavailable && (e.Code == "unavailable" || e.Code == "not_ready" || e.Code == "not_enough_replicas"):
+		// These three mean "not applied"; outcome_unknown does not.
 		op.Outcome, op.Err = history.Failed, fmt.Sprintf("%d %s", status, bytes.TrimSpace(body))
 	default:
 		op.Outcome, op.Err = history.Unknown, fmt.Sprintf("%d %s (%v)", status, bytes.TrimSpace(body), err)
@@ -179,4 +243,102 @@ func (w *workload) halt() {
 		w.wg.Wait()
 		w.stop = nil
 	}
+}
+
+// registerLoad is the default load: the workload above on r.keys; after
+// healing a final read of every key (the scenario's extra keys too) and a
+// final write to every workload key, and once settled a read of each
+// again; checked for lost acknowledged writes and for linearizability.
+type registerLoad struct {
+	r      *run
+	w      *workload
+	finals []history.Op
+}
+
+func newRegisterLoad(r *run) load {
+	for i := range r.p.keys {
+		r.keys = append(r.keys, fmt.Sprintf("nemesis-%d-k%d", r.seed%100000, i))
+	}
+	return &registerLoad{r: r, w: &workload{kv: r.kv, keys: r.keys, targets: r.clientTargets, values: &r.values}}
+}
+
+func (l *registerLoad) start(clients int, seed int64) { l.w.start(clients, seed) }
+
+func (l *registerLoad) halt() { l.w.halt() }
+
+func (l *registerLoad) all() []string { return append(slices.Clone(l.r.keys), l.r.extraKeys...) }
+
+// final: a final read of every key (the lost-write check), then a final
+// write to every workload key, each within 10 s of the last healing
+// action.
+func (l *registerLoad) final(deadline int64) {
+	r := l.r
+	all := l.all()
+	finals := make([]history.Op, len(all))
+	var wg sync.WaitGroup
+	for i, key := range all {
+		wg.Go(func() {
+			op, err := r.finalOp(history.Read, key, deadline)
+			finals[i] = op
+			if err != nil {
+				r.fail("final read of %s did not succeed within %s of healing: %v", key, finalDeadline, err)
+				return
+			}
+			if i < len(r.keys) {
+				if _, err := r.finalOp(history.Write, key, deadline); err != nil {
+					r.fail("final write to %s did not succeed within %s of healing: %v", key, finalDeadline, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	l.finals = finals
+}
+
+// settled reads every key again: the final writes (and the durability
+// scenarios' writes) must be there; then no acknowledged write may be
+// lost.
+func (l *registerLoad) settled() {
+	r := l.r
+	all := l.all()
+	finals2 := make([]history.Op, len(all))
+	deadline2 := r.rec.Now() + int64(finalDeadline)
+	var wg sync.WaitGroup
+	for i, key := range all {
+		wg.Go(func() {
+			op, err := r.finalOp(history.Read, key, deadline2)
+			finals2[i] = op
+			if err != nil {
+				r.fail("read of %s after convergence failed: %v", key, err)
+			}
+		})
+	}
+	wg.Wait()
+
+	h := r.rec.History()
+	var okFinals []history.Op
+	for _, f := range append(l.finals, finals2...) {
+		if f.Outcome == history.OK {
+			okFinals = append(okFinals, f)
+		}
+	}
+	if lost := history.LostWrites(h, okFinals); len(lost) > 0 {
+		for _, m := range lost {
+			r.fail("%s", m)
+		}
+	} else {
+		r.logf("no acknowledged write lost (%d final reads)", len(okFinals))
+	}
+}
+
+func (l *registerLoad) check(h history.History) []history.Report {
+	r := l.r
+	start := time.Now()
+	rep := history.Check(h, r.p.checkTimeout)
+	if !rep.OK() {
+		r.fail("linearizability check failed:\n%s", rep)
+	} else {
+		r.logf("linearizable: %d keys, %d operations, checked in %s", len(rep.Keys), len(h.Ops), time.Since(start).Round(time.Millisecond))
+	}
+	return []history.Report{rep}
 }

@@ -34,24 +34,8 @@ type register struct {
 // partitioned by key: every key starts absent; a write sets it, a delete
 // makes it absent, and a read must return its current state.
 var Model = porcupine.Model{
-	Partition: func(ops []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		var keys []string
-		for _, o := range ops {
-			k := o.Metadata.(meta).key
-			if _, ok := byKey[k]; !ok {
-				keys = append(keys, k)
-			}
-			byKey[k] = append(byKey[k], o)
-		}
-		sort.Strings(keys)
-		out := make([][]porcupine.Operation, 0, len(keys))
-		for _, k := range keys {
-			out = append(out, byKey[k])
-		}
-		return out
-	},
-	Init: func() any { return register{} },
+	Partition: byKey,
+	Init:      func() any { return register{} },
 	Step: func(state, in, out any) (bool, any) {
 		st := state.(register)
 		i := in.(input)
@@ -95,12 +79,7 @@ var Model = porcupine.Model{
 		}
 		return fmt.Sprintf("%q", st.Value)
 	},
-	DescribeOperationMetadata: func(m any) string {
-		if m == nil {
-			return ""
-		}
-		return m.(meta).desc
-	},
+	DescribeOperationMetadata: describeMeta,
 }
 
 type meta struct {
@@ -108,18 +87,52 @@ type meta struct {
 	desc string
 }
 
-// Operations converts ops into porcupine operations: failed operations and
-// reads without an answer are dropped, and writes with an unknown outcome
-// become pending (their return time is after every other operation's).
-func Operations(ops []Op) []porcupine.Operation {
+// byKey partitions operations by key: keys are independent.
+func byKey(ops []porcupine.Operation) [][]porcupine.Operation {
+	parts := map[string][]porcupine.Operation{}
+	var keys []string
+	for _, o := range ops {
+		k := o.Metadata.(meta).key
+		if _, ok := parts[k]; !ok {
+			keys = append(keys, k)
+		}
+		parts[k] = append(parts[k], o)
+	}
+	sort.Strings(keys)
+	out := make([][]porcupine.Operation, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, parts[k])
+	}
+	return out
+}
+
+func describeMeta(m any) string {
+	if m == nil {
+		return ""
+	}
+	return m.(meta).desc
+}
+
+// pendingTime is the return time given to operations with an unknown
+// outcome: after every other operation's call and return.
+func pendingTime(ops []Op) int64 {
 	var last int64
 	for _, o := range ops {
 		last = max(last, o.Call, o.Return)
 	}
-	pending := last + 1
+	return last + 1
+}
+
+// Operations converts ops into porcupine operations for Model: failed
+// operations, writes whose condition failed (they changed nothing; Model
+// has no revisions to check their answer against) and reads without an
+// answer are dropped, and writes with an unknown outcome become pending
+// (their return time is after every other operation's).
+func Operations(ops []Op) []porcupine.Operation {
+	pending := pendingTime(ops)
 	out := make([]porcupine.Operation, 0, len(ops))
 	for _, o := range ops {
-		if o.Outcome == Failed || (o.Kind == Read && o.Outcome != OK) {
+		if o.Outcome == Failed || o.CondFailed || (o.Kind == Read && o.Outcome != OK) {
 			continue
 		}
 		p := porcupine.Operation{
@@ -160,6 +173,7 @@ type Report struct {
 	Timeout time.Duration
 
 	events []Event
+	model  porcupine.Model // the model checked against, for Visualize
 }
 
 // OK reports whether every key was found linearizable. A check that timed
@@ -189,20 +203,29 @@ func (r Report) String() string {
 	return s
 }
 
-// Check checks every key of h for linearizability, each with the given
-// timeout (0: none).
+// Check checks every key of h for linearizability against Model, each
+// with the given timeout (0: none).
 func Check(h History, timeout time.Duration) Report {
-	rep := Report{Timeout: timeout, events: h.Events}
-	for _, key := range h.Keys() {
-		ops := Operations(h.ByKey(key))
+	return checkModel(h, timeout, Model, func(ops []Op) ([]porcupine.Operation, int) {
+		po := Operations(ops)
 		pending := 0
-		for _, o := range ops {
+		for _, o := range po {
 			if o.Output.(output).Pending {
 				pending++
 			}
 		}
+		return po, pending
+	})
+}
+
+// checkModel checks every key of h against model; convert gives a key's
+// porcupine operations and how many of them are pending.
+func checkModel(h History, timeout time.Duration, model porcupine.Model, convert func([]Op) ([]porcupine.Operation, int)) Report {
+	rep := Report{Timeout: timeout, events: h.Events, model: model}
+	for _, key := range h.Keys() {
+		ops, pending := convert(h.ByKey(key))
 		start := time.Now()
-		res, info := porcupine.CheckOperationsVerbose(Model, ops, timeout)
+		res, info := porcupine.CheckOperationsVerbose(model, ops, timeout)
 		rep.Keys = append(rep.Keys, KeyResult{Key: key, Result: res, Ops: len(ops), Pending: pending, Elapsed: time.Since(start), info: info})
 	}
 	return rep
@@ -225,7 +248,7 @@ func (r Report) Visualize(dir string, all bool) ([]string, error) {
 		}
 		info.AddAnnotations(ann)
 		path := filepath.Join(dir, "linearizability-"+unsafeChars.ReplaceAllString(k.Key, "_")+".html")
-		if err := porcupine.VisualizePath(Model, info, path); err != nil {
+		if err := porcupine.VisualizePath(r.model, info, path); err != nil {
 			return files, fmt.Errorf("visualise key %q: %w", k.Key, err)
 		}
 		files = append(files, path)

@@ -1,7 +1,9 @@
 // Package history records what concurrent clients did to a key-value store
 // (every operation with its call and return time and its outcome) and checks
 // the record: linearizability per key with porcupine, and, explicitly, that
-// no acknowledged write was lost.
+// no acknowledged write was lost. Histories of conditional writes are
+// checked against revisions too (CheckRevisions), and reads against TTL
+// deadlines (CheckTTL).
 //
 // Outcomes follow the KV API's contract:
 //
@@ -14,6 +16,9 @@
 //     unknown write is kept as a pending operation that may take effect at
 //     any time after its call, or never; an unknown read is left out, since
 //     a read with no answer constrains nothing.
+//   - A write whose condition failed (409 condition_failed) is OK with
+//     CondFailed set: it certainly changed nothing, and its answer shows the
+//     key's state (Found, Revision).
 package history
 
 import (
@@ -57,11 +62,36 @@ type Op struct {
 	// Value is the value written (Write), or the value read (Read with
 	// Found).
 	Value string `json:"value,omitempty"`
-	// Found is set for a Read that saw the key present.
+	// Found is set when the answer said the key was present: a Read that
+	// found it, a Delete that deleted something ("deleted": true), a write
+	// whose condition failed on an existing key ("exists": true).
 	Found   bool    `json:"found,omitempty"`
 	Call    int64   `json:"call"`
 	Return  int64   `json:"return"`
 	Outcome Outcome `json:"outcome"`
+
+	// The request's options. HasIfRevision makes a write conditional on
+	// the key's revision being IfRevision (0: the key must not exist);
+	// IfExists on the key existing. TTL is the TTL a set asked for (0:
+	// none). Stale marks a read with consistency=stale.
+	HasIfRevision bool          `json:"has_if_revision,omitempty"`
+	IfRevision    uint64        `json:"if_revision,omitempty"`
+	IfExists      bool          `json:"if_exists,omitempty"`
+	TTL           time.Duration `json:"ttl,omitempty"`
+	Stale         bool          `json:"stale,omitempty"`
+
+	// What an OK answer said beyond Found and Value. Revision is the
+	// revision a write gave the key (0 for a delete that found nothing), or
+	// the one a read found, or with CondFailed the key's current revision
+	// (0 if it does not exist). Deadline is the key's TTL deadline from
+	// expires_at, in recorder time (Recorder.Wall; 0: none). CondFailed
+	// marks a write whose condition did not hold. Partial marks an OK write
+	// whose answer's body was cut short: it was applied, but its revision
+	// and deadline are unknown.
+	Revision   uint64 `json:"revision,omitempty"`
+	Deadline   int64  `json:"deadline,omitempty"`
+	CondFailed bool   `json:"cond_failed,omitempty"`
+	Partial    bool   `json:"partial,omitempty"`
 	// Node is the node the request was sent to; Err describes a failed or
 	// unknown outcome. Both are for people only.
 	Node string `json:"node,omitempty"`
@@ -72,17 +102,37 @@ func (o Op) String() string {
 	var s string
 	switch o.Kind {
 	case Read:
+		stale := ""
+		if o.Stale {
+			stale = ", stale"
+		}
 		if o.Outcome != OK {
-			s = fmt.Sprintf("get(%s)", o.Key)
+			s = fmt.Sprintf("get(%s%s)", o.Key, stale)
 		} else if o.Found {
-			s = fmt.Sprintf("get(%s) -> %q", o.Key, o.Value)
+			s = fmt.Sprintf("get(%s%s) -> %q%s", o.Key, stale, o.Value, o.answer())
 		} else {
-			s = fmt.Sprintf("get(%s) -> absent", o.Key)
+			s = fmt.Sprintf("get(%s%s) -> absent", o.Key, stale)
 		}
 	case Write:
-		s = fmt.Sprintf("set(%s, %q)", o.Key, o.Value)
+		s = fmt.Sprintf("set(%s, %q%s)", o.Key, o.Value, o.options())
 	case Delete:
-		s = fmt.Sprintf("delete(%s)", o.Key)
+		s = fmt.Sprintf("delete(%s%s)", o.Key, o.options())
+	}
+	if o.Kind != Read && o.Outcome == OK {
+		switch {
+		case o.CondFailed:
+			exists := "absent"
+			if o.Found {
+				exists = "exists"
+			}
+			s += fmt.Sprintf(" -> condition failed (current revision %d, %s)", o.Revision, exists)
+		case o.Partial:
+			s += " -> applied (answer cut short)"
+		case o.Kind == Delete && !o.Found && o.Revision == 0:
+			s += " -> nothing to delete"
+		case o.Revision != 0 || o.Deadline != 0:
+			s += " ->" + o.answer()
+		}
 	}
 	s = fmt.Sprintf("#%d client %d %s [%s, %s] %s", o.ID, o.Client, s, fmtNanos(o.Call), fmtNanos(o.Return), o.Outcome)
 	if o.Node != "" {
@@ -90,6 +140,33 @@ func (o Op) String() string {
 	}
 	if o.Err != "" {
 		s += ": " + o.Err
+	}
+	return s
+}
+
+// options describes a write's conditions and TTL.
+func (o Op) options() string {
+	s := ""
+	if o.HasIfRevision {
+		s += fmt.Sprintf(", if_revision=%d", o.IfRevision)
+	}
+	if o.IfExists {
+		s += ", if_exists"
+	}
+	if o.TTL != 0 {
+		s += ", ttl=" + o.TTL.String()
+	}
+	return s
+}
+
+// answer describes the revision and deadline an answer reported.
+func (o Op) answer() string {
+	s := ""
+	if o.Revision != 0 {
+		s += fmt.Sprintf(" rev %d", o.Revision)
+	}
+	if o.Deadline != 0 {
+		s += " expires at " + fmtNanos(o.Deadline)
 	}
 	return s
 }
@@ -130,6 +207,11 @@ func NewRecorder() *Recorder { return &Recorder{start: time.Now()} }
 
 // Now is the recorder's clock: nanoseconds since it started.
 func (r *Recorder) Now() int64 { return int64(time.Since(r.start)) }
+
+// Wall converts a wall-clock time (such as an expires_at the server
+// reported) to recorder time. It compares wall clocks, so a step of the
+// machine's clock during the run shifts the result by as much.
+func (r *Recorder) Wall(t time.Time) int64 { return int64(t.Round(0).Sub(r.start.Round(0))) }
 
 // NewClient returns a fresh client ID. A client whose operation ended with
 // an unknown outcome must continue under a new ID, as that operation stays
@@ -196,11 +278,15 @@ func (h History) ByKey(key string) []Op {
 // Counts summarises outcomes per kind, for logs.
 func (h History) Counts() string {
 	c := map[Kind]map[Outcome]int{}
+	condFailed := map[Kind]int{}
 	for _, o := range h.Ops {
 		if c[o.Kind] == nil {
 			c[o.Kind] = map[Outcome]int{}
 		}
 		c[o.Kind][o.Outcome]++
+		if o.CondFailed {
+			condFailed[o.Kind]++
+		}
 	}
 	s := ""
 	for _, k := range []Kind{Write, Delete, Read} {
@@ -212,6 +298,9 @@ func (h History) Counts() string {
 			s += "; "
 		}
 		s += fmt.Sprintf("%s: %d ok, %d failed, %d unknown", k, m[OK], m[Failed], m[Unknown])
+		if n := condFailed[k]; n > 0 {
+			s += fmt.Sprintf(" (%d of the ok a failed condition)", n)
+		}
 	}
 	return s
 }
