@@ -459,24 +459,43 @@ func preload(ctx context.Context, c Config, t Target, progress io.Writer) error 
 	var failures atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
+	// With -batch, keys are preloaded that many at a time: a million
+	// keys take minutes one by one.
+	chunk := 1
+	bt, batched := t.(BatchTarget)
+	if batched && c.Batch > 1 {
+		chunk = c.Batch
+	}
 	for w := range c.Concurrency {
 		wg.Go(func() {
+			keys := make([]string, 0, chunk)
 			for {
-				i := int(next.Add(1) - 1)
+				i := int(next.Add(int64(chunk)) - int64(chunk))
 				if i >= c.Keys {
 					return
 				}
-				k := Key(i)
+				keys = keys[:0]
+				for j := i; j < min(i+chunk, c.Keys); j++ {
+					keys = append(keys, Key(j))
+				}
 				var err error
 				for attempt := 0; attempt < 5; attempt++ {
-					if err = t.Set(ctx, w, k, value); err == nil {
+					if chunk == 1 {
+						err = t.Set(ctx, w, keys[0], value)
+					} else {
+						var failed []error
+						if failed, err = bt.SetBatch(ctx, w, keys, value); err == nil && len(failed) > 0 {
+							err = failed[0]
+						}
+					}
+					if err == nil {
 						break
 					}
 					time.Sleep(100 * time.Millisecond)
 				}
 				if err != nil {
 					failures.Add(1)
-					firstErr.CompareAndSwap(nil, fmt.Sprintf("preload %s: %v", k, err))
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("preload %s: %v", keys[0], err))
 				}
 			}
 		})

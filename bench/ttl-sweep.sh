@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# TTL at scale: loads KEYS keys (default 1,000,000) with a TTL into a
+# 3-node ClusterKit on loopback, then runs a foreground load (90% reads,
+# 10% sets, on keys without a TTL) in windows of WINDOW while the keys
+# expire and the primaries sweep them, and prints per window the stored
+# keys left on the three nodes and the foreground's ops/s and p99. At the
+# end it prints the data directories' size before the load, after it and
+# after the sweep.
+#
+#   bash bench/ttl-sweep.sh
+#
+# Environment: KEYS=1000000 TTL=45s WINDOW=5s C=16 CLUSTERKIT_BIN=path
+# (default: build HEAD) KEEP=1 (keep the temporary directory).
+set -euo pipefail
+
+KEYS=${KEYS:-1000000}
+TTL=${TTL:-45s}
+WINDOW=${WINDOW:-5s}
+C=${C:-16}
+FG_KEYS=10000
+
+cd "$(dirname "$0")/.."
+WORK=$(mktemp -d /tmp/ck-ttl.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	if [[ -z ${KEEP:-} ]]; then rm -rf "$WORK"; else echo "kept $WORK"; fi
+}
+trap cleanup EXIT
+
+BIN=${CLUSTERKIT_BIN:-}
+if [[ -z $BIN ]]; then
+	BIN=$WORK/clusterkit
+	go build -o "$BIN" .
+fi
+
+for i in 1 2 3; do
+	join=()
+	if ((i == 1)); then join=(BOOTSTRAP=true); else join=(JOIN_ADDR=127.0.0.1:28081); fi
+	env NODE_ID="node-$i" HTTP_ADDR="127.0.0.1:2808$i" KV_ADDR="127.0.0.1:2908$i" \
+		RAFT_ADDR="127.0.0.1:2818$i" GOSSIP_ADDR="127.0.0.1:2828$i" \
+		DATA_DIR="$WORK/node$i" STATUS_INTERVAL=0 "${join[@]}" "$BIN" >"$WORK/node$i.log" 2>&1 &
+	PIDS+=($!)
+done
+ADDRS=127.0.0.1:29081,127.0.0.1:29082,127.0.0.1:29083
+
+# Settled: three nodes, every partition stable with two in-sync replicas.
+deadline=$((SECONDS + 90))
+until body=$(curl -sf --max-time 2 http://127.0.0.1:28081/partitions) && [[ -n $body ]] &&
+	jq -e '.copies_in_progress == 0 and (.partitions | all(.state == "stable" and (.in_sync_replicas | length) == 2))' <<<"$body" >/dev/null; do
+	if ((SECONDS > deadline)); then
+		tail -20 "$WORK"/node*.log >&2
+		echo "cluster not settled in 90s" >&2
+		exit 1
+	fi
+	sleep 1
+done
+
+stored() { # the keys stored on the three nodes together
+	local n=0 i v
+	for i in 1 2 3; do
+		v=$(curl -sf --max-time 5 "http://127.0.0.1:2908$i/kv/stats" | jq -r '.local_keys')
+		n=$((n + v))
+	done
+	echo "$n"
+}
+disk() { du -sm "$WORK"/node1 "$WORK"/node2 "$WORK"/node3 | awk '{s += $1} END {print s " MiB"}'; }
+
+echo "cluster up; data directories $(disk)"
+start=$SECONDS
+"$BIN" bench -addrs "$ADDRS" -c 32 -keys "$KEYS" -preload -batch 100 -ttl "$TTL" -d 1s -quiet -json >"$WORK/load.json"
+load_s=$((SECONDS - start))
+echo "loaded $KEYS keys with ttl=$TTL in ${load_s}s ($(jq -r '.errors' "$WORK/load.json") errors); stored copies $(stored); data directories $(disk)"
+
+# The foreground keys are set without a TTL (a plain set clears one), so
+# they outlive the sweep.
+"$BIN" bench -addrs "$ADDRS" -c "$C" -keys "$FG_KEYS" -preload -d 1s -quiet -json >/dev/null
+printf '%8s %12s %10s %10s %8s\n' "t(s)" "stored" "ops/s" "p99(ms)" "errors"
+t0=$SECONDS
+empty=0
+while :; do
+	"$BIN" bench -addrs "$ADDRS" -c "$C" -keys "$FG_KEYS" -reads 0.9 -d "$WINDOW" -quiet -json >"$WORK/w.json"
+	left=$(stored)
+	printf '%8d %12d %10.0f %10.2f %8d\n' $((SECONDS - t0)) "$left" "$(jq -r '.ops_per_sec' "$WORK/w.json")" \
+		"$(jq -r '.p99_ms' "$WORK/w.json")" "$(jq -r '.errors' "$WORK/w.json")"
+	# Done two windows after only the foreground keys (three copies each)
+	# are left.
+	if ((left <= 3 * FG_KEYS)); then
+		empty=$((empty + 1))
+		((empty >= 2)) && break
+	fi
+	if ((SECONDS - t0 > 600)); then
+		echo "expired keys still stored after 600s" >&2
+		exit 1
+	fi
+done
+echo "after the sweep: data directories $(disk)"
