@@ -19,43 +19,9 @@ WINDOW=${WINDOW:-5s}
 C=${C:-16}
 FG_KEYS=10000
 
-cd "$(dirname "$0")/.."
-WORK=$(mktemp -d /tmp/ck-ttl.XXXXXX)
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	if [[ -z ${KEEP:-} ]]; then rm -rf "$WORK"; else echo "kept $WORK"; fi
-}
-trap cleanup EXIT
-
-BIN=${CLUSTERKIT_BIN:-}
-if [[ -z $BIN ]]; then
-	BIN=$WORK/clusterkit
-	go build -o "$BIN" .
-fi
-
-for i in 1 2 3; do
-	join=()
-	if ((i == 1)); then join=(BOOTSTRAP=true); else join=(JOIN_ADDR=127.0.0.1:28081); fi
-	env NODE_ID="node-$i" HTTP_ADDR="127.0.0.1:2808$i" KV_ADDR="127.0.0.1:2908$i" \
-		RAFT_ADDR="127.0.0.1:2818$i" GOSSIP_ADDR="127.0.0.1:2828$i" \
-		DATA_DIR="$WORK/node$i" STATUS_INTERVAL=0 "${join[@]}" "$BIN" >"$WORK/node$i.log" 2>&1 &
-	PIDS+=($!)
-done
-ADDRS=127.0.0.1:29081,127.0.0.1:29082,127.0.0.1:29083
-
-# Settled: three nodes, every partition stable with two in-sync replicas.
-deadline=$((SECONDS + 90))
-until body=$(curl -sf --max-time 2 http://127.0.0.1:28081/partitions) && [[ -n $body ]] &&
-	jq -e '.copies_in_progress == 0 and (.partitions | all(.state == "stable" and (.in_sync_replicas | length) == 2))' <<<"$body" >/dev/null; do
-	if ((SECONDS > deadline)); then
-		tail -20 "$WORK"/node*.log >&2
-		echo "cluster not settled in 90s" >&2
-		exit 1
-	fi
-	sleep 1
-done
+# shellcheck source=bench/cluster.sh
+source "$(dirname "$0")/cluster.sh"
+start_cluster
 
 stored() { # the keys stored on the three nodes together
 	local n=0 i v

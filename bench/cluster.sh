@@ -1,0 +1,46 @@
+# Starts a three-node ClusterKit on loopback for the scripts in bench/:
+# source it after setting KEEP (optional), then call start_cluster. It
+# sets WORK (a temporary directory, removed on exit unless KEEP is set),
+# BIN (CLUSTERKIT_BIN or a build of this tree) and ADDRS (the KV
+# addresses), and stops the nodes on exit.
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+WORK=$(mktemp -d /tmp/ck-bench.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	if [[ -z ${KEEP:-} ]]; then rm -rf "$WORK"; else echo "kept $WORK"; fi
+}
+trap cleanup EXIT
+
+BIN=${CLUSTERKIT_BIN:-}
+if [[ -z $BIN ]]; then
+	BIN=$WORK/clusterkit
+	go build -o "$BIN" .
+fi
+ADDRS=127.0.0.1:29081,127.0.0.1:29082,127.0.0.1:29083
+
+start_cluster() { # start_cluster [ENV=VALUE ...]: extra settings for every node
+	local i join
+	for i in 1 2 3; do
+		join=()
+		if ((i == 1)); then join=(BOOTSTRAP=true); else join=(JOIN_ADDR=127.0.0.1:28081); fi
+		env NODE_ID="node-$i" HTTP_ADDR="127.0.0.1:2808$i" KV_ADDR="127.0.0.1:2908$i" \
+			RAFT_ADDR="127.0.0.1:2818$i" GOSSIP_ADDR="127.0.0.1:2828$i" \
+			DATA_DIR="$WORK/node$i" STATUS_INTERVAL=0 "${join[@]}" "$@" "$BIN" >"$WORK/node$i.log" 2>&1 &
+		PIDS+=($!)
+	done
+	# Settled: every partition stable with two in-sync replicas (and there
+	# are partitions: before the cluster is initialised the list is empty).
+	local deadline=$((SECONDS + 90)) body
+	until body=$(curl -sf --max-time 2 http://127.0.0.1:28081/partitions) && [[ -n $body ]] &&
+		jq -e '.copies_in_progress == 0 and (.partitions | length > 0 and all(.state == "stable" and (.in_sync_replicas | length) == 2))' <<<"$body" >/dev/null; do
+		if ((SECONDS > deadline)); then
+			tail -20 "$WORK"/node*.log >&2
+			echo "cluster not settled in 90s" >&2
+			exit 1
+		fi
+		sleep 1
+	done
+}
