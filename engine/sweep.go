@@ -58,7 +58,14 @@ func (s *Engine) sweep(ctx context.Context, p int) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.reqTimeout)
 	defer cancel()
-	if _, err := s.primaryWrite(wctx, p, &pendingWrite{epoch: rt.Epoch, ops: ops}); err != nil && !errcode.Retryable(err) {
+	_, err = s.primaryWrite(wctx, p, &pendingWrite{epoch: rt.Epoch, ops: ops})
+	switch {
+	case err == nil:
+	case errcode.Retryable(err), errcode.Of(err) == errcode.NotEnoughReplicas:
+		// The partition is moving or short of copies; reads hide the
+		// keys meanwhile, and the next sweep tries again.
+		s.log.Debug("expiry sweep: delete expired keys", "partition", p, "keys", len(keys), "err", err)
+	default:
 		s.log.Warn("expiry sweep: delete expired keys", "partition", p, "keys", len(keys), "err", err)
 	}
 }

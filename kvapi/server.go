@@ -126,8 +126,9 @@ func (s *Server) count(next http.Handler) http.Handler {
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(rec, r)
 		s.requests.Add(1)
-		// A missing key is an answer, not an error of the service.
-		if rec.status >= 400 && rec.status != http.StatusNotFound {
+		// A missing key or a failed condition is an answer, not an
+		// error of the service.
+		if rec.status >= 400 && rec.status != http.StatusNotFound && rec.status != http.StatusConflict {
 			s.errors.Add(1)
 		}
 	})
