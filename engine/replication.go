@@ -153,9 +153,15 @@ func (s *Engine) commitRound(p int, batch []*pendingWrite) {
 		failAll(batch, err)
 		return
 	}
-	if err := s.resolve(p, rt); err != nil {
+	if changed, err := s.resolve(p, rt); err != nil {
 		failAll(batch, err)
 		return
+	} else if changed {
+		// Replicas left the in-sync set: count copies on the new table.
+		if rt, err = s.checkPrimary(p, 0); err != nil {
+			failAll(batch, err)
+			return
+		}
 	}
 	m, err := s.store.Meta(p)
 	if err != nil {
@@ -279,25 +285,25 @@ type unresolvedRound struct {
 }
 
 // resolve removes, before a new round of p starts, the replicas that
-// missed an earlier round; while it cannot, the partition refuses writes
-// (they are not applied).
-func (s *Engine) resolve(p int, rt Route) error {
+// missed an earlier round, and reports whether there were any; while it
+// cannot, the partition refuses writes (they are not applied).
+func (s *Engine) resolve(p int, rt Route) (bool, error) {
 	s.unresolvedMu.Lock()
 	u, ok := s.unresolved[p]
 	s.unresolvedMu.Unlock()
 	if !ok {
-		return nil
+		return false, nil
 	}
 	if u.epoch != rt.Epoch {
 		s.unresolvedMu.Lock()
 		delete(s.unresolved, p)
 		s.unresolvedMu.Unlock()
-		return nil
+		return false, nil
 	}
 	if err := s.resolveNodes(p, rt.Epoch); err != nil {
-		return errcode.New(errcode.Unavailable, "partition %d: a replica missed a write and cannot be taken out of the in-sync set yet: %v", p, err)
+		return false, errcode.New(errcode.Unavailable, "partition %d: a replica missed a write and cannot be taken out of the in-sync set yet: %v", p, err)
 	}
-	return nil
+	return true, nil
 }
 
 // resolveNodes takes p's unresolved replicas out of its in-sync set.
