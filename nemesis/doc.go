@@ -28,7 +28,15 @@
 // ttl-* run the TTL load: keys set with 2-4 s TTLs and read all the time
 // through random nodes with both consistencies; history.CheckTTL checks
 // that no read returns a value after its deadline (plus 50 ms) and that no
-// linearizable read misses a live one.
+// linearizable read misses a live one. Those named batch-* run the batch
+// load: bank transfers between accounts of one partition, each an atomic
+// batch conditional on the revisions an atomic snapshot showed, beside
+// plain batches of independent sets and gets; every atomic batch must be
+// all or nothing (history.CheckBatches), every snapshot through every
+// node must add up to the total, and the final balances must be every
+// acknowledged transfer plus some subset of those with an unknown outcome
+// (history.CheckBank); every op of every batch is checked per key under
+// history.RevisionModel too.
 //
 // The nodes run with FAILOVER_GRACE=1s (failover 1 s after gossip declares
 // a node dead) and REQUEST_TIMEOUT=2s (below the clients' 3 s timeout), and
@@ -47,7 +55,7 @@
 //	go test -race -count=1 ./nemesis/                 # short pass (CI)
 //	go test -count=1 -timeout 0 ./nemesis/ -nemesis.soak   # soak (or CLUSTERKIT_SOAK=1)
 //	go test -count=1 ./nemesis/ -run 'TestNemesis/n3/kill-leader$' -nemesis.seed=42 -v
-//	go test -race -count=1 ./nemesis/ -run 'TestNemesis/n./(cas|ttl)-' -v  # the CAS and TTL loads
+//	go test -race -count=1 ./nemesis/ -run 'TestNemesis/n./(cas|ttl|batch)-' -v  # the CAS, TTL and batch loads
 //
 // See nemesis_test.go for every flag. On failure the history, the
 // visualisation, the node logs and a summary are kept in a directory named

@@ -143,6 +143,20 @@ func (r *run) eachKeyUntil(what string, deadline int64, attempt func(client int,
 	wg.Wait()
 }
 
+// checkRevisions checks h with the register model of revisions and
+// conditions, per key, and fails the run if it is not linearizable.
+func (r *run) checkRevisions(load string, h history.History) history.Report {
+	start := time.Now()
+	rep := history.CheckRevisions(h, r.p.checkTimeout)
+	if !rep.OK() {
+		r.fail("%s: linearizability check (revisions and conditions) failed:\n%s", load, rep)
+	} else {
+		r.logf("%s: linearizable per key with revisions and conditions: %d keys, %d operations, checked in %s",
+			load, len(rep.Keys), len(h.Ops), time.Since(start).Round(time.Millisecond))
+	}
+	return rep
+}
+
 func (r *run) logf(format string, args ...any) {
 	r.t.Helper()
 	r.t.Logf("[%7s] %s", time.Duration(r.rec.Now()).Round(time.Millisecond), fmt.Sprintf(format, args...))
@@ -298,8 +312,8 @@ func (r *run) finalOp(kind history.Kind, key string, deadline int64) (history.Op
 
 // load is what the clients do during a scenario, and the checks of what
 // they did: the register workload by default (registerLoad), or the one a
-// scenario names (casLoad, ttlLoad). The faults, the convergence and the
-// replica checks are the same whatever the load.
+// scenario names (casLoad, ttlLoad, batchLoad). The faults, the
+// convergence and the replica checks are the same whatever the load.
 type load interface {
 	// start starts the clients on r.keys.
 	start(clients int, seed int64)

@@ -63,6 +63,16 @@ var scenarios = []scenario{
 	{name: "ttl-kill-primary", soakOnly: true, load: newTTLLoad, run: func(r *run) { killFor(r, r.busyPrimary()) }},
 	{name: "ttl-cut-long", netns: true, soakOnly: true, load: newTTLLoad, run: func(r *run) { isolateFor(r, r.busyPrimary(), r.p.cutLong) }},
 	{name: "ttl-mixed", soakOnly: true, load: newTTLLoad, run: mixed},
+
+	// The batch load (bank transfers in atomic batches, and plain
+	// batches), in the short pass under the CAS load's faults: a killed
+	// primary's successor must have every committed transfer whole and no
+	// half of any, and the short cut leaves transfers with an unknown
+	// outcome, each applied whole or not at all. The others in the soak.
+	{name: "batch-kill-cut-primary", load: newBatchLoad, run: killThenCut},
+	{name: "batch-pause-long", soakOnly: true, load: newBatchLoad, run: func(r *run) { pauseFor(r, r.busyPrimary(), r.p.pauseLong) }},
+	{name: "batch-cut-long", netns: true, soakOnly: true, load: newBatchLoad, run: func(r *run) { isolateFor(r, r.busyPrimary(), r.p.cutLong) }},
+	{name: "batch-mixed", soakOnly: true, load: newBatchLoad, run: mixed},
 }
 
 func killFor(r *run, n *tc.Node) {

@@ -273,7 +273,8 @@ func LostWrites(h History, finals []Op) []string {
 		}
 		var writes []Op
 		for _, o := range h.ByKey(f.Key) {
-			if o.Kind != Read && o.Outcome != Failed && o.ID != f.ID && o.Call < f.Call {
+			// A write whose condition failed changed nothing.
+			if o.Kind != Read && o.Outcome != Failed && !o.CondFailed && o.ID != f.ID && o.Call < f.Call {
 				writes = append(writes, o)
 			}
 		}

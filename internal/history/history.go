@@ -3,7 +3,10 @@
 // the record: linearizability per key with porcupine, and, explicitly, that
 // no acknowledged write was lost. Histories of conditional writes are
 // checked against revisions too (CheckRevisions), and reads against TTL
-// deadlines (CheckTTL).
+// deadlines (CheckTTL). Batches (POST /kv/batch) are recorded as such and
+// as their single operations: atomic ones are checked for all or nothing
+// (CheckBatches), and the bank workload's for conserving money
+// (CheckBank).
 //
 // Outcomes follow the KV API's contract:
 //
@@ -96,6 +99,9 @@ type Op struct {
 	// unknown outcome. Both are for people only.
 	Node string `json:"node,omitempty"`
 	Err  string `json:"err,omitempty"`
+	// Batch is the ID of the batch the operation was part of (batch IDs
+	// start at 1; 0: a request of its own).
+	Batch int `json:"batch,omitempty"`
 }
 
 func (o Op) String() string {
@@ -135,6 +141,9 @@ func (o Op) String() string {
 		}
 	}
 	s = fmt.Sprintf("#%d client %d %s [%s, %s] %s", o.ID, o.Client, s, fmtNanos(o.Call), fmtNanos(o.Return), o.Outcome)
+	if o.Batch != 0 {
+		s += fmt.Sprintf(" in batch %d", o.Batch)
+	}
 	if o.Node != "" {
 		s += " via " + o.Node
 	}
@@ -188,8 +197,9 @@ type Event struct {
 
 // History is a recorded run.
 type History struct {
-	Ops    []Op    `json:"ops"`
-	Events []Event `json:"events,omitempty"`
+	Ops     []Op    `json:"ops"`
+	Batches []Batch `json:"batches,omitempty"`
+	Events  []Event `json:"events,omitempty"`
 }
 
 // Recorder collects operations from concurrent clients.
@@ -198,6 +208,7 @@ type Recorder struct {
 
 	mu      sync.Mutex
 	ops     []Op
+	batches []Batch
 	events  []Event
 	clients int
 }
@@ -247,7 +258,7 @@ func (r *Recorder) Event(start, end int64, format string, args ...any) {
 func (r *Recorder) History() History {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return History{Ops: slices.Clone(r.ops), Events: slices.Clone(r.events)}
+	return History{Ops: slices.Clone(r.ops), Batches: slices.Clone(r.batches), Events: slices.Clone(r.events)}
 }
 
 // Keys lists the keys the history touches, sorted.
