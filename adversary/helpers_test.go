@@ -114,11 +114,25 @@ func waitToken(t *testing.T, c *tc.Cluster, token string) {
 	}
 }
 
-// take records the snapshot once every copy agrees (the cluster is idle).
+// take records the snapshot once the cluster is idle: every copy agrees
+// and the partition table has not changed for a second. Fully replicated
+// is not idle yet: primary roles still move to the nodes the ring names
+// (a new epoch each), after the copies are in sync.
 func take(t *testing.T, c *tc.Cluster, values map[string]string) snapshot {
 	t.Helper()
 	s := snapshot{values: values}
-	tc.Eventually(t, 30*time.Second, "every copy of every partition identical", func() error {
+	var version float64 = -1
+	tc.Eventually(t, 30*time.Second, "every copy of every partition identical, and the partition table settled", func() error {
+		r, err := tc.Get(runningNodes(c)[0].HTTP, "/partitions")
+		if err != nil {
+			return err
+		}
+		v, _ := r.Map()["version"].(float64)
+		if v != version {
+			version = v
+			time.Sleep(time.Second)
+			return fmt.Errorf("partition table at version %v; waiting for it to settle", v)
+		}
 		s.digests = map[string]map[int]tc.Digest{}
 		for _, n := range c.Nodes {
 			if !n.Running() {
