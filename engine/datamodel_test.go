@@ -20,9 +20,9 @@ func write(tb testing.TB, n *testNode, op Op, minCopies int) (Result, error) {
 // record returns key's stored record on n (failing if absent).
 func record(tb testing.TB, n *testNode, p int, key string) storage.Record {
 	tb.Helper()
-	r, ok, err := n.db.Get(p, []byte(key))
-	if err != nil || !ok {
-		tb.Fatalf("%s: stored %q = %v, %v", n.id, key, ok, err)
+	r, ok := storedRecord(tb, n.db, p, key)
+	if !ok {
+		tb.Fatalf("%s does not store %q", n.id, key)
 	}
 	return r
 }

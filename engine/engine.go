@@ -377,9 +377,6 @@ func (s *Engine) leasedRead(p int, epoch uint64, key string) (peer.ReadResp, err
 	if !s.stillPrimary(p, rt) {
 		return peer.ReadResp{}, errNoLease
 	}
-	if m, merr := s.store.Meta(p); merr == nil {
-		v.Applied = m.Seq
-	}
 	return v, err
 }
 

@@ -34,11 +34,18 @@ func primaryWithReplicas(epoch uint64, replicas, inSync []string) func(int) Rout
 
 func storedValue(t *testing.T, db *storage.DB, p int, key string) (string, bool) {
 	t.Helper()
-	v, ok, err := db.Get(p, []byte(key))
+	r, ok := storedRecord(t, db, p, key)
+	return string(r.Value), ok
+}
+
+// storedRecord is key's record in db, and whether it is there.
+func storedRecord(tb testing.TB, db *storage.DB, p int, key string) (storage.Record, bool) {
+	tb.Helper()
+	r, ok, err := db.Get(p, []byte(key))
 	if err != nil {
-		t.Fatalf("storage get %q: %v", key, err)
+		tb.Fatalf("storage get %q: %v", key, err)
 	}
-	return string(v.Value), ok
+	return r, ok
 }
 
 func meta(t *testing.T, db *storage.DB, p int) storage.Meta {

@@ -165,7 +165,11 @@ func TestCopyFloorRefusesWrites(t *testing.T) {
 	if err != nil || len(p.InSync) == 0 {
 		t.Fatalf("writes resumed with in-sync replicas %v (%v)", p.InSync, err)
 	}
-	t.Logf("refused while alone: %v; partition now %+v", refused, p)
+	// The replica's death is noticed seconds before a new replica can be
+	// in sync, so the writes in between must have been refused.
+	if !refused {
+		t.Fatalf("no write was refused with not_enough_replicas while the partition had one copy; now %+v", p)
+	}
 	if st, b := post(t, n1.KV, "/kv/set?min_copies=3", `{"key":"`+key+`","value":"w"}`); st != 400 {
 		t.Fatalf("min_copies over the replication factor = %d %v", st, b)
 	}

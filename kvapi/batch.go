@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/clusterkit/clusterkit/engine"
 	"github.com/clusterkit/clusterkit/errcode"
@@ -154,13 +155,13 @@ func parseBatchOp(body []byte, b batchOp, atomic bool) (parsed, error) {
 			return parsed{}, err
 		}
 		p.op.Value = *b.Value
-		_, err = b.writeOptions(&p.op, true)
+		_, err = b.writeOptions(&p.op)
 	case "delete":
 		if b.Value != nil {
 			return parsed{}, errcode.New(errcode.BadRequest, "a delete takes no value")
 		}
 		p.op.Delete = true
-		_, err = b.writeOptions(&p.op, false)
+		_, err = b.writeOptions(&p.op)
 	default:
 		return parsed{}, errcode.New(errcode.BadRequest, "op must be \"get\", \"set\" or \"delete\", not %q", b.Op)
 	}
@@ -237,7 +238,7 @@ func opResult(p parsed, res peer.Result, err error) batchResult {
 	if p.kind == "get" {
 		v := res.Prev.Value
 		out := batchResult{Status: http.StatusOK, Op: "get", Key: p.op.Key, Value: &v, Revision: &res.Revision}
-		out.ExpiresAt, out.TTLMillis = deadlineNow(res.ExpiresAt)
+		out.ExpiresAt, out.TTLMillis = deadline(res.ExpiresAt, time.Now())
 		return out
 	}
 	status := "success"

@@ -59,8 +59,6 @@ func deadline(ms int64, now time.Time) (string, *int64) {
 	return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z07:00"), &left
 }
 
-func deadlineNow(ms int64) (string, *int64) { return deadline(ms, time.Now()) }
-
 // resultError turns a failed op's result into the error the single call
 // answers with.
 func resultError(res peer.Result) error {
@@ -168,36 +166,51 @@ func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	op := engine.Op{Key: *in.Key, Value: *in.Value}
-	minCopies, err := in.writeOptions(&op, true)
+	minCopies, err := in.writeOptions(&op)
 	if err != nil {
-		writeError(w, err)
-		return
-	}
-	if err := permit(r, op.Key, true); err != nil {
 		writeError(w, err)
 		return
 	}
 	s.write(w, r, op, minCopies, "success")
 }
 
-// writeOptions puts p's conditions (and, for a set, TTL options) on op and
-// returns min_copies.
-func (p *writeParams) writeOptions(op *engine.Op, set bool) (int, error) {
+// writeOptions puts p's conditions and TTL options on op, as op's kind
+// (set, delete or touch) takes them, and returns min_copies.
+func (p *writeParams) writeOptions(op *engine.Op) (int, error) {
 	if err := p.conditions(op); err != nil {
 		return 0, err
 	}
-	if set {
+	switch {
+	case op.Touch:
+		if p.TTL == nil {
+			return 0, errcode.New(errcode.InvalidTTL, "ttl is required (ttl=0 removes the key's TTL)")
+		}
+		if p.KeepTTL != nil {
+			return 0, errcode.New(errcode.InvalidTTL, "keep_ttl belongs to /kv/set")
+		}
+		ttl, err := parseTTL(*p.TTL, true)
+		if err != nil {
+			return 0, err
+		}
+		op.TTLMillis = ttl.Milliseconds()
+	case op.Delete:
+		if p.TTL != nil || p.KeepTTL != nil {
+			return 0, errcode.New(errcode.InvalidTTL, "ttl and keep_ttl belong to /kv/set and /kv/expire")
+		}
+	default:
 		if err := p.ttl(op); err != nil {
 			return 0, err
 		}
-	} else if p.TTL != nil || p.KeepTTL != nil {
-		return 0, errcode.New(errcode.InvalidTTL, "ttl and keep_ttl belong to /kv/set and /kv/expire")
 	}
 	return p.minCopies()
 }
 
-// write runs one write and answers it.
+// write checks that the request may write op's key, runs op and answers.
 func (s *Server) write(w http.ResponseWriter, r *http.Request, op engine.Op, minCopies int, status string) {
+	if err := permit(r, op.Key, true); err != nil {
+		writeError(w, err)
+		return
+	}
 	res, err := s.eng.Write(r.Context(), op, minCopies)
 	if err == nil {
 		err = resultError(res)
@@ -210,75 +223,39 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request, op engine.Op, min
 }
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
-	key, p, err := keyParams(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	op := engine.Op{Key: key, Delete: true}
-	minCopies, err := p.writeOptions(&op, false)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	if err := permit(r, key, true); err != nil {
-		writeError(w, err)
-		return
-	}
-	s.write(w, r, op, minCopies, "deleted")
-}
-
-// keyParams reads a write's key and options from its query string.
-func keyParams(r *http.Request) (string, writeParams, error) {
-	var p writeParams
-	q, err := httpapi.Query(r)
-	if err != nil {
-		return "", p, err
-	}
-	key := q.Get("key")
-	if err := validateKey(key); err != nil {
-		return "", p, err
-	}
-	err = p.merge(q)
-	return key, p, err
+	s.queryWrite(w, r, engine.Op{Delete: true}, "deleted")
 }
 
 // handleExpire sets, refreshes (ttl=30s) or removes (ttl=0) the TTL of an
 // existing key without sending its value.
 func (s *Server) handleExpire(w http.ResponseWriter, r *http.Request) {
-	key, p, err := keyParams(r)
+	s.queryWrite(w, r, engine.Op{Touch: true}, "success")
+}
+
+// queryWrite runs a write whose key and options are all in the query
+// string (a delete or an expire, as op says).
+func (s *Server) queryWrite(w http.ResponseWriter, r *http.Request, op engine.Op, status string) {
+	q, err := httpapi.Query(r)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	if p.TTL == nil {
-		writeError(w, errcode.New(errcode.InvalidTTL, "ttl is required (ttl=0 removes the key's TTL)"))
+	op.Key = q.Get("key")
+	if err := validateKey(op.Key); err != nil {
+		writeError(w, err)
 		return
 	}
-	ttl, err := parseTTL(*p.TTL, true)
+	var p writeParams
+	if err := p.merge(q); err != nil {
+		writeError(w, err)
+		return
+	}
+	minCopies, err := p.writeOptions(&op)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	if p.KeepTTL != nil {
-		writeError(w, errcode.New(errcode.InvalidTTL, "keep_ttl belongs to /kv/set"))
-		return
-	}
-	op := engine.Op{Key: key, Touch: true, TTLMillis: ttl.Milliseconds()}
-	if err := p.conditions(&op); err != nil {
-		writeError(w, err)
-		return
-	}
-	minCopies, err := p.minCopies()
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	if err := permit(r, key, true); err != nil {
-		writeError(w, err)
-		return
-	}
-	s.write(w, r, op, minCopies, "success")
+	s.write(w, r, op, minCopies, status)
 }
 
 // consistency parses the consistency parameter: stale or not.
