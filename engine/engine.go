@@ -31,6 +31,13 @@ type Options struct {
 	// or "confirm" (every read asks the in-sync replicas first). Both are
 	// linearizable; confirm exists to measure what the lease saves.
 	ReadMode string
+	// HistoryRevisions and HistoryAge bound each partition's retained
+	// history: the newest that many write numbers, none older than that
+	// (defaults DefaultHistoryRevisions, DefaultHistoryAge).
+	HistoryRevisions uint64
+	HistoryAge       time.Duration
+	// MaxWatchers bounds this node's open watches (DefaultMaxWatchers).
+	MaxWatchers int
 }
 
 // Engine is one node's data plane: it runs the partitions this node leads
@@ -57,6 +64,13 @@ type Engine struct {
 	unresolvedMu sync.Mutex
 	unresolved   map[int]unresolvedRound
 
+	feedsMu sync.Mutex
+	feeds   map[int]*feed
+	hub     *hub
+
+	historyRevisions uint64
+	historyAge       time.Duration
+
 	kick        chan struct{}
 	leases      *leases
 	guard       *tableGuard
@@ -76,10 +90,17 @@ func New(o Options) (*Engine, error) {
 		locks:       map[int]*sync.RWMutex{},
 		queues:      map[int]*writeQueue{},
 		unresolved:  map[int]unresolvedRound{},
+		feeds:       map[int]*feed{},
 		kick:        make(chan struct{}, 1),
 		leases:      newLeases(time.Now()),
 		confirmRead: o.ReadMode == "confirm",
 	}
+	s.historyRevisions = o.HistoryRevisions
+	if s.historyRevisions == 0 {
+		s.historyRevisions = DefaultHistoryRevisions
+	}
+	s.historyAge = cmpOr(o.HistoryAge, DefaultHistoryAge)
+	s.hub = newHub(s, o.MaxWatchers)
 	g, err := newTableGuard(o.Storage)
 	if err != nil {
 		return nil, err
@@ -244,6 +265,9 @@ func (s *Engine) WriteBatch(ctx context.Context, ops []Op, atomic bool, minCopie
 	wg.Wait()
 	return results, errs
 }
+
+// Layout is the cluster's identity and partition count.
+func (s *Engine) Layout() (string, int) { return s.router.ClusterID(), s.router.Partitions() }
 
 // PartitionOf maps a key to its partition.
 func (s *Engine) PartitionOf(key string) int { return s.router.PartitionOf(key) }

@@ -198,6 +198,8 @@ func (v *tableView) MinCopies() int {
 
 func (v *tableView) ReplicationFactor() int { return 3 }
 
+func (v *tableView) ClusterID() string { return "test-cluster" }
+
 func (v *tableView) Route(p int) (Route, bool) {
 	v.f.mu.Lock()
 	defer v.f.mu.Unlock()

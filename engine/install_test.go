@@ -40,33 +40,66 @@ func readStream(r io.Reader, maxEntry uint64) (uint64, func() (storage.KV, bool,
 	}, err
 }
 
-// decodeAll reads a whole install stream.
+// decodeAll reads a whole install stream: the pairs, then the history.
 func decodeAll(t *testing.T, stream []byte, maxEntry uint64) (uint64, []storage.KV, error) {
 	t.Helper()
+	seq, pairs, _, _, err := decodeWithLog(t, stream, maxEntry)
+	return seq, pairs, err
+}
+
+func decodeWithLog(t *testing.T, stream []byte, maxEntry uint64) (uint64, []storage.KV, uint64, []storage.LogRecord, error) {
+	t.Helper()
 	br := bufio.NewReader(bytes.NewReader(stream))
-	seq, next, err := readStream(br, maxEntry)
+	ir, err := peer.NewInstallReader(br, maxEntry, maxEntry)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, 0, nil, err
 	}
 	var out []storage.KV
 	for {
-		kv, ok, err := next()
+		k, v, ok, err := ir.Next()
 		if err != nil {
-			return seq, out, err
+			return ir.Seq, out, 0, nil, err
 		}
 		if !ok {
 			break
 		}
-		out = append(out, kv)
+		out = append(out, storage.KV{Key: k, Value: v})
 	}
-	// The end mark is sticky and the stream ends right after it.
-	if _, ok, err := next(); ok || err != nil {
+	// The end mark is sticky.
+	if _, _, ok, err := ir.Next(); ok || err != nil {
 		t.Errorf("next after the end mark = %v, %v; want false, nil", ok, err)
 	}
+	floor, err := ir.Log()
+	if err != nil {
+		return ir.Seq, out, 0, nil, err
+	}
+	var log []storage.LogRecord
+	for {
+		seq, raw, ok, err := ir.NextLog()
+		if err != nil {
+			return ir.Seq, out, floor, log, err
+		}
+		if !ok {
+			break
+		}
+		log = append(log, storage.LogRecord{Seq: seq, Raw: raw})
+	}
+	// The stream ends right after the history's end mark.
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Errorf("bytes left after the end mark (err %v)", err)
 	}
-	return seq, out, nil
+	return ir.Seq, out, floor, log, nil
+}
+
+func kvIterator(kvs []storage.KV) func() (storage.KV, bool, error) {
+	return func() (storage.KV, bool, error) {
+		if len(kvs) == 0 {
+			return storage.KV{}, false, nil
+		}
+		kv := kvs[0]
+		kvs = kvs[1:]
+		return kv, true, nil
+	}
 }
 
 func TestInstallStreamRoundTrip(t *testing.T) {
@@ -151,17 +184,46 @@ func TestInstallStreamRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer dst.Close()
-			seq, next, err := readStream(bytes.NewReader(stream), MaxValueBytes+storage.RecordOverhead)
+			seq, kvs, floor, history, err := decodeWithLog(t, stream, MaxValueBytes+storage.RecordOverhead)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := dst.Install(p, epoch, seq, next); err != nil {
+			staged, err := dst.StageInstall(p, epoch, seq, kvIterator(kvs), func() (uint64, func() (storage.LogRecord, bool, error), error) {
+				return floor, func() (storage.LogRecord, bool, error) {
+					if len(history) == 0 {
+						return storage.LogRecord{}, false, nil
+					}
+					r := history[0]
+					history = history[1:]
+					return r, true, nil
+				}, nil
+			})
+			if err != nil {
 				t.Fatalf("install into storage: %v", err)
 			}
+			if err := staged.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			staged.Close()
 			gotCopy := dumpPartition(t, dst, p)
-			wantMeta := storage.Meta{Epoch: epoch, Seq: want.Meta.Seq, Keys: uint64(len(want.Pairs))}
+			wantMeta := storage.Meta{Epoch: epoch, Seq: want.Meta.Seq, Keys: uint64(len(want.Pairs)), LogFloor: want.Meta.LogFloor}
 			if gotCopy.Meta != wantMeta || !reflect.DeepEqual(gotCopy.Pairs, want.Pairs) {
 				t.Errorf("installed copy meta %+v (%d pairs), want %+v (%d pairs)", gotCopy.Meta, len(gotCopy.Pairs), wantMeta, len(want.Pairs))
+			}
+			// The history travels with the copy, entry for entry.
+			srcLog, _, err := src.ReadLog(p, want.Meta.LogFloor, want.Meta.Seq, 1<<20, 1<<30, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dstLog, _, err := dst.ReadLog(p, want.Meta.LogFloor, want.Meta.Seq, 1<<20, 1<<30, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(srcLog) != len(dstLog) || (len(srcLog) > 0 && !reflect.DeepEqual(srcLog, dstLog)) {
+				t.Errorf("history after install: %d entries, source has %d", len(dstLog), len(srcLog))
+			}
+			if len(tt.ops) > 0 && len(srcLog) == 0 {
+				t.Errorf("source kept no history of its %d writes", len(tt.ops))
 			}
 		})
 	}

@@ -153,10 +153,12 @@ func (s *Engine) commitRound(p int, batch []*pendingWrite) {
 		failAll(batch, err)
 		return
 	}
-	if changed, err := s.resolve(p, rt); err != nil {
+	changed, err := s.resolve(p, rt)
+	if err != nil {
 		failAll(batch, err)
 		return
-	} else if changed {
+	}
+	if changed {
 		// Replicas left the in-sync set: count copies on the new table.
 		if rt, err = s.checkPrimary(p, 0); err != nil {
 			failAll(batch, err)
@@ -167,6 +169,11 @@ func (s *Engine) commitRound(p int, batch []*pendingWrite) {
 	if err != nil {
 		failAll(batch, fmt.Errorf("partition %d meta: %w", p, err))
 		return
+	}
+	if changed {
+		// The replicas that missed a round are out: every write here is
+		// on every in-sync copy.
+		s.feed(p).advance(rt.Epoch, m.Seq)
 	}
 	floor := s.router.MinCopies()
 	copies := 1 + len(rt.InSync)
@@ -204,6 +211,11 @@ func (s *Engine) commitRound(p int, batch []*pendingWrite) {
 		return
 	}
 	acked, err := s.replicateRound(p, rt, m.Seq+1, r)
+	if err == nil {
+		// On every in-sync copy: the change feed may show it, before any
+		// client hears it was acknowledged.
+		s.feed(p).advance(rt.Epoch, m.Seq+uint64(len(r.entries)))
+	}
 	for i, w := range writes {
 		switch need := max(floor, w.minCopies); {
 		case err != nil:
@@ -561,12 +573,13 @@ func (s *Engine) ServeInstall(ctx context.Context, req peer.InstallReq, accept f
 		return err
 	}
 	start := time.Now()
-	seq, next, err := peer.ReadInstall(r, MaxKeyBytes, MaxValueBytes+storage.RecordOverhead)
+	ir, err := peer.NewInstallReader(r, MaxKeyBytes, MaxValueBytes+storage.RecordOverhead)
 	if err != nil {
 		return errcode.New(errcode.BadRequest, "%v", err)
 	}
+	seq := ir.Seq
 	staged, err := s.store.StageInstall(p, epoch, seq, func() (storage.KV, bool, error) {
-		k, v, ok, err := next()
+		k, v, ok, err := ir.Next()
 		if err != nil || !ok {
 			return storage.KV{}, ok, err
 		}
@@ -577,6 +590,19 @@ func (s *Engine) ServeInstall(ctx context.Context, req peer.InstallReq, accept f
 			return storage.KV{}, false, fmt.Errorf("key %q: %w", k, err)
 		}
 		return storage.KV{Key: k, Value: v}, true, nil
+	}, func() (uint64, func() (storage.LogRecord, bool, error), error) {
+		floor, err := ir.Log()
+		return floor, func() (storage.LogRecord, bool, error) {
+			seq, raw, ok, err := ir.NextLog()
+			if err != nil || !ok {
+				return storage.LogRecord{}, false, err
+			}
+			e, err := storage.DecodeLog(seq, raw)
+			if err == nil {
+				err = s.validOp(p, Op{Key: string(e.Key), Value: string(e.Value)})
+			}
+			return storage.LogRecord{Seq: seq, Raw: raw}, true, err
+		}, err
 	})
 	if err != nil {
 		return errcode.New(errcode.BadRequest, "receive partition %d: %v", p, err)

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
@@ -28,8 +29,10 @@ func (s *Engine) Kick() {
 func (s *Engine) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer s.hub.close()
 	wg.Go(func() { s.runLeases(ctx) })
 	wg.Go(func() { s.runSweep(ctx) })
+	wg.Go(func() { s.runTrim(ctx) })
 	changed, stop := s.router.Changed()
 	defer stop()
 	tick := time.NewTicker(time.Second)
@@ -204,6 +207,10 @@ func (s *Engine) reconcile(ctx context.Context, p int, epoch uint64) bool {
 		s.log.Error("record partition epoch", "partition", p, "err", err)
 		return false
 	}
+	// Every in-sync copy is now this one.
+	if m, err := s.store.Meta(p); err == nil {
+		s.feed(p).advance(epoch, m.Seq)
+	}
 	lvl := slog.LevelInfo
 	if len(rt.InSync) == 0 {
 		lvl = slog.LevelDebug
@@ -251,14 +258,19 @@ func (s *Engine) installOn(ctx context.Context, p int, epoch uint64, node string
 func snapshotSender(st Storage, p int) func(io.Writer) error {
 	return func(w io.Writer) error {
 		var iw *peer.InstallWriter
-		err := st.Snapshot(p, func(m storage.Meta) (err error) {
+		err := st.SnapshotLog(p, func(m storage.Meta) (err error) {
 			iw, err = peer.NewInstallWriter(w, m.Seq)
 			return err
-		}, func(k, v []byte) error { return iw.Pair(k, v) })
+		}, func(k, v []byte) error { return iw.Pair(k, v) }, func(floor uint64) error {
+			if err := iw.End(); err != nil {
+				return err
+			}
+			return iw.Log(floor)
+		}, func(seq uint64, raw []byte) error { return iw.LogEntry(seq, raw) })
 		if err != nil {
 			return err
 		}
-		return iw.End()
+		return iw.EndLog()
 	}
 }
 
@@ -291,17 +303,69 @@ func (s *Engine) catchUp(ctx context.Context, p int, epoch uint64, node string) 
 	start := time.Now()
 	ictx, cancel := context.WithTimeout(ctx, catchUpTimeout)
 	defer cancel()
-	if err := s.installOn(ictx, p, epoch, node); err != nil {
+	how := "tail"
+	sent, err := s.sendTail(ictx, p, rt, node)
+	if err != nil {
 		return err
+	}
+	if sent < 0 {
+		how = "full copy"
+		if err := s.installOn(ictx, p, epoch, node); err != nil {
+			return err
+		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := s.control.SetInSync(cctx, p, epoch, node, true); err != nil {
 		return err
 	}
-	s.log.Info("replica caught up and in sync", "partition", p, "epoch", epoch, "replica", node,
+	s.log.Info("replica caught up and in sync", "partition", p, "epoch", epoch, "replica", node, "by", how, "writes", sent,
 		"took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// sendTail catches node's copy of p up from the history when it can: the
+// copy was installed at this epoch (so it is this primary's copy as of its
+// last write: a replica applies one primary's rounds in order, and an
+// epoch has one primary) and the history still holds every write after
+// it. It returns how many writes it sent, or -1 when the copy needs a full
+// one. The caller holds the partition lock.
+func (s *Engine) sendTail(ctx context.Context, p int, rt Route, node string) (int, error) {
+	info, err := s.peers.CopyInfo(ctx, node, peer.CopyInfoReq{Partition: p})
+	if err != nil {
+		return -1, nil
+	}
+	m, err := s.store.Meta(p)
+	if err != nil {
+		return 0, err
+	}
+	if info.Epoch != rt.Epoch || info.Seq > m.Seq || info.Seq < m.LogFloor {
+		return -1, nil
+	}
+	sent := 0
+	for after := info.Seq; after < m.Seq; {
+		entries, _, err := s.store.ReadLog(p, after, m.Seq, maxBatchOps, maxBatchBytes, nil)
+		if err != nil || len(entries) == 0 {
+			return -1, nil
+		}
+		req := peer.ReplicateReq{Partition: p, Epoch: rt.Epoch, Seq: after + 1, From: s.router.Self(), Version: s.router.Version(),
+			Entries: make([]peer.Entry, len(entries))}
+		for i, e := range entries {
+			if e.Seq != after+1+uint64(i) {
+				// A gap within one epoch: not a history to replay.
+				return -1, nil
+			}
+			// No previous deadline and no key count: the replica reads
+			// each key, as it does for a round from an older sender.
+			req.Entries[i] = peer.Entry{Delete: e.Delete, Expired: e.Expired, Key: string(e.Key), Value: string(e.Value), ExpiresAt: e.ExpiresAt}
+		}
+		if err := s.peers.Replicate(ctx, node, req); err != nil {
+			return 0, fmt.Errorf("send writes %d to %d: %w", after+1, entries[len(entries)-1].Seq, err)
+		}
+		after = entries[len(entries)-1].Seq
+		sent += len(entries)
+	}
+	return sent, nil
 }
 
 // release deletes this node's copy of a partition it no longer owns (the

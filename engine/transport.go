@@ -15,7 +15,7 @@ type Op = peer.Op
 type Result = peer.Result
 
 func storageOp(e peer.Entry) storage.Op {
-	return storage.Op{Delete: e.Delete, Key: []byte(e.Key), Value: []byte(e.Value), ExpiresAt: e.ExpiresAt, PrevExpiresAt: e.PrevExpiresAt}
+	return storage.Op{Delete: e.Delete, Expired: e.Expired, Key: []byte(e.Key), Value: []byte(e.Value), ExpiresAt: e.ExpiresAt, PrevExpiresAt: e.PrevExpiresAt}
 }
 
 // Transport carries the engine's calls to other nodes, addressed by node
@@ -27,6 +27,9 @@ type Transport interface {
 	Replicate(ctx context.Context, node string, req peer.ReplicateReq) error
 	Lease(ctx context.Context, node string, req peer.LeaseReq) (peer.LeaseResp, error)
 	Install(ctx context.Context, node string, req peer.InstallReq, send func(io.Writer) error) error
+	Log(ctx context.Context, node string, req peer.LogReq) (peer.LogResp, error)
+	Scan(ctx context.Context, node string, req peer.ScanReq) (peer.ScanResp, error)
+	CopyInfo(ctx context.Context, node string, req peer.CopyInfoReq) (peer.CopyInfo, error)
 }
 
 var (

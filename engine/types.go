@@ -75,6 +75,8 @@ type Router interface {
 	MinCopies() int
 	// ReplicationFactor is the cluster's replication factor.
 	ReplicationFactor() int
+	// ClusterID is the cluster's identity, fixed at bootstrap.
+	ClusterID() string
 }
 
 // Control is the cluster's configuration manager: it changes a partition's
@@ -94,7 +96,11 @@ type Storage interface {
 	Advance(p int, seq uint64) error
 	Expired(p int, now int64, limit int) ([][]byte, error)
 	Snapshot(p int, begin func(storage.Meta) error, fn func(k, v []byte) error) error
-	StageInstall(p int, epoch, seq uint64, next func() (storage.KV, bool, error)) (*storage.Staged, error)
+	SnapshotLog(p int, begin func(storage.Meta) error, fn func(k, v []byte) error, logBegin func(floor uint64) error, logFn func(seq uint64, raw []byte) error) error
+	StageInstall(p int, epoch, seq uint64, next func() (storage.KV, bool, error), log func() (uint64, func() (storage.LogRecord, bool, error), error)) (*storage.Staged, error)
+	ReadLog(p int, after, upTo uint64, limit, maxBytes int, keep func(key []byte) bool) ([]storage.LogEntry, uint64, error)
+	TrimLog(p int, keep uint64, olderThan int64) (uint64, error)
+	Scan(p int, start, end []byte, exclusive bool, limit, maxBytes int, values bool, now int64) ([]storage.Item, bool, error)
 	Keys(p int, limit int) ([]string, error)
 	Drop(p int) error
 	TableVersion() (uint64, error)

@@ -65,6 +65,13 @@ const (
 	TooManyOps        = "too_many_ops"        // a batch over its limits
 	InvalidTTL        = "invalid_ttl"
 	InvalidCondition  = "invalid_condition"
+
+	// Range reads and watches.
+	InvalidCursor   = "invalid_cursor"    // a scan cursor that does not decode or is for another range
+	InvalidToken    = "invalid_token"     // a watch token that does not decode or is for another cluster or layout
+	InvalidRange    = "invalid_range"     // prefix with start/end, or start after end
+	InvalidLimit    = "invalid_limit"     // limit outside 1..10000
+	TooManyWatchers = "too_many_watchers" // the node serves its maximum of watches
 )
 
 // New returns an Error with a formatted message.

@@ -43,6 +43,15 @@ type Engine interface {
 	LocalKeys() int
 	// Partitions is the partition count (0 until initialised).
 	Partitions() int
+	// Layout is the cluster's identity and partition count, which tokens
+	// and cursors are bound to.
+	Layout() (clusterID string, partitions int)
+	// Scan reads one page of a range across every partition.
+	Scan(ctx context.Context, spec engine.ScanSpec) (engine.ScanPage, error)
+	// Watch opens a watch of a range's changes.
+	Watch(ctx context.Context, spec engine.WatchSpec) (*engine.Watcher, error)
+	// WatchPartitions lists the partitions a watch follows.
+	WatchPartitions(spec engine.WatchSpec) []int
 }
 
 // Info supplies the cluster facts /kv/stats reports.
@@ -73,6 +82,10 @@ type Server struct {
 
 	requests atomic.Uint64
 	errors   atomic.Uint64
+
+	// shutdownCtx ends open watch streams when the listener shuts down.
+	shutdownCtx context.Context
+	shutdown    context.CancelFunc
 }
 
 // New builds a Server.
@@ -80,8 +93,13 @@ func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Server{eng: o.Engine, info: o.Info, auth: o.Auth, log: o.Logger, started: time.Now()}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{eng: o.Engine, info: o.Info, auth: o.Auth, log: o.Logger, started: time.Now(), shutdownCtx: ctx, shutdown: cancel}
 }
+
+// Shutdown ends every open watch stream (http.Server.Shutdown waits for
+// handlers, and a stream's handler runs until its client leaves).
+func (s *Server) Shutdown() { s.shutdown() }
 
 // Counts returns the number of client requests served and of those that
 // ended in an error.
@@ -102,6 +120,8 @@ func (s *Server) Handler() http.Handler {
 		r.Post("/expire", s.handleExpire)
 		r.Post("/batch", s.handleBatch)
 		r.Get("/list", s.handleList)
+		r.Get("/scan", s.handleScan)
+		r.Get("/watch", s.handleWatch)
 		r.Get("/stats", s.handleStats)
 	})
 	return r

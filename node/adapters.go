@@ -33,6 +33,8 @@ func keyPartition(st *consensus.State, key string) int {
 
 func (t *tableRouter) MinCopies() int { return t.fsm.State().MinCopies() }
 
+func (t *tableRouter) ClusterID() string { return t.fsm.State().Config.ID }
+
 func (t *tableRouter) ReplicationFactor() int { return t.fsm.State().Config.ReplicationFactor }
 
 func (t *tableRouter) Route(p int) (engine.Route, bool) {

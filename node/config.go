@@ -12,6 +12,7 @@ import (
 	"github.com/clusterkit/clusterkit/auth"
 	"github.com/clusterkit/clusterkit/clusterkey"
 	"github.com/clusterkit/clusterkit/consensus"
+	"github.com/clusterkit/clusterkit/engine"
 	"github.com/clusterkit/clusterkit/internal/certs"
 	"github.com/clusterkit/clusterkit/internal/httpapi"
 	"github.com/clusterkit/clusterkit/storage"
@@ -36,6 +37,11 @@ const (
 	// MaxClusterNameBytes bounds CLUSTER_NAME, which labels every gossip
 	// packet (memberlist allows 255 bytes).
 	MaxClusterNameBytes = 255
+	// MaxHistoryRevisions bounds HISTORY_REVISIONS (per partition).
+	MaxHistoryRevisions = 10_000_000
+	// MaxMaxWatchers bounds MAX_WATCHERS: each watch holds a connection
+	// and a goroutine.
+	MaxMaxWatchers = 100_000
 )
 
 // Config is everything a node needs, from environment variables (see
@@ -98,6 +104,13 @@ type Config struct {
 	BodyTimeout time.Duration
 	// IdleTimeout closes an idle keep-alive client connection.
 	IdleTimeout time.Duration
+	// HistoryRevisions and HistoryAge bound each partition's retained
+	// history (HISTORY_REVISIONS, HISTORY_AGE): watches resume and
+	// replicas catch up from it.
+	HistoryRevisions int
+	HistoryAge       time.Duration
+	// MaxWatchers bounds this node's open watch streams (MAX_WATCHERS).
+	MaxWatchers int
 }
 
 // nodeNumber extracts N from "node-N" (1 when the ID has no number).
@@ -132,6 +145,9 @@ func DefaultConfig(id string) Config {
 		CacheMB:           DefaultCacheMB,
 		BodyTimeout:       httpapi.DefaultBodyTimeout,
 		IdleTimeout:       httpapi.DefaultIdleTimeout,
+		HistoryRevisions:  engine.DefaultHistoryRevisions,
+		HistoryAge:        engine.DefaultHistoryAge,
+		MaxWatchers:       engine.DefaultMaxWatchers,
 	}
 }
 
@@ -197,6 +213,8 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	integer("REPLICATION_FACTOR", &c.ReplicationFactor)
 	integer("MIN_INSYNC", &c.MinInSync)
 	integer("CACHE_MB", &c.CacheMB)
+	integer("HISTORY_REVISIONS", &c.HistoryRevisions)
+	integer("MAX_WATCHERS", &c.MaxWatchers)
 	boolean := func(k string, dst *bool) bool {
 		v := get(k)
 		if v == "" {
@@ -231,6 +249,7 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	duration("STATUS_INTERVAL", &c.StatusInterval)
 	duration("HTTP_BODY_TIMEOUT", &c.BodyTimeout)
 	duration("HTTP_IDLE_TIMEOUT", &c.IdleTimeout)
+	duration("HISTORY_AGE", &c.HistoryAge)
 	return c, errors.Join(errs...)
 }
 
@@ -381,6 +400,15 @@ func (c *Config) Validate() error {
 	}
 	if c.CacheMB < 1 || c.CacheMB > MaxCacheMB {
 		return fmt.Errorf("CACHE_MB=%d: must be from 1 to %d", c.CacheMB, MaxCacheMB)
+	}
+	if c.HistoryRevisions < 1 || c.HistoryRevisions > MaxHistoryRevisions {
+		return fmt.Errorf("HISTORY_REVISIONS=%d: must be from 1 to %d", c.HistoryRevisions, MaxHistoryRevisions)
+	}
+	if c.HistoryAge < time.Second || c.HistoryAge > 30*24*time.Hour {
+		return fmt.Errorf("HISTORY_AGE=%s: must be from 1s to 720h", c.HistoryAge)
+	}
+	if c.MaxWatchers < 1 || c.MaxWatchers > MaxMaxWatchers {
+		return fmt.Errorf("MAX_WATCHERS=%d: must be from 1 to %d", c.MaxWatchers, MaxMaxWatchers)
 	}
 	if c.ReadMode != "lease" && c.ReadMode != "confirm" {
 		return fmt.Errorf("READ_MODE=%q: want lease or confirm", c.ReadMode)

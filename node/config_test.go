@@ -53,6 +53,9 @@ func wantDefaults(mod func(*Config)) Config {
 		CacheMB:           32,
 		BodyTimeout:       30 * time.Second,
 		IdleTimeout:       60 * time.Second,
+		HistoryRevisions:  10000,
+		HistoryAge:        time.Hour,
+		MaxWatchers:       1000,
 	}
 	if mod != nil {
 		mod(&c)

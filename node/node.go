@@ -190,7 +190,8 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	ck.eng, err = engine.New(engine.Options{
 		Router: ck.router, Control: ck.control, Storage: ck.db, Transport: ck.peers,
 		Logger: logger.With("component", "engine"), RequestTimeout: cfg.RequestTimeout,
-		ReadMode: cfg.ReadMode,
+		ReadMode: cfg.ReadMode, HistoryRevisions: uint64(cfg.HistoryRevisions), HistoryAge: cfg.HistoryAge,
+		MaxWatchers: cfg.MaxWatchers,
 	})
 	if err != nil {
 		_ = ck.raft.Close()
@@ -208,6 +209,7 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	guard := httpapi.Guard(httpapi.NewHosts(append(cfg.AllowedHosts, cfg.AdvertiseHost)...), logger.With("component", "http"))
 	ck.mgmtSrv = httpapi.NewServer(guard(ck.mgmtHandler()), limits, logger.With("component", "http", "listener", "mgmt"))
 	ck.kvSrv = httpapi.NewServer(guard(ck.kv.Handler()), limits, logger.With("component", "http", "listener", "kv"))
+	ck.kvSrv.RegisterOnShutdown(ck.kv.Shutdown)
 	return ck, nil
 }
 

@@ -42,6 +42,9 @@ const (
 	kindInstall   byte = 9 // only on a stream connection
 	kindLeave     byte = 10
 	kindKeyring   byte = 11
+	kindLog       byte = 12
+	kindScan      byte = 13
+	kindCopyInfo  byte = 14
 )
 
 // kindNames names each kind for logs, errors and tests.
@@ -49,6 +52,7 @@ var kindNames = [...]string{
 	kindResponse: "response", kindForward: "forward", kindRead: "read", kindReplicate: "replicate",
 	kindLease: "lease", kindDigest: "digest", kindApply: "apply", kindDrain: "drain",
 	kindMembers: "members", kindInstall: "install", kindLeave: "leave", kindKeyring: "keyring",
+	kindLog: "log", kindScan: "scan", kindCopyInfo: "copy-info",
 }
 
 // KindName returns the name of a request kind ("forward", "read", ...).

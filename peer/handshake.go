@@ -32,7 +32,7 @@ const (
 )
 
 // protoVersion is the hello's protocol version.
-const protoVersion = 1
+const protoVersion = 2
 
 // tlsRecordHandshake is the first byte of a TLS ClientHello.
 const tlsRecordHandshake = 0x16

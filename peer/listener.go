@@ -27,6 +27,12 @@ type DataHandler interface {
 	// copy before any of it is sent.
 	ServeInstall(ctx context.Context, req InstallReq, accept func() (io.Reader, error)) error
 	ServeDigest(ctx context.Context) ([]Digest, error)
+	// ServeLog answers from a partition's history, as its primary.
+	ServeLog(ctx context.Context, req LogReq) (LogResp, error)
+	// ServeScan answers a range of a partition's keys.
+	ServeScan(ctx context.Context, req ScanReq) (ScanResp, error)
+	// ServeCopyInfo describes this node's copy of a partition.
+	ServeCopyInfo(ctx context.Context, req CopyInfoReq) (CopyInfo, error)
 }
 
 // ControlHandler serves the control plane's node-to-node calls (the
@@ -303,6 +309,33 @@ func (l *Listener) dispatch(ctx context.Context, kind byte, payload []byte) ([]b
 			decoded = req
 			serve = func(ctx context.Context) ([]byte, error) {
 				resp, err := h.Data.ServeLease(ctx, req)
+				return encodeJSON(resp), err
+			}
+		}
+	case kindLog:
+		var req LogReq
+		if req, err = decodeLogReq(payload); err == nil {
+			decoded = req
+			serve = func(ctx context.Context) ([]byte, error) {
+				resp, err := h.Data.ServeLog(ctx, req)
+				return encodeLogResp(resp), err
+			}
+		}
+	case kindScan:
+		var req ScanReq
+		if req, err = decodeScanReq(payload); err == nil {
+			decoded = req
+			serve = func(ctx context.Context) ([]byte, error) {
+				resp, err := h.Data.ServeScan(ctx, req)
+				return encodeScanResp(resp), err
+			}
+		}
+	case kindCopyInfo:
+		var req CopyInfoReq
+		if err = decodeJSON(payload, &req); err == nil {
+			decoded = req
+			serve = func(ctx context.Context) ([]byte, error) {
+				resp, err := h.Data.ServeCopyInfo(ctx, req)
 				return encodeJSON(resp), err
 			}
 		}

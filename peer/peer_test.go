@@ -80,6 +80,21 @@ func (h *recordingHandler) ServeInstall(_ context.Context, req InstallReq, accep
 	return nil
 }
 
+// ServeLog echoes the request in its answer: Position is After+1 and one
+// entry carries the prefix as its key, so a test sees both directions.
+func (h *recordingHandler) ServeLog(_ context.Context, req LogReq) (LogResp, error) {
+	return LogResp{Position: req.After + 1, Floor: uint64(req.Limit), Compacted: req.Exact,
+		Entries: []LogEntry{{Seq: req.After + 1, Entry: Entry{Key: req.Prefix, Value: "v", ExpiresAt: req.WaitMillis, Expired: req.Now, Delete: req.Now}}}}, nil
+}
+
+func (h *recordingHandler) ServeScan(_ context.Context, req ScanReq) (ScanResp, error) {
+	return ScanResp{More: req.Values, Position: uint64(req.MaxBytes), Items: []ScanItem{{Key: req.Start, Value: req.End, Revision: uint64(req.Limit)}}}, nil
+}
+
+func (h *recordingHandler) ServeCopyInfo(_ context.Context, req CopyInfoReq) (CopyInfo, error) {
+	return CopyInfo{Epoch: uint64(req.Partition), Seq: 7}, nil
+}
+
 func (h *recordingHandler) ServeDigest(context.Context) ([]Digest, error) {
 	return []Digest{{Partition: 3, Role: "primary", SHA256: "abc"}}, nil
 }

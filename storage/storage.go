@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -31,35 +32,52 @@ type Meta struct {
 	Seq uint64
 	// Keys is the number of keys held.
 	Keys uint64
+	// LogFloor is where the partition's retained history starts: every
+	// write numbered above it, up to Seq, is in the log (see ReadLog);
+	// the ones at or below it were trimmed, or predate the log.
+	LogFloor uint64
 }
 
-const metaLen = 24
+// A metadata record is 32 bytes; stores written before the log have 24
+// (no floor: their history starts at their Seq).
+const (
+	metaLen   = 32
+	metaLenV1 = 24
+)
 
 func (m Meta) encode() []byte {
 	b := make([]byte, metaLen)
 	binary.BigEndian.PutUint64(b[0:], m.Epoch)
 	binary.BigEndian.PutUint64(b[8:], m.Seq)
 	binary.BigEndian.PutUint64(b[16:], m.Keys)
+	binary.BigEndian.PutUint64(b[24:], m.LogFloor)
 	return b
 }
 
 func decodeMeta(b []byte) Meta {
-	if len(b) != metaLen {
+	if len(b) != metaLen && len(b) != metaLenV1 {
 		return Meta{}
 	}
-	return Meta{
+	m := Meta{
 		Epoch: binary.BigEndian.Uint64(b[0:]),
 		Seq:   binary.BigEndian.Uint64(b[8:]),
 		Keys:  binary.BigEndian.Uint64(b[16:]),
 	}
+	m.LogFloor = m.Seq
+	if len(b) == metaLen {
+		m.LogFloor = binary.BigEndian.Uint64(b[24:])
+	}
+	return m
 }
 
 // Op is one write. Write number seq of a partition gives its key the
 // revision seq.
 type Op struct {
 	Delete bool
-	Key    []byte
-	Value  []byte
+	// Expired marks a delete that is an expiry (for the log).
+	Expired bool
+	Key     []byte
+	Value   []byte
 	// ExpiresAt is the key's deadline in Unix milliseconds (0: none).
 	ExpiresAt int64
 	// PrevExpiresAt is the deadline the key had before this write (0:
@@ -118,11 +136,14 @@ type KV struct {
 // 'm' | partition for metadata, 'x' | partition | deadline (8 bytes, big
 // endian, Unix ms) | user key for the expiry index, which lists every key
 // with a TTL in deadline order so the sweep finds expired keys without a
-// scan. The layout is a data-format contract.
+// scan, and 'l' | partition | write number (8 bytes, big endian) for the
+// partition's retained history (see log.go). The layout is a data-format
+// contract.
 const (
 	dataTag   = 'd'
 	metaTag   = 'm'
 	expiryTag = 'x'
+	logTag    = 'l'
 )
 
 func expiryKey(p int, deadline int64, key []byte) []byte {
@@ -339,6 +360,7 @@ func (d *DB) apply(p int, epoch, first uint64, ops []Op, keys *uint64) (Meta, er
 	if keys == nil && len(ops) > 1 {
 		present = make(map[string]prevState, len(ops))
 	}
+	now := time.Now().UnixMilli()
 	for i, op := range ops {
 		k := dataKey(p, op.Key)
 		if keys == nil {
@@ -369,6 +391,9 @@ func (d *DB) apply(p int, epoch, first uint64, ops []Op, keys *uint64) (Meta, er
 			}
 		}
 		if err := writeOp(b, p, first+uint64(i), op); err != nil {
+			return Meta{}, err
+		}
+		if err := b.Set(logKey(p, first+uint64(i)), encodeLog(now, op), nil); err != nil {
 			return Meta{}, err
 		}
 	}
@@ -467,31 +492,36 @@ func (d *DB) updateMeta(p int, change func(*Meta) bool) error {
 func (d *DB) Snapshot(p int, begin func(Meta) error, fn func(k, v []byte) error) error {
 	snap := d.db.NewSnapshot()
 	defer snap.Close()
+	_, err := d.snapshotPairs(snap, p, begin, fn)
+	return err
+}
+
+func (d *DB) snapshotPairs(snap *pebble.Snapshot, p int, begin func(Meta) error, fn func(k, v []byte) error) (Meta, error) {
 	m, err := d.meta(snap, p)
 	if err != nil {
-		return err
+		return Meta{}, err
 	}
 	if err := begin(m); err != nil {
-		return err
+		return Meta{}, err
 	}
 	lo, hi := dataBounds(p)
 	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
-		return fmt.Errorf("snapshot partition %d: %w", p, err)
+		return Meta{}, fmt.Errorf("snapshot partition %d: %w", p, err)
 	}
 	for it.First(); it.Valid(); it.Next() {
 		if err := fn(it.Key()[len(lo):], it.Value()); err != nil {
 			_ = it.Close()
-			return err
+			return Meta{}, err
 		}
 	}
-	return it.Close()
+	return m, it.Close()
 }
 
 // Install replaces partition p's copy with the pairs next yields (until it
 // returns ok=false) and records epoch and seq, atomically and durably.
 func (d *DB) Install(p int, epoch, seq uint64, next func() (KV, bool, error)) error {
-	staged, err := d.StageInstall(p, epoch, seq, next)
+	staged, err := d.StageInstall(p, epoch, seq, next, nil)
 	if err != nil {
 		return err
 	}
@@ -508,8 +538,12 @@ type Staged struct {
 }
 
 // StageInstall reads a copy of partition p from next into memory, to be
-// installed by Commit. Values are records as Snapshot yields them. Nothing is locked while next runs, however slow.
-func (d *DB) StageInstall(p int, epoch, seq uint64, next func() (KV, bool, error)) (*Staged, error) {
+// installed by Commit. Values are records as Snapshot yields them. Then,
+// if log is set, the copy's history: log is called once and returns the
+// floor and a function that yields the retained entries in order (as
+// SnapshotLog passes them); without it the copy has no history before
+// seq. Nothing is locked while next runs, however slow.
+func (d *DB) StageInstall(p int, epoch, seq uint64, next func() (KV, bool, error), log func() (uint64, func() (LogRecord, bool, error), error)) (*Staged, error) {
 	b := d.db.NewBatch()
 	if err := deletePartition(b, p); err != nil {
 		b.Close()
@@ -542,7 +576,15 @@ func (d *DB) StageInstall(p int, epoch, seq uint64, next func() (KV, bool, error
 		}
 		n++
 	}
-	m := Meta{Epoch: epoch, Seq: seq, Keys: n}
+	m := Meta{Epoch: epoch, Seq: seq, Keys: n, LogFloor: seq}
+	if log != nil {
+		floor, err := stageLog(b, p, seq, log)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		m.LogFloor = floor
+	}
 	if err := b.Set(metaKey(p), m.encode(), nil); err != nil {
 		b.Close()
 		return nil, err
@@ -580,14 +622,16 @@ func (d *DB) Keys(p int, limit int) ([]string, error) {
 	return out, it.Close()
 }
 
-// deletePartition adds the deletion of p's pairs and expiry index to b.
+// deletePartition adds the deletion of p's pairs, expiry index and
+// history to b.
 func deletePartition(b *pebble.Batch, p int) error {
-	lo, hi := dataBounds(p)
-	if err := b.DeleteRange(lo, hi, nil); err != nil {
-		return err
+	for _, bounds := range [...]func(int) ([]byte, []byte){dataBounds, expiryBounds, logBounds} {
+		lo, hi := bounds(p)
+		if err := b.DeleteRange(lo, hi, nil); err != nil {
+			return err
+		}
 	}
-	lo, hi = expiryBounds(p)
-	return b.DeleteRange(lo, hi, nil)
+	return nil
 }
 
 // Expired returns up to limit keys of partition p whose deadline is at or

@@ -16,7 +16,8 @@ func Status(code string) int {
 	switch code {
 	case errcode.BadRequest, errcode.InvalidJSON, errcode.InvalidQuery, errcode.MissingKey,
 		errcode.MissingValue, errcode.InvalidKey, errcode.InvalidValue,
-		errcode.InvalidTTL, errcode.InvalidCondition, errcode.CrossPartition:
+		errcode.InvalidTTL, errcode.InvalidCondition, errcode.CrossPartition,
+		errcode.InvalidCursor, errcode.InvalidToken, errcode.InvalidRange, errcode.InvalidLimit:
 		return http.StatusBadRequest
 	case errcode.Unauthorized:
 		return http.StatusUnauthorized
@@ -34,7 +35,8 @@ func Status(code string) int {
 		return http.StatusRequestEntityTooLarge
 	case errcode.HostNotAllowed:
 		return http.StatusMisdirectedRequest
-	case errcode.Unavailable, errcode.NotReady, errcode.NotLeader, errcode.OutcomeUnknown, errcode.NoLeader, errcode.NotEnoughReplicas:
+	case errcode.Unavailable, errcode.NotReady, errcode.NotLeader, errcode.OutcomeUnknown, errcode.NoLeader, errcode.NotEnoughReplicas,
+		errcode.TooManyWatchers:
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
