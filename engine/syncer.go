@@ -319,8 +319,11 @@ func (s *Engine) catchUp(ctx context.Context, p int, epoch uint64, node string) 
 	if err := s.control.SetInSync(cctx, p, epoch, node, true); err != nil {
 		return err
 	}
-	s.log.Info("replica caught up and in sync", "partition", p, "epoch", epoch, "replica", node, "by", how, "writes", sent,
-		"took", time.Since(start).Round(time.Millisecond))
+	attrs := []any{"partition", p, "epoch", epoch, "replica", node, "by", how}
+	if sent >= 0 {
+		attrs = append(attrs, "writes", sent)
+	}
+	s.log.Info("replica caught up and in sync", append(attrs, "took", time.Since(start).Round(time.Millisecond))...)
 	return nil
 }
 

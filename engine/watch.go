@@ -273,14 +273,17 @@ func (w *Watcher) Next(ctx context.Context, max int, wait time.Duration) ([]Even
 // the buffer, from the primary's history.
 func (w *Watcher) take(ctx context.Context, p, max int) ([]Event, error) {
 	r := w.relays[p]
-	evs, pos, gen, ok := r.read(w.pos[p], max, w.match)
-	if ok {
+	evs, pos, gen, ahead, ok := r.read(w.pos[p], max, w.match)
+	if ok && !ahead {
 		w.pos[p], w.gen[p] = pos, gen
 		return evs, nil
 	}
-	if w.gen[p] != 0 && w.gen[p] == gen {
+	if !ok && w.gen[p] != 0 && w.gen[p] == gen {
 		return nil, ErrSlowWatcher
 	}
+	// Older than the buffer, or the relay has not started, or the
+	// position is past the relay's (a scan's token can be, briefly; a
+	// token the cluster never handed out is, and the primary says so).
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	resp, err := w.s.logFromPrimary(rctx, peer.LogReq{Partition: p, After: w.pos[p], Limit: min(max, directEntries), Prefix: w.spec.Prefix, Exact: w.spec.Exact})
@@ -296,9 +299,10 @@ func (w *Watcher) take(ctx context.Context, p, max int) ([]Event, error) {
 			out = append(out, Event{Partition: p, LogEntry: e})
 		}
 	}
+	moved := resp.Position > w.pos[p]
 	w.pos[p] = resp.Position
-	if len(out) == 0 && resp.Position > 0 {
-		// Moving on: look at the buffer again soon.
+	if len(out) == 0 && moved {
+		// Moving on: look again soon, without waiting for a change.
 		select {
 		case w.notify <- struct{}{}:
 		default:
@@ -491,18 +495,16 @@ func (r *relay) wake() {
 
 // read returns the buffer's matching entries after pos, at most max, and
 // the position reached. ok is false when pos is older than the buffer (or
-// the relay has not started): the caller must read elsewhere.
-func (r *relay) read(pos uint64, max int, match func(string) bool) (evs []Event, reached, gen uint64, ok bool) {
+// the relay has not started), ahead when it is past the buffer: either
+// way the caller must read elsewhere.
+func (r *relay) read(pos uint64, max int, match func(string) bool) (evs []Event, reached, gen uint64, ahead, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if max <= 0 {
-		return nil, pos, r.gen, r.gen != 0 && pos >= r.base
-	}
 	if r.gen == 0 || pos < r.base {
-		return nil, pos, r.gen, false
+		return nil, pos, r.gen, false, false
 	}
-	if pos >= r.pos {
-		return nil, pos, r.gen, true
+	if pos >= r.pos || max <= 0 {
+		return nil, pos, r.gen, pos > r.pos, true
 	}
 	// The first entry after pos.
 	lo, hi := 0, len(r.buf)
@@ -525,5 +527,5 @@ func (r *relay) read(pos uint64, max int, match func(string) bool) (evs []Event,
 			evs = append(evs, Event{Partition: r.p, LogEntry: e})
 		}
 	}
-	return evs, reached, r.gen, true
+	return evs, reached, r.gen, false, true
 }

@@ -84,6 +84,12 @@ func singleNode(tb testing.TB, parts int) (*testNode, *http.Client) {
 // singleNodeAuth is singleNode with KV authentication from a.
 func singleNodeAuth(tb testing.TB, parts int, a Auth) (*testNode, *http.Client) {
 	tb.Helper()
+	return singleNodeWith(tb, parts, a, nil)
+}
+
+// singleNodeWith is singleNodeAuth with engine options changed by opts.
+func singleNodeWith(tb testing.TB, parts int, a Auth, opts func(*engine.Options)) (*testNode, *http.Client) {
+	tb.Helper()
 	log := slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	db, err := storage.Open(tb.TempDir(), storage.Options{Logger: log})
 	if err != nil {
@@ -92,7 +98,11 @@ func singleNodeAuth(tb testing.TB, parts int, a Auth) (*testNode, *http.Client) 
 	// A node's calls to itself never leave it: the peer client serves
 	// them from the local engine.
 	transport := peer.NewClient(peer.Config{Self: "n1", ClusterName: "test"}, func(string) (string, bool) { return "", false })
-	eng, err := engine.New(engine.Options{Router: oneNodeTable{self: "n1", parts: parts}, Control: noControl{}, Storage: db, Transport: transport, Logger: log})
+	o := engine.Options{Router: oneNodeTable{self: "n1", parts: parts}, Control: noControl{}, Storage: db, Transport: transport, Logger: log}
+	if opts != nil {
+		opts(&o)
+	}
+	eng, err := engine.New(o)
 	if err != nil {
 		tb.Fatalf("new engine: %v", err)
 	}

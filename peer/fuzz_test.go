@@ -81,6 +81,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add(encodeForward(ForwardReq{Partition: 1, Epoch: 2, Ops: []Op{{Key: "k", Value: "v"}}}))
 	f.Add(encodeRead(ReadReq{Partition: 3, Epoch: 4, Stale: true, Key: "k"}))
 	f.Add(encodeResponse(nil, []byte("body"), nil))
+	f.Add(encodeLogReq(LogReq{Partition: 1, After: 5, Prefix: "p"}))
+	f.Add(encodeScanReq(ScanReq{Partition: 1, Start: "a", HasEnd: true, End: "b"}))
 	f.Add([]byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if r, err := decodeForward(b); err == nil {
@@ -93,6 +95,18 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("read %+v re-decoded as %+v, %v", r, again, err)
 			}
 		}
+		if r, err := decodeLogReq(b); err == nil {
+			if again, err := decodeLogReq(encodeLogReq(r)); err != nil || !reflect.DeepEqual(again, r) {
+				t.Fatalf("log request %+v re-decoded as %+v, %v", r, again, err)
+			}
+		}
+		if r, err := decodeScanReq(b); err == nil {
+			if again, err := decodeScanReq(encodeScanReq(r)); err != nil || !reflect.DeepEqual(again, r) {
+				t.Fatalf("scan request %+v re-decoded as %+v, %v", r, again, err)
+			}
+		}
+		_, _ = decodeLogResp(b)
+		_, _ = decodeScanResp(b)
 		_, _ = decodeResponse(b)
 		var lr LeaseReq
 		_ = decodeJSON(b, &lr)

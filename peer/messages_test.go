@@ -102,6 +102,56 @@ func TestRPCCodecRoundTrip(t *testing.T) {
 			want: ReplicateReq{Partition: 2, Epoch: 5, Seq: 11, Version: 77, From: "node-1",
 				Entries: []Entry{{Key: "a", Value: "1"}}, Keys: new(uint64(300))},
 		},
+		{
+			name: "history request",
+			encode: func() []byte {
+				return encodeLogReq(LogReq{Partition: 9, Epoch: 4, After: 1 << 45, Limit: 512, Prefix: big, Exact: true, WaitMillis: 1000})
+			},
+			decode: func(b []byte) (any, error) { return decodeLogReq(b) },
+			want:   LogReq{Partition: 9, Epoch: 4, After: 1 << 45, Limit: 512, Prefix: big, Exact: true, WaitMillis: 1000},
+		},
+		{
+			name:   "history request for the present",
+			encode: func() []byte { return encodeLogReq(LogReq{Partition: 1, Now: true}) },
+			decode: func(b []byte) (any, error) { return decodeLogReq(b) },
+			want:   LogReq{Partition: 1, Now: true},
+		},
+		{
+			name: "history answer",
+			encode: func() []byte {
+				return encodeLogResp(LogResp{Position: 99, Floor: 3, Entries: []LogEntry{
+					{Seq: 98, Entry: Entry{Key: "a", Value: big, ExpiresAt: 1 << 41}},
+					{Seq: 99, Entry: Entry{Key: "b", Delete: true, Expired: true}},
+				}})
+			},
+			decode: func(b []byte) (any, error) { return decodeLogResp(b) },
+			want: LogResp{Position: 99, Floor: 3, Entries: []LogEntry{
+				{Seq: 98, Entry: Entry{Key: "a", Value: big, ExpiresAt: 1 << 41}},
+				{Seq: 99, Entry: Entry{Key: "b", Delete: true, Expired: true}},
+			}},
+		},
+		{
+			name:   "history answer: compacted",
+			encode: func() []byte { return encodeLogResp(LogResp{Position: 5, Compacted: true, Floor: 70}) },
+			decode: func(b []byte) (any, error) { return decodeLogResp(b) },
+			want:   LogResp{Position: 5, Compacted: true, Floor: 70, Entries: []LogEntry{}},
+		},
+		{
+			name: "scan request",
+			encode: func() []byte {
+				return encodeScanReq(ScanReq{Partition: 2, Epoch: 6, Stale: true, Start: "user:", Exclusive: true, End: "user;", HasEnd: true, Limit: 100, MaxBytes: 1 << 20, Values: true})
+			},
+			decode: func(b []byte) (any, error) { return decodeScanReq(b) },
+			want:   ScanReq{Partition: 2, Epoch: 6, Stale: true, Start: "user:", Exclusive: true, End: "user;", HasEnd: true, Limit: 100, MaxBytes: 1 << 20, Values: true},
+		},
+		{
+			name: "scan answer",
+			encode: func() []byte {
+				return encodeScanResp(ScanResp{More: true, Position: 1 << 33, Items: []ScanItem{{Key: "k", Value: big, Revision: 7}, {Key: "l", Revision: 8}}})
+			},
+			decode: func(b []byte) (any, error) { return decodeScanResp(b) },
+			want:   ScanResp{More: true, Position: 1 << 33, Items: []ScanItem{{Key: "k", Value: big, Revision: 7}, {Key: "l", Revision: 8}}},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

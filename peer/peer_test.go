@@ -187,6 +187,17 @@ func TestCalls(t *testing.T) {
 	if st, err := c.Keyring(ctx, addr, KeyringReq{Op: "list"}); err != nil || st.Primary != "sha256:list" {
 		t.Fatalf("keyring = %+v, %v", st, err)
 	}
+	if lr, err := c.Log(ctx, addr, LogReq{Partition: 1, After: 41, Limit: 5, Prefix: "p/", WaitMillis: 9}); err != nil ||
+		lr.Position != 42 || lr.Floor != 5 || len(lr.Entries) != 1 || lr.Entries[0].Key != "p/" || lr.Entries[0].ExpiresAt != 9 {
+		t.Fatalf("log = %+v, %v", lr, err)
+	}
+	if sr, err := c.Scan(ctx, addr, ScanReq{Start: "a", End: "b", Limit: 3, MaxBytes: 77, Values: true}); err != nil ||
+		!sr.More || sr.Position != 77 || len(sr.Items) != 1 || sr.Items[0] != (ScanItem{Key: "a", Value: "b", Revision: 3}) {
+		t.Fatalf("scan = %+v, %v", sr, err)
+	}
+	if ci, err := c.CopyInfo(ctx, addr, CopyInfoReq{Partition: 6}); err != nil || ci != (CopyInfo{Epoch: 6, Seq: 7}) {
+		t.Fatalf("copy info = %+v, %v", ci, err)
+	}
 	stream := []byte("a partition copy")
 	if err := c.Install(ctx, addr, InstallReq{Partition: 1, From: "primary"}, func(w io.Writer) error {
 		_, err := w.Write(stream)

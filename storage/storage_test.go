@@ -516,7 +516,7 @@ func TestInstall(t *testing.T) {
 					t.Fatalf("old key %q survived the install", k)
 				}
 			}
-			if m := mustMeta(t, db, p); m != (Meta{Epoch: 5, Seq: 42, Keys: uint64(len(c.pairs))}) {
+			if m := mustMeta(t, db, p); m != (Meta{Epoch: 5, Seq: 42, Keys: uint64(len(c.pairs)), LogFloor: 42}) {
 				t.Fatalf("Meta = %+v", m)
 			}
 			neighboursUntouched(t, db)
@@ -583,7 +583,8 @@ func TestReopenKeepsData(t *testing.T) {
 		{1, "b", "B", true, Meta{Epoch: 3, Seq: 3, Keys: 1}},
 		{1, "a", "", false, Meta{Epoch: 3, Seq: 3, Keys: 1}},
 		{300, "z", "Z", true, Meta{Epoch: 8, Seq: 1, Keys: 1}},
-		{2, "i", "I", true, Meta{Epoch: 4, Seq: 17, Keys: 1}},
+		// Installed without history: it starts at the copy.
+		{2, "i", "I", true, Meta{Epoch: 4, Seq: 17, Keys: 1, LogFloor: 17}},
 	}
 	for _, c := range checks {
 		if v, ok := get(t, db, c.p, c.key); ok != c.exists || v != c.val {
