@@ -30,10 +30,11 @@ const (
 	// DefaultMaxWatchers bounds a node's open watches.
 	DefaultMaxWatchers = 1000
 	// relayEntries and relayBytes bound a relay's buffer. A watcher that
-	// was reading the buffer and falls further behind than this cannot
-	// keep up, and is cut.
+	// was reading the buffer and falls more than relayEntries changes
+	// behind cannot keep up, and is cut; one that falls out of the buffer
+	// by less (large values) reads the history directly until it is back.
 	relayEntries = 4096
-	relayBytes   = 8 << 20
+	relayBytes   = 4 << 20
 	// relayIdle is how long a relay with no watcher keeps following, so
 	// that watchers that reconnect find it warm.
 	relayIdle = 30 * time.Second
@@ -278,7 +279,9 @@ func (w *Watcher) take(ctx context.Context, p, max int) ([]Event, error) {
 		w.pos[p], w.gen[p] = pos, gen
 		return evs, nil
 	}
-	if !ok && w.gen[p] != 0 && w.gen[p] == gen {
+	if !ok && w.gen[p] != 0 && w.gen[p] == gen && r.head() > w.pos[p]+relayEntries {
+		// It was reading the buffer and is now further behind than the
+		// buffer ever holds.
 		return nil, ErrSlowWatcher
 	}
 	// Older than the buffer, or the relay has not started, or the
@@ -445,6 +448,13 @@ func (h *hub) follow(ctx context.Context, r *relay) {
 			}
 		}
 	}
+}
+
+// head is the position the relay has read up to.
+func (r *relay) head() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pos
 }
 
 func (r *relay) restart(pos uint64) {
