@@ -184,6 +184,18 @@ func (s *Engine) readLog(ctx context.Context, req peer.LogReq) (peer.LogResp, <-
 	if err != nil {
 		return peer.LogResp{}, nil, err
 	}
+	// Like a read, the answer needs this node to still lead the
+	// partition: a primary that was cut off, its table stale, must not
+	// tell a reader that a position a newer primary handed out is ahead
+	// of the history, nor that nothing came after one.
+	if !s.stillPrimary(p, rt) {
+		lctx, cancel := context.WithTimeout(ctx, leaseRenew)
+		s.renewLeases(lctx)
+		cancel()
+		if !s.stillPrimary(p, rt) {
+			return peer.LogResp{}, nil, errNoLease
+		}
+	}
 	if req.Now {
 		return peer.LogResp{Position: seq}, changed, nil
 	}
