@@ -2,13 +2,18 @@
 # source it after setting KEEP (optional), then call start_cluster. It
 # sets WORK (a temporary directory, removed on exit unless KEEP is set),
 # BIN (CLUSTERKIT_BIN or a build of this tree) and ADDRS (the KV
-# addresses), and stops the nodes on exit.
+# addresses), and stops the nodes on exit. NODE_PIDS[i] is node-i's
+# process; stop_cluster stops the nodes and deletes their data, so that
+# start_cluster (with another BIN, say) starts afresh.
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 WORK=$(mktemp -d /tmp/ck-bench.XXXXXX)
 PIDS=()
+NODE_PIDS=()
 cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	# A node stopped with SIGSTOP (bench/rejoin.sh) takes SIGTERM only
+	# once continued.
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; kill -CONT "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	if [[ -z ${KEEP:-} ]]; then rm -rf "$WORK"; else echo "kept $WORK"; fi
 }
@@ -30,6 +35,7 @@ start_cluster() { # start_cluster [ENV=VALUE ...]: extra settings for every node
 			RAFT_ADDR="127.0.0.1:2818$i" GOSSIP_ADDR="127.0.0.1:2828$i" \
 			DATA_DIR="$WORK/node$i" STATUS_INTERVAL=0 "${join[@]}" "$@" "$BIN" >"$WORK/node$i.log" 2>&1 &
 		PIDS+=($!)
+		NODE_PIDS[i]=$!
 	done
 	# Settled: every partition stable with two in-sync replicas (and there
 	# are partitions: before the cluster is initialised the list is empty).
@@ -43,4 +49,13 @@ start_cluster() { # start_cluster [ENV=VALUE ...]: extra settings for every node
 		fi
 		sleep 1
 	done
+}
+
+stop_cluster() { # stop_cluster: stop the nodes, keep their logs, delete their data
+	local p
+	for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	PIDS=()
+	NODE_PIDS=()
+	rm -rf "$WORK"/node1 "$WORK"/node2 "$WORK"/node3
 }

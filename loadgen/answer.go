@@ -19,6 +19,12 @@ import "bytes"
 // grammar than that; the answers come from the server being measured, and
 // a malformed one shows up as a field not found.
 func walkJSON(b []byte, f func(depth int, name, value []byte)) bool {
+	return walkJSONEnds(b, f, nil)
+}
+
+// walkJSONEnds is walkJSON that also calls end, if not nil, as each
+// object closes, with the depth of its members (1: the top-level object).
+func walkJSONEnds(b []byte, f func(depth int, name, value []byte), end func(depth int)) bool {
 	depth := 0
 	var name []byte // the member whose value comes next, if any
 	for i := 0; i < len(b); {
@@ -29,6 +35,9 @@ func walkJSON(b []byte, f func(depth int, name, value []byte)) bool {
 			depth, name = depth+1, nil
 			i++
 		case '}', ']':
+			if b[i] == '}' && end != nil && depth > 0 {
+				end(depth)
+			}
 			depth, name = depth-1, nil
 			if depth < 0 {
 				return false
@@ -143,6 +152,30 @@ func batchStatuses(b []byte, f func(status []byte)) bool {
 	return bytes.Contains(b, []byte(`"results"`)) && walkJSON(b, func(depth int, k, v []byte) {
 		if depth == 3 && string(k) == "status" {
 			f(v)
+		}
+	})
+}
+
+// batchResults calls f with the status and the revision (nil when the
+// result has none) of each result of a /kv/batch answer, in order, as
+// batchStatuses does, whatever the order of the fields in a result.
+func batchResults(b []byte, f func(status, revision []byte)) bool {
+	var status, rev []byte
+	return bytes.Contains(b, []byte(`"results"`)) && walkJSONEnds(b, func(depth int, k, v []byte) {
+		if depth == 3 {
+			switch string(k) {
+			case "status":
+				status = v
+			case "revision":
+				rev = v
+			}
+		}
+	}, func(depth int) {
+		if depth == 3 && status != nil {
+			f(status, rev)
+		}
+		if depth <= 3 {
+			status, rev = nil, nil
 		}
 	})
 }

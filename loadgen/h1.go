@@ -51,21 +51,9 @@ func (t *HTTPTarget) h1Do(ctx context.Context, w *httpWorker, i int, method, pat
 	for attempt := 0; ; attempt++ {
 		c := w.conns[i]
 		if c == nil {
-			nc, err := (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", t.addrs[i])
+			nc, err := t.dial(ctx, i)
 			if err != nil {
-				return 0, &KindError{Kind: "transport", Err: err}
-			}
-			if t.tls != nil {
-				cfg := t.tls.Clone()
-				if cfg.ServerName == "" {
-					cfg.ServerName, _, _ = net.SplitHostPort(t.addrs[i])
-				}
-				tc := tls.Client(nc, cfg)
-				if err := tc.HandshakeContext(ctx); err != nil {
-					nc.Close()
-					return 0, &KindError{Kind: "tls", Err: err}
-				}
-				nc = tc
+				return 0, err
 			}
 			c = &h1Conn{nc: nc, br: bufio.NewReaderSize(nc, 4096)}
 			w.conns[i] = c
@@ -91,6 +79,28 @@ func (t *HTTPTarget) h1Do(ctx context.Context, w *httpWorker, i int, method, pat
 		}
 		return 0, &KindError{Kind: "transport", Err: fmt.Errorf("%s %s: %w", method, t.addrs[i], err)}
 	}
+}
+
+// dial connects to address i, with TLS if the target speaks it; its
+// errors are of kind transport or tls.
+func (t *HTTPTarget) dial(ctx context.Context, i int) (net.Conn, error) {
+	nc, err := (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", t.addrs[i])
+	if err != nil {
+		return nil, &KindError{Kind: "transport", Err: err}
+	}
+	if t.tls != nil {
+		cfg := t.tls.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(t.addrs[i])
+		}
+		tc := tls.Client(nc, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, &KindError{Kind: "tls", Err: err}
+		}
+		nc = tc
+	}
+	return nc, nil
 }
 
 // errBeforeAnswer marks a connection that closed before any byte of the

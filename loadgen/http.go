@@ -48,8 +48,10 @@ type HTTPTarget struct {
 	token, authHeader string
 
 	// owner, when set by RouteByOwner, maps a partition to the index of
-	// its primary's address.
-	owner []int
+	// its primary's address; tagged says the cluster places keys by their
+	// hash tags.
+	owner  []int
+	tagged bool
 }
 
 type httpWorker struct {
@@ -139,12 +141,20 @@ func (t *HTTPTarget) pick(worker int, key string) (int, *httpWorker) {
 		w := &t.workers[worker]
 		i := (worker + w.next) % len(t.addrs)
 		if t.owner != nil {
-			i = t.owner[ring.PartitionOf(key, len(t.owner))]
+			i = t.owner[t.partitionOf(key)]
 		}
 		w.next++
 		return i, w
 	}
 	return int(t.spare.Add(1) % uint64(len(t.addrs))), nil
+}
+
+// partitionOf places key as the cluster does (see RouteByOwner).
+func (t *HTTPTarget) partitionOf(key string) int {
+	if t.tagged {
+		return ring.PartitionOfTagged(key, len(t.owner))
+	}
+	return ring.PartitionOf(key, len(t.owner))
 }
 
 // appendSetBody appends {"key":key,"value":value} and extra, the set's
@@ -228,6 +238,33 @@ func (t *HTTPTarget) SetIf(ctx context.Context, worker int, key string, value []
 // of keys[0] (the node there forwards the others to their primaries), and
 // counts each result whose status is not 200 as a failed key.
 func (t *HTTPTarget) SetBatch(ctx context.Context, worker int, keys []string, value []byte) ([]error, error) {
+	return t.setBatch(ctx, worker, keys, value, nil)
+}
+
+// SetRevision is Set that returns the revision the answer gives the key.
+func (t *HTTPTarget) SetRevision(ctx context.Context, worker int, key string, value []byte) (uint64, error) {
+	_, body, err := t.post(ctx, worker, key, "/kv/set", func(b []byte) []byte { return appendSetBody(b, key, value, t.setExtra) }, true)
+	if err != nil {
+		return 0, err
+	}
+	rev, ok := topUint(body, "revision")
+	if !ok {
+		return 0, &KindError{Kind: "bad_answer", Err: fmt.Errorf("POST /kv/set %s: no revision in the answer", key)}
+	}
+	return rev, nil
+}
+
+// SetBatchRevisions is SetBatch that also sets revs[i] to the revision
+// the answer gives keys[i] (0 for a key whose result is not 200).
+func (t *HTTPTarget) SetBatchRevisions(ctx context.Context, worker int, keys []string, value []byte, revs []uint64) ([]error, error) {
+	if len(revs) < len(keys) {
+		return nil, fmt.Errorf("SetBatchRevisions: %d revisions for %d keys", len(revs), len(keys))
+	}
+	return t.setBatch(ctx, worker, keys, value, revs)
+}
+
+// setBatch is SetBatch, filling revs (when not nil) with the revisions.
+func (t *HTTPTarget) setBatch(ctx context.Context, worker int, keys []string, value []byte, revs []uint64) ([]error, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
@@ -240,16 +277,25 @@ func (t *HTTPTarget) SetBatch(ctx context.Context, worker int, keys []string, va
 		fails = t.workers[worker].fails[:0]
 	}
 	n := 0
-	ok := batchStatuses(body, func(s []byte) {
-		n++
+	revOK := true
+	ok := batchResults(body, func(s, rev []byte) {
 		if string(s) != "200" {
 			fails = append(fails, &KindError{Kind: statusKind(s)})
 		}
+		if revs != nil && n < len(keys) {
+			revs[n] = 0
+			if string(s) == "200" {
+				var good bool
+				revs[n], good = parseUint(rev)
+				revOK = revOK && good
+			}
+		}
+		n++
 	})
 	if worker >= 0 && worker < len(t.workers) {
 		t.workers[worker].fails = fails
 	}
-	if !ok || n != len(keys) {
+	if !ok || n != len(keys) || !revOK {
 		return nil, &KindError{Kind: "bad_answer", Err: fmt.Errorf("POST /kv/batch: status %d, %d results for %d ops", status, n, len(keys))}
 	}
 	if len(fails) == 0 {
@@ -346,7 +392,8 @@ func statusError(status int, method, addr, path string) error {
 }
 
 // RouteByOwner reads the partition table from a node's management API
-// (GET /cluster) and from then on sends each key to its partition's primary,
+// (GET /cluster) and from then on sends each key to its partition's primary
+// (placed by its hash tag when the cluster's hash_config says so),
 // as a cluster-aware client does, instead of to the addresses in turn. The
 // table is read once: after a change of primary a request still succeeds,
 // through one forward.
@@ -375,6 +422,11 @@ func (t *HTTPTarget) RouteByOwner(ctx context.Context, mgmtAddr string) error {
 				Partitions int `json:"partition_count"`
 			} `json:"config"`
 		} `json:"cluster"`
+		// HashTags: a key holding "{...}" is placed by the text in its
+		// first braces.
+		HashConfig struct {
+			HashTags bool `json:"hash_tags"`
+		} `json:"hash_config"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
 		return fmt.Errorf("decode %s/cluster: %w", mgmtAddr, err)
@@ -407,7 +459,7 @@ func (t *HTTPTarget) RouteByOwner(ctx context.Context, mgmtAddr string) error {
 		}
 		owner[p] = i
 	}
-	t.owner = owner
+	t.owner, t.tagged = owner, doc.HashConfig.HashTags
 	return nil
 }
 

@@ -1,7 +1,8 @@
 // Package loadgen is ClusterKit's load tool (`clusterkit bench`): it drives
 // the KV API of one or more nodes with concurrent JSON-over-HTTP sets and
 // gets, shows live progress, and reports throughput, latency percentiles and
-// wrong answers.
+// wrong answers. With -watchers it also holds watch streams open on the
+// keys it writes and reports how their events arrive (see watch.go).
 //
 // The measurement (workers, preload, progress, percentiles, summary) runs
 // against the Target interface, so other stores can be driven by the same
@@ -62,6 +63,21 @@ type Config struct {
 	Token string
 	// TTL, when positive, gives every key written that TTL (HTTP target).
 	TTL time.Duration
+	// KeyPrefix is what every key starts with, before its number
+	// ("" is DefaultKeyPrefix).
+	KeyPrefix string
+	// Watchers, when positive, opens that many watch streams on
+	// WatchPrefix ("" is the key prefix) before the run, spread over the
+	// addresses, and measures how the events of the run's writes reach
+	// them (Result.Watch); it needs a WatchTarget and -workload set.
+	// WatchProgress is the streams' progress interval (0:
+	// DefaultWatchProgress), WatchGrace how long, at most, the run waits
+	// after its last write for the events still on their way (0:
+	// DefaultWatchGrace).
+	Watchers      int
+	WatchPrefix   string
+	WatchProgress time.Duration
+	WatchGrace    time.Duration
 }
 
 // The workloads of Config.Workload.
@@ -105,6 +121,14 @@ type Result struct {
 	// whatever kind a Target gives (see KindError).
 	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`
 	Preloaded  int              `json:"preloaded"`
+	// PreloadSeconds is how long the preload took.
+	PreloadSeconds float64 `json:"preload_seconds"`
+	// ClientCPUSeconds is the CPU time the load tool itself used during
+	// the measured run (its writers, readers and watchers), where the
+	// system tells it (0 elsewhere).
+	ClientCPUSeconds float64 `json:"client_cpu_seconds"`
+	// Watch is the watchers' measurement (Config.Watchers).
+	Watch *WatchResult `json:"watch,omitempty"`
 }
 
 // Main runs the bench subcommand with args (without the subcommand name).
@@ -116,6 +140,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	c.RegisterFlags(fs)
 	fs.BoolVar(&c.Stale, "stale", false, "read with consistency=stale")
 	fs.DurationVar(&c.TTL, "ttl", 0, "give every key written this TTL (e.g. 60s; 0: none)")
+	fs.IntVar(&c.Watchers, "watchers", 0, "open this many watch streams (GET /kv/watch, spread over -addrs) on -watch-prefix before the run and measure the delay from each write's 200 to its event on every stream (exit 1 if events are duplicated, out of order, or missing from streams that stayed open)")
+	fs.StringVar(&c.WatchPrefix, "watch-prefix", "", "the prefix the watchers watch (default: -key-prefix, every key written)")
+	fs.DurationVar(&c.WatchProgress, "watch-progress", DefaultWatchProgress, "progress interval asked of each watch stream")
+	fs.DurationVar(&c.WatchGrace, "watch-grace", DefaultWatchGrace, "after the last write, wait at most this long for its events to arrive")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	quiet := fs.Bool("quiet", false, "no progress line")
 	if err := fs.Parse(args); err != nil {
@@ -143,8 +171,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 // -timeout, -seed, -route-via, TLS and token) on fs, stored into c.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Concurrency, "c", 32, "concurrent clients")
-	fs.DurationVar(&c.Duration, "d", 10*time.Second, "duration of the measured run")
+	fs.DurationVar(&c.Duration, "d", 10*time.Second, "duration of the measured run (0 with -preload: only preload)")
 	fs.IntVar(&c.Keys, "keys", 100000, "number of distinct keys")
+	fs.StringVar(&c.KeyPrefix, "key-prefix", DefaultKeyPrefix, "what the keys start with, before their number (%08d); a hash tag such as {t}: puts them all in one partition")
 	fs.IntVar(&c.ValueSize, "value-size", 100, "value size in bytes")
 	fs.Float64Var(&c.ReadRatio, "reads", 0, "fraction of operations that are reads (0..1)")
 	fs.StringVar(&c.Workload, "workload", WorkloadSet, "what a write is: set, or cas (get the key's revision, then set it if unchanged; a lost race counts as a conflict)")
@@ -172,7 +201,8 @@ func SplitAddrs(list string) []string {
 }
 
 // WriteResult prints res as JSON or as the human summary and returns the
-// command's exit code: 1 if any answer was wrong.
+// command's exit code: 1 if any answer was wrong, a watch's events
+// included (see WatchResult.Wrong).
 func WriteResult(w io.Writer, res Result, c Config, asJSON bool) int {
 	if asJSON {
 		enc := json.NewEncoder(w)
@@ -181,7 +211,7 @@ func WriteResult(w io.Writer, res Result, c Config, asJSON bool) int {
 	} else {
 		fmt.Fprint(w, res.String(c))
 	}
-	if res.Misses > 0 {
+	if res.Misses > 0 || res.Watch != nil && res.Watch.Wrong() {
 		return 1
 	}
 	return 0
@@ -199,8 +229,8 @@ func (c Config) validateLoad() error {
 	switch {
 	case c.Concurrency < 1:
 		return errors.New("-c must be >= 1")
-	case c.Duration <= 0:
-		return errors.New("-d must be positive")
+	case c.Duration < 0 || c.Duration == 0 && !c.Preload:
+		return errors.New("-d must be positive (or 0 with -preload, to only preload)")
 	case c.Keys < 1:
 		return errors.New("-keys must be >= 1")
 	case c.ValueSize < 0 || c.ValueSize > 1<<20:
@@ -215,9 +245,26 @@ func (c Config) validateLoad() error {
 		// A CAS op is one key's get and conditional set, each a request
 		// of its own; a batch has no place for the get.
 		return errors.New("-batch applies to -workload set only, not cas")
+	case c.Watchers < 0:
+		return errors.New("-watchers must be >= 0")
+	case c.Watchers > 0 && c.Workload == WorkloadCAS:
+		return errors.New("-watchers applies to -workload set only, not cas")
+	case c.Watchers > 0 && c.Duration == 0:
+		return errors.New("-watchers needs a measured run (-d > 0)")
+	case c.WatchProgress < 0 || c.WatchGrace < 0:
+		return errors.New("-watch-progress and -watch-grace must not be negative")
 	}
 	return nil
 }
+
+// keyPrefix is KeyPrefix, or DefaultKeyPrefix for "".
+func (c Config) keyPrefix() string { return cmp.Or(c.KeyPrefix, DefaultKeyPrefix) }
+
+// watchPrefix is WatchPrefix, or the key prefix for "".
+func (c Config) watchPrefix() string { return cmp.Or(c.WatchPrefix, c.keyPrefix()) }
+
+func (c Config) watchProgress() time.Duration { return cmp.Or(c.WatchProgress, DefaultWatchProgress) }
+func (c Config) watchGrace() time.Duration    { return cmp.Or(c.WatchGrace, DefaultWatchGrace) }
 
 // batch is the number of sets per write: Batch, or 1 for 0.
 func (c Config) batch() int { return max(c.Batch, 1) }
@@ -226,25 +273,64 @@ func (c Config) batch() int { return max(c.Batch, 1) }
 func (r Result) String(c Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "targets      %s\n", strings.Join(c.Addrs, ","))
-	fmt.Fprintf(&b, "workload     %s c=%d keys=%d value=%dB reads=%.0f%% batch=%d stale=%v preload=%v\n",
+	fmt.Fprintf(&b, "workload     %s c=%d keys=%d value=%dB reads=%.0f%% batch=%d stale=%v preload=%v",
 		cmp.Or(c.Workload, WorkloadSet), c.Concurrency, c.Keys, c.ValueSize, c.ReadRatio*100, c.batch(), c.Stale, c.Preload)
+	if c.keyPrefix() != DefaultKeyPrefix {
+		fmt.Fprintf(&b, " key-prefix=%q", c.keyPrefix())
+	}
+	b.WriteByte('\n')
+	if r.Preloaded > 0 {
+		fmt.Fprintf(&b, "preload      %d keys in %.1fs\n", r.Preloaded, r.PreloadSeconds)
+	}
 	fmt.Fprintf(&b, "ops          %d in %.1fs (%d reads, %d writes; %d keys)\n", r.Ops, r.Seconds, r.Reads, r.Writes, r.Keys)
 	fmt.Fprintf(&b, "throughput   %.0f ops/s  %.0f keys/s\n", r.OpsPerSec, r.KeysPerSec)
 	fmt.Fprintf(&b, "latency      p50 %.2fms  p90 %.2fms  p99 %.2fms  p999 %.2fms  max %.2fms\n", r.P50Ms, r.P90Ms, r.P99Ms, r.P999Ms, r.MaxMs)
 	fmt.Fprintf(&b, "errors       %d", r.Errors)
 	if len(r.ErrorKinds) > 0 {
-		kinds := make([]string, 0, len(r.ErrorKinds))
-		for k, v := range r.ErrorKinds {
-			kinds = append(kinds, fmt.Sprintf("%s=%d", k, v))
-		}
-		slices.Sort(kinds)
-		fmt.Fprintf(&b, " (%s)", strings.Join(kinds, " "))
+		fmt.Fprintf(&b, " (%s)", kindList(r.ErrorKinds))
 	}
 	fmt.Fprintf(&b, "\nmisses       %d (a preloaded key not found, e.g. a 404: wrong answers)\n", r.Misses)
 	if c.Workload == WorkloadCAS || r.Conflicts > 0 {
 		fmt.Fprintf(&b, "conflicts    %d (a CAS that lost to another client's write: not errors)\n", r.Conflicts)
 	}
+	if r.ClientCPUSeconds > 0 && r.Seconds > 0 {
+		fmt.Fprintf(&b, "client cpu   %.1fs (%.2f cores: the load tool's own use)\n", r.ClientCPUSeconds, r.ClientCPUSeconds/r.Seconds)
+	}
+	if w := r.Watch; w != nil {
+		b.WriteString(w.String())
+	}
 	return b.String()
+}
+
+// String renders the watchers' lines of the human summary.
+func (w *WatchResult) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "watchers     %d on prefix %q", w.Watchers, w.Prefix)
+	if w.OpenErrors > 0 {
+		fmt.Fprintf(&b, "; %d could not be opened (%s)", w.OpenErrors, kindList(w.OpenErrorKinds))
+	}
+	fmt.Fprintf(&b, "\nevents       %d delivered of %d expected (%d acknowledged writes x %d streams; %.0f events/s)\n",
+		w.Delivered, w.Expected, w.Writes, w.Watchers, w.EventsPerSec)
+	fmt.Fprintf(&b, "             missing %d  duplicates %d  out of order %d  unmatched %d  foreign %d  other %d; %d of %d streams complete\n",
+		w.Missing, w.Duplicates, w.OutOfOrder, w.Unmatched, w.Foreign, w.Other, w.Complete, w.Watchers)
+	fmt.Fprintf(&b, "event delay  p50 %.2fms  p90 %.2fms  p99 %.2fms  p999 %.2fms  max %.2fms  min %.2fms (from the write's 200; %d events before it)\n",
+		w.P50Ms, w.P90Ms, w.P99Ms, w.P999Ms, w.MaxMs, w.MinMs, w.BeforeAck)
+	fmt.Fprintf(&b, "streams      ended early %d", w.Ended)
+	if w.Ended > 0 {
+		fmt.Fprintf(&b, " (%s)", kindList(w.EndKinds))
+	}
+	fmt.Fprintf(&b, "; longest silence %.0fms; %d progress events; waited %.2fs after the last write\n", w.MaxGapMs, w.Progress, w.GraceSeconds)
+	return b.String()
+}
+
+// kindList renders counts by kind as "a=1 b=2", sorted.
+func kindList(m map[string]int64) string {
+	kinds := make([]string, 0, len(m))
+	for k, v := range m {
+		kinds = append(kinds, fmt.Sprintf("%s=%d", k, v))
+	}
+	slices.Sort(kinds)
+	return strings.Join(kinds, " ")
 }
 
 // Run executes the workload against the KV API at c.Addrs over HTTP (see
@@ -278,18 +364,42 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 	if c.batch() > 1 && bt == nil {
 		return Result{}, fmt.Errorf("-batch %d: the target (%T) has no batch requests", c.Batch, t)
 	}
+	var wt WatchTarget
+	if c.Watchers > 0 {
+		if wt, _ = t.(WatchTarget); wt == nil {
+			return Result{}, fmt.Errorf("-watchers %d: the target (%T) has no watches", c.Watchers, t)
+		}
+	}
 	if c.Workload != WorkloadCAS {
 		cas = nil
 	}
 	var res Result
 	if c.Preload {
+		t0 := time.Now()
 		if err := preload(ctx, c, t, progress); err != nil {
 			return Result{}, err
 		}
-		res.Preloaded = c.Keys
+		res.Preloaded, res.PreloadSeconds = c.Keys, time.Since(t0).Seconds()
+		if c.Duration == 0 {
+			return res, nil
+		}
 	}
 	value := bytes.Repeat([]byte("x"), c.ValueSize)
 	batch := c.batch()
+	keyPrefix, watchPrefix := c.keyPrefix(), c.watchPrefix()
+
+	// The watchers are open before the first write: each of the run's
+	// writes is then an event of every stream.
+	var watch *watchRun
+	epoch := time.Now() // of the watch stamps
+	if wt != nil {
+		if progress != nil {
+			fmt.Fprintf(progress, "opening %d watch streams on %q...\n", c.Watchers, watchPrefix)
+		}
+		watch = openWatches(ctx, c, wt, epoch)
+		defer watch.close() // again after an early return; then a no-op
+	}
+	acks := make([][]stamp, c.Concurrency)
 
 	var ops, errs, misses, conflicts atomic.Int64
 	lat := make([][]time.Duration, c.Concurrency)
@@ -300,6 +410,7 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 	// start is taken first: the run then lasts at least Duration, which
 	// ends at the context's deadline.
 	start := time.Now()
+	cpu0 := cpuTime()
 	runCtx, cancel := context.WithTimeout(ctx, c.Duration)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -307,13 +418,17 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 		kinds[w] = map[string]int64{}
 		rng := rand.New(rand.NewPCG(c.Seed, uint64(w)))
 		wg.Go(func() {
-			var kb [32]byte
+			var kb [64]byte
 			batchKeys := make([]string, batch)
+			batchIdx := make([]int, batch)
+			revs := make([]uint64, batch)
 			for runCtx.Err() == nil {
-				k := string(appendKey(kb[:0], rng.IntN(c.Keys)))
+				idx := rng.IntN(c.Keys)
+				k := string(appendKey(kb[:0], keyPrefix, idx))
 				isRead := rng.Float64() < c.ReadRatio
 				t0 := time.Now()
 				var err error
+				var rev uint64
 				var failed []error
 				found, conflict := true, false
 				// Requests use ctx, not runCtx: one in flight at the end
@@ -328,19 +443,45 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 					writes[w]++
 					keys[w]++
 				case batch > 1:
-					batchKeys[0] = k
+					batchKeys[0], batchIdx[0] = k, idx
 					for j := 1; j < batch; j++ {
-						batchKeys[j] = string(appendKey(kb[:0], rng.IntN(c.Keys)))
+						batchIdx[j] = rng.IntN(c.Keys)
+						batchKeys[j] = string(appendKey(kb[:0], keyPrefix, batchIdx[j]))
 					}
-					failed, err = bt.SetBatch(ctx, w, batchKeys, value)
+					if wt != nil {
+						failed, err = wt.SetBatchRevisions(ctx, w, batchKeys, value, revs)
+					} else {
+						failed, err = bt.SetBatch(ctx, w, batchKeys, value)
+					}
 					writes[w]++
 					keys[w] += int64(batch)
+				case wt != nil:
+					rev, err = wt.SetRevision(ctx, w, k, value)
+					writes[w]++
+					keys[w]++
 				default:
 					err = t.Set(ctx, w, k, value)
 					writes[w]++
 					keys[w]++
 				}
-				lat[w] = append(lat[w], time.Since(t0))
+				now := time.Now()
+				lat[w] = append(lat[w], now.Sub(t0))
+				if wt != nil && err == nil && !isRead {
+					// The acknowledged writes under the watched prefix,
+					// stamped with the time their 200 arrived.
+					at := now.Sub(epoch)
+					if batch == 1 {
+						if strings.HasPrefix(k, watchPrefix) {
+							acks[w] = append(acks[w], stamp{writeID{idx, rev}, at})
+						}
+					} else {
+						for j, r := range revs[:batch] {
+							if r != 0 && strings.HasPrefix(batchKeys[j], watchPrefix) {
+								acks[w] = append(acks[w], stamp{writeID{batchIdx[j], r}, at})
+							}
+						}
+					}
+				}
 				ops.Add(1)
 				switch {
 				case err != nil && batch > 1 && !isRead:
@@ -369,13 +510,15 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 			}
 		})
 	}
+	var stopProgress func()
 	if progress != nil {
 		stop := make(chan struct{})
-		defer close(stop)
-		go func() {
+		var pg sync.WaitGroup
+		stopProgress = func() { close(stop); pg.Wait() }
+		pg.Go(func() {
 			t := time.NewTicker(time.Second)
 			defer t.Stop()
-			last := int64(0)
+			last, lastEvents := int64(0), int64(0)
 			for {
 				select {
 				case <-stop:
@@ -386,15 +529,22 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 					if cas != nil {
 						fmt.Fprintf(progress, "  conflicts %d", conflicts.Load())
 					}
+					if watch != nil {
+						ev := watch.received()
+						fmt.Fprintf(progress, "  events %d/s", ev-lastEvents)
+						lastEvents = ev
+					}
 					fmt.Fprint(progress, "   ")
 					last = n
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	res.Elapsed = time.Since(start)
-	if progress != nil {
+	res.ClientCPUSeconds = (cpuTime() - cpu0).Seconds()
+	if stopProgress != nil {
+		stopProgress()
 		fmt.Fprintln(progress)
 	}
 	var all []time.Duration
@@ -418,6 +568,18 @@ func RunTarget(ctx context.Context, c Config, t Target, progress io.Writer) (Res
 	res.P50Ms, res.P90Ms, res.P99Ms, res.P999Ms = pct(all, 0.50), pct(all, 0.90), pct(all, 0.99), pct(all, 0.999)
 	if len(all) > 0 {
 		res.MaxMs = ms(all[len(all)-1])
+	}
+	if watch != nil {
+		var acked []stamp
+		for _, a := range acks {
+			acked = append(acked, a...)
+		}
+		expected := int64(len(acked))
+		waited := watch.settle(expected, c.watchGrace())
+		watch.close()
+		res.Watch = watch.result(acked, c.Keys)
+		res.Watch.GraceSeconds = waited.Seconds()
+		res.Watch.EventsPerSec = float64(res.Watch.Delivered) / (res.Seconds + waited.Seconds())
 	}
 	return res, nil
 }
@@ -476,7 +638,7 @@ func preload(ctx context.Context, c Config, t Target, progress io.Writer) error 
 				}
 				keys = keys[:0]
 				for j := i; j < min(i+chunk, c.Keys); j++ {
-					keys = append(keys, Key(j))
+					keys = append(keys, string(appendKey(nil, c.keyPrefix(), j)))
 				}
 				var err error
 				for attempt := 0; attempt < 5; attempt++ {

@@ -369,6 +369,8 @@ type kvServer struct {
 	// batch whose first key it does not own is answered 421.
 	owns    func(key string) bool
 	badBody atomic.Value
+	// onApply, if set, is called under the lock with each write.
+	onApply func(key, value string, rev uint64)
 }
 
 // apply writes key=value under the lock if the key's revision is rev (any
@@ -386,6 +388,9 @@ func (s *kvServer) apply(key, value string, rev *uint64) (uint64, bool) {
 	}
 	s.rev++
 	s.data[key], s.revs[key] = value, s.rev
+	if s.onApply != nil {
+		s.onApply(key, value, s.rev)
+	}
 	return s.rev, true
 }
 
@@ -889,6 +894,7 @@ func TestRouteByOwner(t *testing.T) {
 		addrs = append(addrs, strings.TrimPrefix(srv.URL, "http://"))
 	}
 	primaryOf := func(p int) int { return p % 3 % 2 } // uneven on purpose
+	var hashTags atomic.Bool
 	mgmt := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/cluster" {
 			http.NotFound(w, r)
@@ -902,7 +908,7 @@ func TestRouteByOwner(t *testing.T) {
 			"nodes":         []map[string]string{{"id": "n0", "kv_addr": addrs[0]}, {"id": "n1", "kv_addr": addrs[1]}},
 			"partition_map": map[string]any{"partitions": partitions},
 			"config":        map[string]any{"partition_count": parts},
-		}})
+		}, "hash_config": map[string]any{"hash_tags": hashTags.Load(), "modulo": parts}})
 	}))
 	t.Cleanup(mgmt.Close)
 
@@ -933,24 +939,39 @@ func TestRouteByOwner(t *testing.T) {
 		s.mu.Unlock()
 	}
 
-	res, err = Run(context.Background(), c, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Errors != 0 || res.Writes == 0 {
-		t.Fatalf("run: %+v", res)
-	}
-	for i, s := range kvs {
-		s.mu.Lock()
-		n := len(s.data)
-		for k := range s.data {
-			if p := ring.PartitionOf(k, parts); primaryOf(p) != i {
-				t.Errorf("key %s (partition %d) went to server %d, its primary is %d", k, p, i, primaryOf(p))
-			}
+	// Keys are placed by their hash tag when the cluster says so: with
+	// the tag {t} in the prefix, every key on one server.
+	for _, tt := range []struct {
+		tags   bool
+		prefix string
+	}{{false, ""}, {true, ""}, {false, "bench:{t}:"}, {true, "bench:{t}:"}} {
+		hashTags.Store(tt.tags)
+		c := c
+		c.KeyPrefix = tt.prefix
+		place := ring.PartitionOf
+		if tt.tags {
+			place = ring.PartitionOfTagged
 		}
-		s.mu.Unlock()
-		if n == 0 {
-			t.Errorf("server %d got no key", i)
+		res, err = Run(context.Background(), c, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Errors != 0 || res.Writes == 0 {
+			t.Fatalf("hash tags %v, prefix %q: run: %+v", tt.tags, tt.prefix, res)
+		}
+		for i, s := range kvs {
+			s.mu.Lock()
+			n := len(s.data)
+			for k := range s.data {
+				if p := place(k, parts); primaryOf(p) != i {
+					t.Errorf("hash tags %v: key %s (partition %d) went to server %d, its primary is %d", tt.tags, k, p, i, primaryOf(p))
+				}
+			}
+			clear(s.data)
+			s.mu.Unlock()
+			if want := tt.prefix == "" || !tt.tags || primaryOf(ring.PartitionOf("t", parts)) == i; want != (n > 0) {
+				t.Errorf("hash tags %v, prefix %q: server %d got %d keys", tt.tags, tt.prefix, i, n)
+			}
 		}
 	}
 

@@ -79,14 +79,19 @@ func ErrorKind(err error) string {
 	return "other"
 }
 
+// DefaultKeyPrefix is what the bench keys start with (Config.KeyPrefix).
+const DefaultKeyPrefix = "bench:"
+
 // Key returns the i-th key of the key space, "bench:%08d", without fmt.
 func Key(i int) string {
 	var b [32]byte
-	return string(appendKey(b[:0], i))
+	return string(appendKey(b[:0], DefaultKeyPrefix, i))
 }
 
-func appendKey(dst []byte, i int) []byte {
-	dst = append(dst, "bench:"...)
+// appendKey appends the i-th key of the key space whose keys start with
+// prefix: prefix and i in decimal, padded with zeros to 8 digits.
+func appendKey(dst []byte, prefix string, i int) []byte {
+	dst = append(dst, prefix...)
 	if i < 0 {
 		return strconv.AppendInt(dst, int64(i), 10)
 	}
@@ -96,4 +101,24 @@ func appendKey(dst []byte, i int) []byte {
 		dst = append(dst, '0')
 	}
 	return append(dst, d...)
+}
+
+// keyIndex is the inverse of appendKey: the i whose key is key, if key is
+// one of the key space's (exactly as appendKey writes it).
+func keyIndex(key []byte, prefix string) (int, bool) {
+	if len(key) < len(prefix)+8 || string(key[:len(prefix)]) != prefix {
+		return 0, false
+	}
+	d := key[len(prefix):]
+	if len(d) > 8 && d[0] == '0' || len(d) > 18 {
+		return 0, false
+	}
+	n := 0
+	for _, c := range d {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
 }
