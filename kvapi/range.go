@@ -30,6 +30,9 @@ const (
 	// watchWriteTimeout bounds one write to a watch's connection: a
 	// client that reads nothing for that long is disconnected.
 	watchWriteTimeout = 30 * time.Second
+	// watchLinger is how long a stream waits for more changes after the
+	// first before it writes them.
+	watchLinger = 2 * time.Millisecond
 )
 
 // keyRange is the range of a scan or watch: [start, end), no end when
@@ -276,52 +279,47 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 	stop := context.AfterFunc(s.shutdownCtx, cancel)
 	defer stop()
 
-	pos := watcher.Positions()
-	var buf []byte
+	st := newStreamState(layout, watcher.Positions())
 	send := func() bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
-		_, err := w.Write(buf)
-		buf = buf[:0]
+		_, err := w.Write(st.buf)
+		st.buf = st.buf[:0]
 		return err == nil && rc.Flush() == nil
 	}
-	event := func(id string, e watchEvent) {
+	// control appends an event that is not a change: progress, or the
+	// last event of a stream.
+	control := func(withID bool, e watchEvent) {
+		tok := string(st.token())
+		e.Token = tok
 		data, _ := json.Marshal(e)
-		if id != "" {
-			buf = append(buf, "id: "...)
-			buf = append(buf, id...)
-			buf = append(buf, '\n')
+		if withID {
+			st.buf = append(st.buf, "id: "...)
+			st.buf = append(st.buf, tok...)
+			st.buf = append(st.buf, '\n')
 		}
-		buf = append(buf, "data: "...)
-		buf = append(buf, data...)
-		buf = append(buf, "\n\n"...)
-	}
-	progressEvent := func() {
-		tok := encodeToken(layout, pos)
-		event(tok, watchEvent{Type: "progress", Token: tok})
+		st.buf = append(st.buf, "data: "...)
+		st.buf = append(st.buf, data...)
+		st.buf = append(st.buf, "\n\n"...)
 	}
 	// The first event tells the client where it starts, so that it can
 	// resume even if nothing changes before it disconnects.
-	progressEvent()
+	control(true, watchEvent{Type: "progress"})
 	if !send() {
 		return
 	}
 	for {
 		evs, err := watcher.Next(ctx, watchBatch, progress)
+		// Changes come a round at a time; waiting a moment for the next
+		// rounds makes one write of many events instead of one each.
+		if err == nil && len(evs) > 0 && len(evs) < watchBatch {
+			var more []engine.Event
+			more, err = watcher.Next(ctx, watchBatch-len(evs), watchLinger)
+			evs = append(evs, more...)
+		}
+		now := time.Now()
 		for _, e := range evs {
-			pos[e.Partition] = e.Seq
-			tok := encodeToken(layout, pos)
-			ev := watchEvent{Type: "set", Key: e.Key, Revision: e.Seq, Token: tok}
-			switch {
-			case e.Expired:
-				ev.Type = "expire"
-			case e.Delete:
-				ev.Type = "delete"
-			default:
-				v := e.Value
-				ev.Value = &v
-				ev.ExpiresAt, _ = deadline(e.ExpiresAt, time.Now())
-			}
-			event(tok, ev)
+			st.set(e.Partition, e.Seq)
+			st.change(e, now)
 		}
 		var rs *engine.ResyncError
 		switch {
@@ -329,27 +327,24 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 			return
 		case errors.As(err, &rs):
 			p := rs.Partition
-			pos[p] = rs.Floor
-			tok := encodeToken(layout, pos)
-			event("", watchEvent{Type: "resync_required", Partition: &p, Revision: rs.Floor, Token: tok,
+			st.set(p, rs.Floor)
+			control(false, watchEvent{Type: "resync_required", Partition: &p, Revision: rs.Floor,
 				Error: fmt.Sprintf("partition %d no longer holds the changes after this watch's position; read the range again (a scan returns a fresh token), "+
 					"or resume from this event's token accepting the gap", p)})
 			send()
 			return
 		case errors.Is(err, engine.ErrSlowWatcher):
-			tok := encodeToken(layout, pos)
-			event(tok, watchEvent{Type: "cut", Reason: "slow_consumer", Token: tok, Error: err.Error()})
+			control(true, watchEvent{Type: "cut", Reason: "slow_consumer", Error: err.Error()})
 			send()
 			return
 		case err != nil:
-			tok := encodeToken(layout, pos)
-			event(tok, watchEvent{Type: "cut", Reason: "error", Token: tok, Error: err.Error()})
+			control(true, watchEvent{Type: "cut", Reason: "error", Error: err.Error()})
 			send()
 			return
 		}
-		pos = watcher.Positions()
+		st.setAll(watcher.Positions())
 		if len(evs) == 0 {
-			progressEvent()
+			control(true, watchEvent{Type: "progress"})
 		}
 		if !send() {
 			return
