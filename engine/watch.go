@@ -94,9 +94,42 @@ type Watcher struct {
 	// watcher has been reading (0: not yet): falling out of that buffer
 	// means the watcher could not keep up.
 	gen    map[int]uint64
-	notify chan struct{}
-	next   int // the partition to look at first, for fairness
-	closed bool
+	sub *subscriber
+	// pending lists partitions to look at on the next pass without
+	// waiting for their relay: all of them at first, then those that
+	// had more to read than one pass took, or whose read failed.
+	pending map[int]bool
+	next    int
+	closed  bool
+}
+
+// subscriber is how relays wake a watcher: they mark their partition
+// dirty and signal, so that a watcher following many partitions looks
+// only at those that changed.
+type subscriber struct {
+	ch    chan struct{}
+	mu    sync.Mutex
+	dirty map[int]bool
+}
+
+func (s *subscriber) mark(p int) {
+	s.mu.Lock()
+	s.dirty[p] = true
+	s.mu.Unlock()
+	select {
+	case s.ch <- struct{}{}:
+	default:
+	}
+}
+
+// take moves the dirty partitions into into.
+func (s *subscriber) take(into map[int]bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range s.dirty {
+		into[p] = true
+		delete(s.dirty, p)
+	}
 }
 
 // hub holds a node's relays and counts its watchers.
@@ -182,9 +215,11 @@ func (s *Engine) Watch(ctx context.Context, spec WatchSpec) (*Watcher, error) {
 	h.watchers++
 	h.mu.Unlock()
 	w := &Watcher{s: s, spec: spec, parts: parts, pos: pos, relays: make(map[int]*relay, len(parts)),
-		gen: make(map[int]uint64, len(parts)), notify: make(chan struct{}, 1)}
+		gen: make(map[int]uint64, len(parts)), sub: &subscriber{ch: make(chan struct{}, 1), dirty: map[int]bool{}},
+		pending: make(map[int]bool, len(parts))}
 	for _, p := range parts {
-		w.relays[p] = h.acquire(p, w.notify)
+		w.pending[p] = true
+		w.relays[p] = h.acquire(p, w.sub)
 	}
 	return w, nil
 }
@@ -207,7 +242,7 @@ func (w *Watcher) Close() {
 	w.closed = true
 	h := w.s.hub
 	for p, r := range w.relays {
-		h.release(p, r, w.notify)
+		h.release(p, r, w.sub)
 	}
 	h.mu.Lock()
 	h.watchers--
@@ -232,38 +267,52 @@ func (w *Watcher) Next(ctx context.Context, max int, wait time.Duration) ([]Even
 	for {
 		var out []Event
 		var failed error
+		w.sub.take(w.pending)
+		// Start one further each call, so a busy partition cannot keep
+		// the others waiting.
+		w.next = (w.next + 1) % len(w.parts)
 		for i := range w.parts {
 			p := w.parts[(w.next+i)%len(w.parts)]
-			evs, err := w.take(ctx, p, max-len(out))
+			if !w.pending[p] {
+				continue
+			}
+			if len(out) >= max {
+				break // still pending: the next call looks first
+			}
+			delete(w.pending, p)
+			evs, more, err := w.take(ctx, p, max-len(out))
 			if err != nil {
 				var rs *ResyncError
 				if errors.As(err, &rs) || errors.Is(err, ErrSlowWatcher) {
 					return out, err
 				}
 				failed = err
+				w.pending[p] = true
 				continue
 			}
-			out = append(out, evs...)
-			if len(out) >= max {
-				break
+			if more {
+				w.pending[p] = true
 			}
+			out = append(out, evs...)
 		}
-		w.next = (w.next + 1) % len(w.parts)
 		if len(out) > 0 {
 			return out, nil
 		}
-		wake := (<-chan time.Time)(nil)
-		if failed != nil {
+		var wake <-chan time.Time
+		switch {
+		case failed != nil:
 			// A primary is away: try again soon, not in a loop.
 			wake = time.After(backoff)
 			backoff = min(2*backoff, 500*time.Millisecond)
+		case len(w.pending) > 0:
+			continue
 		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-timer.C:
 			return nil, nil
-		case <-w.notify:
+		case <-w.sub.ch:
 		case <-wake:
 		}
 	}
@@ -272,17 +321,18 @@ func (w *Watcher) Next(ctx context.Context, max int, wait time.Duration) ([]Even
 // take returns partition p's matching changes after the watcher's
 // position, from the relay's buffer or, when the position is older than
 // the buffer, from the primary's history.
-func (w *Watcher) take(ctx context.Context, p, max int) ([]Event, error) {
+// more reports that the partition may have more to read right away.
+func (w *Watcher) take(ctx context.Context, p, max int) (evs []Event, more bool, err error) {
 	r := w.relays[p]
-	evs, pos, gen, ahead, ok := r.read(w.pos[p], max, w.match)
+	evs, pos, head, gen, ahead, ok := r.read(w.pos[p], max, w.match)
 	if ok && !ahead {
 		w.pos[p], w.gen[p] = pos, gen
-		return evs, nil
+		return evs, pos < head, nil
 	}
-	if !ok && w.gen[p] != 0 && w.gen[p] == gen && r.head() > w.pos[p]+relayEntries {
+	if !ok && w.gen[p] != 0 && w.gen[p] == gen && head > w.pos[p]+relayEntries {
 		// It was reading the buffer and is now further behind than the
 		// buffer ever holds.
-		return nil, ErrSlowWatcher
+		return nil, false, ErrSlowWatcher
 	}
 	// Older than the buffer, or the relay has not started, or the
 	// position is past the relay's (a scan's token can be, briefly; a
@@ -291,10 +341,10 @@ func (w *Watcher) take(ctx context.Context, p, max int) ([]Event, error) {
 	defer cancel()
 	resp, err := w.s.logFromPrimary(rctx, peer.LogReq{Partition: p, After: w.pos[p], Limit: min(max, directEntries), Prefix: w.spec.Prefix, Exact: w.spec.Exact})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if resp.Compacted {
-		return nil, &ResyncError{Partition: p, Floor: resp.Floor}
+		return nil, false, &ResyncError{Partition: p, Floor: resp.Floor}
 	}
 	out := make([]Event, 0, len(resp.Entries))
 	for _, e := range resp.Entries {
@@ -302,16 +352,11 @@ func (w *Watcher) take(ctx context.Context, p, max int) ([]Event, error) {
 			out = append(out, Event{Partition: p, LogEntry: e})
 		}
 	}
+	// Moving on, it looks again at once (the buffer, or the rest of the
+	// history); standing still, it waits for the relay to move.
 	moved := resp.Position > w.pos[p]
 	w.pos[p] = resp.Position
-	if len(out) == 0 && moved {
-		// Moving on: look again soon, without waiting for a change.
-		select {
-		case w.notify <- struct{}{}:
-		default:
-		}
-	}
-	return out, nil
+	return out, moved, nil
 }
 
 // logFromPrimary reads partition p's history from its primary, retrying
@@ -344,34 +389,34 @@ type relay struct {
 	pos   uint64
 	buf   []peer.LogEntry
 	bytes int
-	subs  map[chan struct{}]struct{}
+	subs  map[*subscriber]struct{}
 	refs  int
 	idle  time.Time
 	stop  context.CancelFunc
 }
 
-func (h *hub) acquire(p int, notify chan struct{}) *relay {
+func (h *hub) acquire(p int, sub *subscriber) *relay {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r, ok := h.relays[p]
 	if !ok {
 		ctx, cancel := context.WithCancel(context.Background())
-		r = &relay{p: p, subs: map[chan struct{}]struct{}{}, stop: cancel}
+		r = &relay{p: p, subs: map[*subscriber]struct{}{}, stop: cancel}
 		h.relays[p] = r
 		go h.follow(ctx, r)
 	}
 	r.mu.Lock()
 	r.refs++
-	r.subs[notify] = struct{}{}
+	r.subs[sub] = struct{}{}
 	r.mu.Unlock()
 	return r
 }
 
-func (h *hub) release(p int, r *relay, notify chan struct{}) {
+func (h *hub) release(p int, r *relay, sub *subscriber) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.refs--
-	delete(r.subs, notify)
+	delete(r.subs, sub)
 	if r.refs == 0 {
 		r.idle = time.Now()
 	}
@@ -450,13 +495,6 @@ func (h *hub) follow(ctx context.Context, r *relay) {
 	}
 }
 
-// head is the position the relay has read up to.
-func (r *relay) head() uint64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.pos
-}
-
 func (r *relay) restart(pos uint64) {
 	r.mu.Lock()
 	r.gen++
@@ -495,26 +533,23 @@ func (r *relay) append(after uint64, resp peer.LogResp) bool {
 func (r *relay) wake() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for ch := range r.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
+	for sub := range r.subs {
+		sub.mark(r.p)
 	}
 }
 
-// read returns the buffer's matching entries after pos, at most max, and
-// the position reached. ok is false when pos is older than the buffer (or
-// the relay has not started), ahead when it is past the buffer: either
-// way the caller must read elsewhere.
-func (r *relay) read(pos uint64, max int, match func(string) bool) (evs []Event, reached, gen uint64, ahead, ok bool) {
+// read returns the buffer's matching entries after pos, at most max, the
+// position reached and the relay's head. ok is false when pos is older
+// than the buffer (or the relay has not started), ahead when it is past
+// the buffer: either way the caller must read elsewhere.
+func (r *relay) read(pos uint64, max int, match func(string) bool) (evs []Event, reached, head, gen uint64, ahead, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.gen == 0 || pos < r.base {
-		return nil, pos, r.gen, false, false
+		return nil, pos, r.pos, r.gen, false, false
 	}
 	if pos >= r.pos || max <= 0 {
-		return nil, pos, r.gen, pos > r.pos, true
+		return nil, pos, r.pos, r.gen, pos > r.pos, true
 	}
 	// The first entry after pos.
 	lo, hi := 0, len(r.buf)
@@ -537,5 +572,5 @@ func (r *relay) read(pos uint64, max int, match func(string) bool) (evs []Event,
 			evs = append(evs, Event{Partition: r.p, LogEntry: e})
 		}
 	}
-	return evs, reached, r.gen, false, true
+	return evs, reached, r.pos, r.gen, false, true
 }
