@@ -46,6 +46,9 @@ const (
 	relayCoalesce = 2 * time.Millisecond
 	// directEntries caps one direct read of a watcher that catches up.
 	directEntries = 512
+	// minDirectWait is the least time a direct read gets, however short
+	// the caller's wait.
+	minDirectWait = 100 * time.Millisecond
 )
 
 // Watch errors.
@@ -263,6 +266,14 @@ func (w *Watcher) match(key string) bool {
 func (w *Watcher) Next(ctx context.Context, max int, wait time.Duration) ([]Event, error) {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
+	// A read from a primary that cannot be reached must not hold up the
+	// caller's progress report: the reads of one call share its wait.
+	readWait := wait
+	if readWait < minDirectWait {
+		readWait = minDirectWait
+	}
+	rctx, cancel := context.WithTimeout(ctx, readWait)
+	defer cancel()
 	backoff := 10 * time.Millisecond
 	for {
 		var out []Event
@@ -280,7 +291,15 @@ func (w *Watcher) Next(ctx context.Context, max int, wait time.Duration) ([]Even
 				break // still pending: the next call looks first
 			}
 			delete(w.pending, p)
-			evs, more, err := w.take(ctx, p, max-len(out))
+			evs, more, err := w.take(rctx, p, max-len(out))
+			if err != nil && rctx.Err() != nil {
+				// Out of time for this call: report progress, come back.
+				w.pending[p] = true
+				if ctx.Err() != nil {
+					return out, ctx.Err()
+				}
+				return out, nil
+			}
 			if err != nil {
 				var rs *ResyncError
 				if errors.As(err, &rs) || errors.Is(err, ErrSlowWatcher) {
