@@ -467,6 +467,12 @@ func (l *batchLoad) settled() {
 	}
 }
 
+func (l *batchLoad) lastReads() []history.Op {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return okReads(l.finalReads)
+}
+
 func (l *batchLoad) check(h history.History) []history.Report {
 	r := l.r
 	report := func(what string, problems []string) {

@@ -3,6 +3,7 @@ package nemesis
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,7 @@ type casLoad struct {
 	mu      sync.Mutex
 	acked   map[string]int // increments acknowledged, per counter
 	unknown map[string]int // increments with an unknown outcome
+	reads   []history.Op   // the reads after convergence
 }
 
 func newCASLoad(r *run) load {
@@ -148,6 +150,9 @@ func (l *casLoad) settled() {
 				r.fail("cas: read of %s after convergence failed: %v", key, err)
 				return
 			}
+			l.mu.Lock()
+			l.reads = append(l.reads, op)
+			l.mu.Unlock()
 			count := 0
 			if op.Found {
 				if count, err = counterValue(op.Value); err != nil {
@@ -171,6 +176,12 @@ func (l *casLoad) settled() {
 		})
 	}
 	wg.Wait()
+}
+
+func (l *casLoad) lastReads() []history.Op {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.reads)
 }
 
 func (l *casLoad) check(h history.History) []history.Report {

@@ -38,6 +38,29 @@
 // (history.CheckBank); every op of every batch is checked per key under
 // history.RevisionModel too.
 //
+// Those named scan-* run the scan load: the register workload on 24 keys
+// that are created and deleted all the time (as many deletes as sets),
+// beside scanners that read the keys' range page by page (limits of 2-5,
+// every page through another random node, mostly linearizable);
+// history.CheckScans checks that a linearizable scan returns every key
+// that existed all through it and none deleted before it began (and not
+// written again), nothing twice, out of order, outside the range, older
+// than a write acknowledged before it, or that no set wrote.
+//
+// Every run, whatever its load, has three watchers (GET /kv/watch): two of
+// the run's key prefix, one of every key, each from a token taken before
+// the workload starts (a scan's, or the first event of since=now), each
+// reconnecting through another node whenever its stream ends, errs or
+// stalls, and on purpose every 2-4 s, with the id of the last event it
+// processed. Once the cluster has converged and the load's last reads are
+// done, each must show the last change of every key; then
+// history.CheckWatches checks that every acknowledged write is in every
+// stream exactly once with its revision and value, that every change is a
+// write that was attempted and not refused (at most once for an unknown
+// outcome) or an expiry not before its deadline, in revision order per key
+// and per partition, the same in every stream, ending in the state the
+// last reads show, and that no stream was ever cut or asked to resync.
+//
 // The nodes run with FAILOVER_GRACE=1s (failover 1 s after gossip declares
 // a node dead) and REQUEST_TIMEOUT=2s (below the clients' 3 s timeout), and
 // every node, node-1 included, lists the others in JOIN_ADDR, as
@@ -55,9 +78,10 @@
 //	go test -race -count=1 ./nemesis/                 # short pass (CI)
 //	go test -count=1 -timeout 0 ./nemesis/ -nemesis.soak   # soak (or CLUSTERKIT_SOAK=1)
 //	go test -count=1 ./nemesis/ -run 'TestNemesis/n3/kill-leader$' -nemesis.seed=42 -v
-//	go test -race -count=1 ./nemesis/ -run 'TestNemesis/n./(cas|ttl|batch)-' -v  # the CAS, TTL and batch loads
+//	go test -race -count=1 ./nemesis/ -run 'TestNemesis/n./(cas|ttl|batch|scan)-' -v  # the CAS, TTL, batch and scan loads
 //
-// See nemesis_test.go for every flag. On failure the history, the
-// visualisation, the node logs and a summary are kept in a directory named
-// in the failure message (under $CLUSTERKIT_ARTIFACTS if it is set).
+// See nemesis_test.go for every flag. On failure the history (with every
+// scan and every watcher's events and connections), the visualisation,
+// the node logs and a summary are kept in a directory named in the
+// failure message (under $CLUSTERKIT_ARTIFACTS if it is set).
 package nemesis

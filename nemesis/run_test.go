@@ -50,6 +50,8 @@ type run struct {
 
 	lastHeal int64 // recorder time of the last healing action
 	failures []string
+	// watch is the run's watchers.
+	watch *watchSet
 	// post are scenario checks run once the cluster has converged.
 	post []func()
 }
@@ -86,6 +88,11 @@ func runScenario(t *testing.T, size int, sc scenario, seed int64, netns bool) {
 	t.Logf("%d nodes up on %s after %s; workload: %d clients on keys %v; %s",
 		size, where, time.Since(start).Round(time.Millisecond), p.clients, r.keys, p)
 
+	// Watchers of every key of the run (the durability scenarios' and
+	// the loads' but the bank's accounts, which "" covers), from before
+	// the workload.
+	prefix := fmt.Sprintf("nemesis-%d-", r.seed%100000)
+	r.watch = startWatchers(r, watcherCount, prefix, prefix, "")
 	r.load.start(p.clients, seed)
 	defer r.load.halt()
 	r.sleep(p.warmup)
@@ -326,12 +333,17 @@ type load interface {
 	final(deadline int64)
 	// settled runs once the cluster has converged (or failed to).
 	settled()
+	// lastReads are the reads settled made after every write (the OK
+	// ones): the state every watcher must end in.
+	lastReads() []history.Op
 	// check checks the whole history (failing the run on a violation)
 	// and returns the porcupine reports it made, for the artifacts.
 	check(h history.History) []history.Report
 }
 
-// finish heals everything, stops the workload and runs every check.
+// finish heals everything, stops the workload and runs every check: the
+// load's, and the watchers' (once they have caught up with the reads the
+// load makes after convergence).
 func (r *run) finish() {
 	t := r.t
 	r.healAll()
@@ -353,6 +365,7 @@ func (r *run) finish() {
 		r.logf("cluster converged: %d nodes active, every partition fully in sync", len(r.members()))
 	}
 	r.load.settled()
+	r.watch.catchUp(r.load.lastReads())
 
 	if converged {
 		if err := r.checkReplicas(); err != nil {
@@ -372,6 +385,7 @@ func (r *run) finish() {
 
 	h = r.rec.History()
 	reps := r.load.check(h)
+	r.watch.check(h, r.load.lastReads())
 
 	if t.Failed() {
 		dir := r.saveArtifacts(h, reps)
@@ -494,6 +508,27 @@ func (r *run) saveArtifacts(h history.History, reps []history.Report) string {
 	fmt.Fprintf(&b, "\nnemesis events (times since the workload's clock started):\n")
 	for _, e := range h.Events {
 		fmt.Fprintf(&b, "- [%s .. %s] %s\n", time.Duration(e.Start), time.Duration(e.End), e.Description)
+	}
+	for _, w := range h.Watches {
+		fmt.Fprintf(&b, "\nwatcher %d of prefix %q, from %s (token asked for at %s, answered at %s); %d events on %d connections:\n",
+			w.ID, w.Prefix, w.From, time.Duration(w.TokenCall), time.Duration(w.TokenReturn), len(w.Events), len(w.Conns))
+		for i, c := range w.Conns {
+			since := c.Since
+			if since == "" {
+				since = "since=now"
+			}
+			fmt.Fprintf(&b, "- connection %d through %s [%s .. %s] %d events, from %s; ended: %s\n",
+				i, c.Node, time.Duration(c.Start), time.Duration(c.End), c.Events, since, c.Ended)
+		}
+	}
+	if len(h.Scans) > 0 {
+		ok := 0
+		for _, sc := range h.Scans {
+			if sc.Outcome == history.OK {
+				ok++
+			}
+		}
+		fmt.Fprintf(&b, "\nscans: %d, %d of them OK (every page of each in history.json)\n", len(h.Scans), ok)
 	}
 	fmt.Fprintf(&b, "\noperations: %s\n\nlinearizability:\n", h.Counts())
 	for _, rep := range reps {

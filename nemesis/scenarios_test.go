@@ -73,6 +73,18 @@ var scenarios = []scenario{
 	{name: "batch-pause-long", soakOnly: true, load: newBatchLoad, run: func(r *run) { pauseFor(r, r.busyPrimary(), r.p.pauseLong) }},
 	{name: "batch-cut-long", netns: true, soakOnly: true, load: newBatchLoad, run: func(r *run) { isolateFor(r, r.busyPrimary(), r.p.cutLong) }},
 	{name: "batch-mixed", soakOnly: true, load: newBatchLoad, run: mixed},
+
+	// The scan load (keys created and deleted all the time, scanned page
+	// by page through random nodes), in the short pass under the CAS
+	// load's faults: a page whose partition's primary was killed must
+	// wait for its successor, never skip its keys, and the short cut
+	// leaves writes with an unknown outcome that scans may or may not
+	// show. The others in the soak. (The watchers follow every run of the
+	// register load too, under each of its faults.)
+	{name: "scan-kill-cut-primary", load: newScanLoad, run: killThenCut},
+	{name: "scan-pause-long", soakOnly: true, load: newScanLoad, run: func(r *run) { pauseFor(r, r.busyPrimary(), r.p.pauseLong) }},
+	{name: "scan-cut-long", netns: true, soakOnly: true, load: newScanLoad, run: func(r *run) { isolateFor(r, r.busyPrimary(), r.p.cutLong) }},
+	{name: "scan-mixed", soakOnly: true, load: newScanLoad, run: mixed},
 }
 
 func killFor(r *run, n *tc.Node) {

@@ -44,6 +44,7 @@ type ttlLoad struct {
 
 	mu     sync.Mutex
 	finals []history.Op // the final sets
+	reads  []history.Op // the linearizable reads after the last deadline
 }
 
 func newTTLLoad(r *run) load {
@@ -170,6 +171,9 @@ func (l *ttlLoad) settled() {
 					}
 					mu.Lock()
 					defer mu.Unlock()
+					if op.Outcome == history.OK && !stale {
+						l.reads = append(l.reads, op)
+					}
 					total++
 					switch {
 					case op.Outcome != history.OK:
@@ -184,6 +188,8 @@ func (l *ttlLoad) settled() {
 	wg.Wait()
 	r.logf("ttl: after the last deadline, %d of %d reads (every key, through every member, both consistencies) found the key gone", absent, total)
 }
+
+func (l *ttlLoad) lastReads() []history.Op { return l.reads }
 
 // maxProblems is how many TTL violations are reported one by one.
 const maxProblems = 20

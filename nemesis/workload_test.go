@@ -193,6 +193,9 @@ type workload struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	values  *atomic.Int64
+	// setP and deleteP are the shares of sets and of deletes among the
+	// operations, the rest being gets (both 0: 45% and 5%).
+	setP, deleteP float64
 }
 
 func (w *workload) start(clients int, seed int64) {
@@ -204,6 +207,10 @@ func (w *workload) start(clients int, seed int64) {
 }
 
 func (w *workload) client(rng *rand.Rand) {
+	setP, deleteP := w.setP, w.deleteP
+	if setP == 0 && deleteP == 0 {
+		setP, deleteP = 0.45, 0.05
+	}
 	id := w.kv.rec.NewClient()
 	for {
 		select {
@@ -216,9 +223,9 @@ func (w *workload) client(rng *rand.Rand) {
 		key := w.keys[rng.IntN(len(w.keys))]
 		var op history.Op
 		switch p := rng.Float64(); {
-		case p < 0.45:
+		case p < setP:
 			op = w.kv.do(id, node, history.Write, key, fmt.Sprintf("v%d", w.values.Add(1)))
-		case p < 0.5:
+		case p < setP+deleteP:
 			op = w.kv.do(id, node, history.Delete, key, "")
 		default:
 			op = w.kv.do(id, node, history.Read, key, "")
@@ -249,22 +256,44 @@ func (w *workload) halt() {
 // healing a final read of every key (the scenario's extra keys too) and a
 // final write to every workload key, and once settled a read of each
 // again; checked for lost acknowledged writes and for linearizability.
+//
+// The scan load (newScanLoad) is this load on another key set, with
+// scanners beside the clients.
 type registerLoad struct {
 	r      *run
+	name   string // for messages
 	w      *workload
 	finals []history.Op
+	// reads are the OK reads after convergence, after every write.
+	reads []history.Op
+	scans *scanSet // nil: no scans
 }
 
 func newRegisterLoad(r *run) load {
 	for i := range r.p.keys {
 		r.keys = append(r.keys, fmt.Sprintf("nemesis-%d-k%d", r.seed%100000, i))
 	}
-	return &registerLoad{r: r, w: &workload{kv: r.kv, keys: r.keys, targets: r.clientTargets, values: &r.values}}
+	return newRegisterLoadOn(r, "register")
 }
 
-func (l *registerLoad) start(clients int, seed int64) { l.w.start(clients, seed) }
+// newRegisterLoadOn makes the register load on r.keys.
+func newRegisterLoadOn(r *run, name string) *registerLoad {
+	return &registerLoad{r: r, name: name, w: &workload{kv: r.kv, keys: r.keys, targets: r.clientTargets, values: &r.values}}
+}
 
-func (l *registerLoad) halt() { l.w.halt() }
+func (l *registerLoad) start(clients int, seed int64) {
+	l.w.start(clients, seed)
+	if l.scans != nil {
+		l.scans.start(seed)
+	}
+}
+
+func (l *registerLoad) halt() {
+	l.w.halt()
+	if l.scans != nil {
+		l.scans.halt()
+	}
+}
 
 func (l *registerLoad) all() []string { return append(slices.Clone(l.r.keys), l.r.extraKeys...) }
 
@@ -297,7 +326,7 @@ func (l *registerLoad) final(deadline int64) {
 
 // settled reads every key again: the final writes (and the durability
 // scenarios' writes) must be there; then no acknowledged write may be
-// lost.
+// lost. Then the scanners scan once more.
 func (l *registerLoad) settled() {
 	r := l.r
 	all := l.all()
@@ -329,6 +358,23 @@ func (l *registerLoad) settled() {
 	} else {
 		r.logf("no acknowledged write lost (%d final reads)", len(okFinals))
 	}
+	l.reads = okReads(finals2)
+	if l.scans != nil {
+		l.scans.final(r.rec.Now() + int64(finalDeadline))
+	}
+}
+
+func (l *registerLoad) lastReads() []history.Op { return l.reads }
+
+// okReads returns the reads of ops that succeeded.
+func okReads(ops []history.Op) []history.Op {
+	var out []history.Op
+	for _, o := range ops {
+		if o.Kind == history.Read && o.Outcome == history.OK {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 func (l *registerLoad) check(h history.History) []history.Report {
@@ -336,9 +382,12 @@ func (l *registerLoad) check(h history.History) []history.Report {
 	start := time.Now()
 	rep := history.Check(h, r.p.checkTimeout)
 	if !rep.OK() {
-		r.fail("linearizability check failed:\n%s", rep)
+		r.fail("%s: linearizability check failed:\n%s", l.name, rep)
 	} else {
-		r.logf("linearizable: %d keys, %d operations, checked in %s", len(rep.Keys), len(h.Ops), time.Since(start).Round(time.Millisecond))
+		r.logf("%s: linearizable: %d keys, %d operations, checked in %s", l.name, len(rep.Keys), len(h.Ops), time.Since(start).Round(time.Millisecond))
+	}
+	if l.scans != nil {
+		l.scans.check(h)
 	}
 	return []history.Report{rep}
 }

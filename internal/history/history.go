@@ -6,7 +6,9 @@
 // deadlines (CheckTTL). Batches (POST /kv/batch) are recorded as such and
 // as their single operations: atomic ones are checked for all or nothing
 // (CheckBatches), and the bank workload's for conserving money
-// (CheckBank).
+// (CheckBank). Range reads (GET /kv/scan, every page) are checked against
+// the writes (CheckScans), and what watchers (GET /kv/watch) received
+// against the writes and the final state (CheckWatches).
 //
 // Outcomes follow the KV API's contract:
 //
@@ -195,10 +197,13 @@ type Event struct {
 	Description string `json:"description"`
 }
 
-// History is a recorded run.
+// History is a recorded run: the operations, the batches, the range reads
+// (scans) and what the watchers received, and the test's actions.
 type History struct {
 	Ops     []Op    `json:"ops"`
 	Batches []Batch `json:"batches,omitempty"`
+	Scans   []Scan  `json:"scans,omitempty"`
+	Watches []Watch `json:"watches,omitempty"`
 	Events  []Event `json:"events,omitempty"`
 }
 
@@ -209,6 +214,8 @@ type Recorder struct {
 	mu      sync.Mutex
 	ops     []Op
 	batches []Batch
+	scans   []Scan
+	watches []Watch
 	events  []Event
 	clients int
 }
@@ -258,7 +265,8 @@ func (r *Recorder) Event(start, end int64, format string, args ...any) {
 func (r *Recorder) History() History {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return History{Ops: slices.Clone(r.ops), Batches: slices.Clone(r.batches), Events: slices.Clone(r.events)}
+	return History{Ops: slices.Clone(r.ops), Batches: slices.Clone(r.batches), Scans: slices.Clone(r.scans),
+		Watches: slices.Clone(r.watches), Events: slices.Clone(r.events)}
 }
 
 // Keys lists the keys the history touches, sorted.
