@@ -96,7 +96,7 @@ type Watcher struct {
 	// gen, per partition, is the relay generation whose buffer the
 	// watcher has been reading (0: not yet): falling out of that buffer
 	// means the watcher could not keep up.
-	gen    map[int]uint64
+	gen map[int]uint64
 	sub *subscriber
 	// pending lists partitions to look at on the next pass without
 	// waiting for their relay: all of them at first, then those that
