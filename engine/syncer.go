@@ -334,7 +334,12 @@ func (s *Engine) catchUp(ctx context.Context, p int, epoch uint64, node string) 
 // it. It returns how many writes it sent, or -1 when the copy needs a full
 // one. The caller holds the partition lock.
 func (s *Engine) sendTail(ctx context.Context, p int, rt Route, node string) (int, error) {
-	info, err := s.peers.CopyInfo(ctx, node, peer.CopyInfoReq{Partition: p})
+	// Every call is bounded like a replication round: the partition is
+	// locked, and a replica that takes connections but does not answer
+	// must not hold its writes and reads up for the whole catch-up.
+	cctx, cancel := context.WithTimeout(ctx, s.replTimeout)
+	info, err := s.peers.CopyInfo(cctx, node, peer.CopyInfoReq{Partition: p})
+	cancel()
 	if err != nil {
 		return -1, nil
 	}
@@ -362,7 +367,10 @@ func (s *Engine) sendTail(ctx context.Context, p int, rt Route, node string) (in
 			// each key, as it does for a round from an older sender.
 			req.Entries[i] = peer.Entry{Delete: e.Delete, Expired: e.Expired, Key: string(e.Key), Value: string(e.Value), ExpiresAt: e.ExpiresAt}
 		}
-		if err := s.peers.Replicate(ctx, node, req); err != nil {
+		rctx, cancel := context.WithTimeout(ctx, s.replTimeout)
+		err = s.peers.Replicate(rctx, node, req)
+		cancel()
+		if err != nil {
 			return 0, fmt.Errorf("send writes %d to %d: %w", after+1, entries[len(entries)-1].Seq, err)
 		}
 		after = entries[len(entries)-1].Seq
