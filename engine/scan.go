@@ -70,12 +70,10 @@ func (s *Engine) Scan(ctx context.Context, spec ScanSpec) (ScanPage, error) {
 		wg.Go(func() { resps[p], errs[p] = s.scanPartition(ctx, p, req) })
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		// Never a page with a partition missing: the whole page fails.
-		for _, e := range errs {
-			if e != nil {
-				return ScanPage{}, e
-			}
+	// Never a page with a partition missing: the whole page fails.
+	for _, err := range errs {
+		if err != nil {
+			return ScanPage{}, err
 		}
 	}
 	page := ScanPage{Positions: make(map[int]uint64, parts)}

@@ -40,7 +40,6 @@ const (
 type keyRange struct {
 	start, end string
 	hasEnd     bool
-	prefix     bool
 }
 
 // prefixEnd returns the first key after every key with prefix p (false:
@@ -80,7 +79,7 @@ func parseRange(q url.Values) (keyRange, error) {
 		if q.Has("start") || q.Has("end") {
 			return keyRange{}, errcode.New(errcode.InvalidRange, "give prefix, or start and end, not both")
 		}
-		r := keyRange{start: prefix, prefix: true}
+		r := keyRange{start: prefix}
 		r.end, r.hasEnd = prefixEnd(prefix)
 		return r, nil
 	}
@@ -219,15 +218,13 @@ func (s *Server) handleScan(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-// watchEvent is one event's data.
+// watchEvent is the data of an event that is not a change (those are
+// written by streamState.change): progress, resync_required and cut.
 type watchEvent struct {
-	Type      string  `json:"type"`
-	Key       string  `json:"key,omitempty"`
-	Value     *string `json:"value,omitempty"`
-	Revision  uint64  `json:"revision,omitempty"`
-	ExpiresAt string  `json:"expires_at,omitempty"`
+	Type string `json:"type"`
 	// resync_required: the partition and the oldest position it can
 	// resume from.
+	Revision  uint64 `json:"revision,omitempty"`
 	Partition *int   `json:"partition,omitempty"`
 	Reason    string `json:"reason,omitempty"`
 	Error     string `json:"error,omitempty"`
@@ -375,7 +372,7 @@ func (s *Server) watchSpec(r *http.Request, q url.Values) (engine.WatchSpec, err
 		if err := checkBound("prefix", prefix); err != nil {
 			return spec, err
 		}
-		kr := keyRange{start: prefix, prefix: true}
+		kr := keyRange{start: prefix}
 		kr.end, kr.hasEnd = prefixEnd(prefix)
 		if err := permitRange(r, kr); err != nil {
 			return spec, err

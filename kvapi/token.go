@@ -54,9 +54,7 @@ func appendPositions(b []byte, pos map[int]uint64) []byte {
 }
 
 func encodeToken(layout uint64, pos map[int]uint64) string {
-	b := []byte{tokenTag, formatByte}
-	b = binary.BigEndian.AppendUint64(b, layout)
-	return base64.RawURLEncoding.EncodeToString(appendPositions(b, pos))
+	return string(newStreamState(layout, pos).token())
 }
 
 var errBadToken = errcode.New(errcode.InvalidToken, "the watch token does not decode: pass an event's id or a scan's token unchanged")
