@@ -94,8 +94,8 @@ type Watcher struct {
 	pos    map[int]uint64
 	relays map[int]*relay
 	// gen, per partition, is the relay generation whose buffer the
-	// watcher has been reading (0: not yet): falling out of that buffer
-	// means the watcher could not keep up.
+	// watcher has read near its head (0: not yet): falling far behind
+	// that buffer afterwards means the watcher could not keep up.
 	gen map[int]uint64
 	sub *subscriber
 	// pending lists partitions to look at on the next pass without
@@ -345,7 +345,13 @@ func (w *Watcher) take(ctx context.Context, p, max int) (evs []Event, more bool,
 	r := w.relays[p]
 	evs, pos, head, gen, ahead, ok := r.read(w.pos[p], max, w.match)
 	if ok && !ahead {
-		w.pos[p], w.gen[p] = pos, gen
+		w.pos[p] = pos
+		// It counts as keeping up once it is near the head, not as soon
+		// as it reaches the buffer's old end while catching up: from
+		// there the next append would push it out again.
+		if head-pos <= relayEntries/2 {
+			w.gen[p] = gen
+		}
 		return evs, pos < head, nil
 	}
 	if !ok && w.gen[p] != 0 && w.gen[p] == gen && head > w.pos[p]+relayEntries {
