@@ -172,10 +172,20 @@ func TestCopyFloor(t *testing.T) {
 		n2 := c.nodes["n2"]
 		_ = n2.ln.Close()
 		n2.ln.StopServing()
-		_, err := write(t, c.nodes["n1"], Op{Key: keyIn(t, "below", 0, parts), Value: "v"}, 0)
-		// It is on the primary's disk, so it is not "not applied" either.
-		if errcode.Of(err) != errcode.OutcomeUnknown {
-			t.Fatalf("write that reached one copy of two: %v, want outcome_unknown", err)
+		n1 := c.nodes["n1"]
+		before := meta(t, n1.db, 0).Seq
+		_, err := write(t, n1, Op{Key: keyIn(t, "below", 0, parts), Value: "v"}, 0)
+		switch errcode.Of(err) {
+		case errcode.OutcomeUnknown:
+			// It reached the primary's disk, so it is not "not applied" either.
+		case errcode.NotEnoughReplicas:
+			// The lease renewal noticed n2 first and dropped it from the
+			// in-sync set; then the write must have been refused whole.
+			if got := meta(t, n1.db, 0).Seq; got != before {
+				t.Fatalf("write refused as not_enough_replicas was stored: seq %d → %d", before, got)
+			}
+		default:
+			t.Fatalf("write that reached one copy of two: %v, want outcome_unknown (or not_enough_replicas before it began)", err)
 		}
 	})
 }
