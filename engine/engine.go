@@ -71,6 +71,9 @@ type Engine struct {
 	historyRevisions uint64
 	historyAge       time.Duration
 
+	copies copyTracker
+	count  counters
+
 	kick        chan struct{}
 	leases      *leases
 	guard       *tableGuard

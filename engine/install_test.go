@@ -25,7 +25,7 @@ import (
 func captureInstall(t *testing.T, src Storage, p int) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	if err := snapshotSender(src, p)(&buf); err != nil {
+	if err := snapshotSender(src, p, nil)(&buf); err != nil {
 		t.Fatalf("write the copy of partition %d: %v", p, err)
 	}
 	return buf.Bytes()
@@ -156,6 +156,19 @@ func TestInstallStreamRoundTrip(t *testing.T) {
 			want := dumpPartition(t, src, p)
 
 			stream := captureInstall(t, src, p)
+			// A copy in flight reports how many keys it has sent.
+			var copies copyTracker
+			c := copies.start(p, "n2", "full", len(want.Pairs))
+			if err := snapshotSender(src, p, c)(io.Discard); err != nil {
+				t.Fatal(err)
+			}
+			if got := copies.list(); len(got) != 1 || got[0].Sent != len(want.Pairs) || got[0].Total != len(want.Pairs) || got[0].Replica != "n2" {
+				t.Errorf("copy progress = %+v, want %d of %d keys sent to n2", got, len(want.Pairs), len(want.Pairs))
+			}
+			copies.done(c)
+			if got := copies.list(); len(got) != 0 {
+				t.Errorf("copies after done = %+v, want none", got)
+			}
 			seq, pairs, err := decodeAll(t, stream, MaxValueBytes+storage.RecordOverhead)
 			if err != nil {
 				t.Fatalf("decode: %v", err)

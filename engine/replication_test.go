@@ -312,7 +312,7 @@ func TestReplicateFencing(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := member(t)
-	if err := m.Install(context.Background(), n2.addr(), peer.InstallReq{Partition: 0, Epoch: 5, From: "n1"}, snapshotSender(src, 0)); err != nil {
+	if err := m.Install(context.Background(), n2.addr(), peer.InstallReq{Partition: 0, Epoch: 5, From: "n1"}, snapshotSender(src, 0, nil)); err != nil {
 		t.Fatalf("install: %v", err)
 	}
 	if m := meta(t, n2.db, 0); m != (storage.Meta{Epoch: 5, Seq: 10, Keys: 1}) {

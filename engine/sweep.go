@@ -61,6 +61,8 @@ func (s *Engine) sweep(ctx context.Context, p int) {
 	_, err = s.primaryWrite(wctx, p, &pendingWrite{epoch: rt.Epoch, ops: ops})
 	switch {
 	case err == nil:
+		s.count.sweeps.Add(1)
+		s.count.expired.Add(uint64(len(keys)))
 	case errcode.Retryable(err), errcode.Of(err) == errcode.NotEnoughReplicas:
 		// The partition is moving or short of copies; reads hide the
 		// keys meanwhile, and the next sweep tries again.

@@ -175,7 +175,7 @@ func (s *Engine) reconcile(ctx context.Context, p int, epoch uint64) bool {
 		wg.Go(func() {
 			ictx, cancel := context.WithTimeout(ctx, reconcileTimeout)
 			defer cancel()
-			if err := s.installOn(ictx, p, epoch, r); err != nil {
+			if err := s.installOn(ictx, p, epoch, r, "reconcile"); err != nil {
 				s.log.Warn("could not reconcile replica for new epoch; removing it from the in-sync set",
 					"partition", p, "epoch", epoch, "replica", r, "err", err)
 				mu.Lock()
@@ -248,20 +248,29 @@ func (s *Engine) advanceForEpoch(p int, epoch uint64) error {
 // catchUpTimeout bounds one partition copy to a replica.
 const catchUpTimeout = 15 * time.Second
 
-func (s *Engine) installOn(ctx context.Context, p int, epoch uint64, node string) error {
+func (s *Engine) installOn(ctx context.Context, p int, epoch uint64, node, how string) error {
+	total := 0
+	if m, err := s.store.Meta(p); err == nil {
+		total = int(m.Keys)
+	}
+	c := s.copies.start(p, node, how, total)
+	defer s.copies.done(c)
 	req := peer.InstallReq{Partition: p, Epoch: epoch, Version: s.router.Version(), From: s.router.Self()}
-	return s.peers.Install(ctx, node, req, snapshotSender(s.store, p))
+	return s.peers.Install(ctx, node, req, snapshotSender(s.store, p, c))
 }
 
 // snapshotSender writes partition p's copy, read straight out of one
 // storage snapshot, as a partition copy's stream.
-func snapshotSender(st Storage, p int) func(io.Writer) error {
+func snapshotSender(st Storage, p int, progress *copyProgress) func(io.Writer) error {
 	return func(w io.Writer) error {
 		var iw *peer.InstallWriter
 		err := st.SnapshotLog(p, func(m storage.Meta) (err error) {
 			iw, err = peer.NewInstallWriter(w, m.Seq)
 			return err
-		}, func(k, v []byte) error { return iw.Pair(k, v) }, func(floor uint64) error {
+		}, func(k, v []byte) error {
+			progress.add(1)
+			return iw.Pair(k, v)
+		}, func(floor uint64) error {
 			if err := iw.End(); err != nil {
 				return err
 			}
@@ -310,7 +319,7 @@ func (s *Engine) catchUp(ctx context.Context, p int, epoch uint64, node string) 
 	}
 	if sent < 0 {
 		how = "full copy"
-		if err := s.installOn(ictx, p, epoch, node); err != nil {
+		if err := s.installOn(ictx, p, epoch, node, "full"); err != nil {
 			return err
 		}
 	}
@@ -350,6 +359,8 @@ func (s *Engine) sendTail(ctx context.Context, p int, rt Route, node string) (in
 	if info.Epoch != rt.Epoch || info.Seq > m.Seq || info.Seq < m.LogFloor {
 		return -1, nil
 	}
+	c := s.copies.start(p, node, "tail", int(m.Seq-info.Seq))
+	defer s.copies.done(c)
 	sent := 0
 	for after := info.Seq; after < m.Seq; {
 		entries, _, err := s.store.ReadLog(p, after, m.Seq, maxBatchOps, maxBatchBytes, nil)
@@ -375,6 +386,7 @@ func (s *Engine) sendTail(ctx context.Context, p int, rt Route, node string) (in
 		}
 		after = entries[len(entries)-1].Seq
 		sent += len(entries)
+		c.add(len(entries))
 	}
 	return sent, nil
 }

@@ -217,6 +217,7 @@ func (s *Engine) Watch(ctx context.Context, spec WatchSpec) (*Watcher, error) {
 	}
 	h.watchers++
 	h.mu.Unlock()
+	s.count.watchesOpened.Add(1)
 	w := &Watcher{s: s, spec: spec, parts: parts, pos: pos, relays: make(map[int]*relay, len(parts)),
 		gen: make(map[int]uint64, len(parts)), sub: &subscriber{ch: make(chan struct{}, 1), dirty: map[int]bool{}},
 		pending: make(map[int]bool, len(parts))}
@@ -357,6 +358,7 @@ func (w *Watcher) take(ctx context.Context, p, max int) (evs []Event, more bool,
 	if !ok && w.gen[p] != 0 && w.gen[p] == gen && head > w.pos[p]+relayEntries {
 		// It was reading the buffer and is now further behind than the
 		// buffer ever holds.
+		w.s.count.watchersCut.Add(1)
 		return nil, false, ErrSlowWatcher
 	}
 	// Older than the buffer, or the relay has not started, or the
