@@ -67,6 +67,11 @@ func (fixedInfo) ClusterNodes() int { return 3 }
 func (fixedInfo) IsLeader() bool    { return true }
 func (fixedInfo) RaftState() string { return "Leader" }
 
+// fixedTableVersion is the table version fixedInfo reports.
+const fixedTableVersion = 7
+
+func (fixedInfo) TableVersion() uint64 { return fixedTableVersion }
+
 // testNode is the node under test.
 type testNode struct {
 	srv *Server

@@ -59,7 +59,16 @@ type Info interface {
 	ClusterNodes() int
 	IsLeader() bool
 	RaftState() string
+	// TableVersion is the version of the partition table this node
+	// routes by; every KV answer carries it (TableVersionHeader) so that
+	// a client that routes by its own copy of the table sees when that
+	// copy is old.
+	TableVersion() uint64
 }
+
+// TableVersionHeader is the response header holding the answering node's
+// partition-table version.
+const TableVersionHeader = "X-ClusterKit-Table-Version"
 
 var _ Engine = (*engine.Engine)(nil)
 
@@ -144,6 +153,7 @@ func (r *statusRecorder) WriteHeader(code int) {
 func (s *Server) count(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		w.Header().Set(TableVersionHeader, strconv.FormatUint(s.info.TableVersion(), 10))
 		next.ServeHTTP(rec, r)
 		s.requests.Add(1)
 		// A missing key or a failed condition is an answer, not an

@@ -51,3 +51,7 @@ func (t *tableRouter) Alive(node string) bool {
 }
 
 func (t *tableRouter) Changed() (<-chan struct{}, func()) { return t.fsm.Watch() }
+
+// TableVersion is the partition-table version the KV API reports on every
+// answer (kvapi.Info).
+func (ck *ClusterKit) TableVersion() uint64 { return ck.raft.State().Version }
