@@ -31,6 +31,10 @@ type NodeInfo struct {
 	// Incarnation is the node's process incarnation (membership.Meta):
 	// a drain belongs to the process that asked for it.
 	Incarnation string `json:"incarnation,omitempty"`
+	// Services is the node's service metadata, as gossiped in
+	// membership.Meta ("name=host:port,..." sorted by name; empty when the
+	// node has none or predates it). A string keeps NodeInfo comparable.
+	Services string `json:"services,omitempty"`
 	// Since is when Status last changed, as stamped by the leader that
 	// proposed the change (so every replica of the FSM stores the same value).
 	Since time.Time `json:"since"`

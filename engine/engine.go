@@ -425,6 +425,16 @@ func (s *Engine) get(p int, key string) (peer.ReadResp, error) {
 // replicas for that epoch.
 // It returns the route it checked, which the caller must use: the table
 // may change again right after.
+// PrimaryReady reports whether this node serves partition p as its primary
+// right now: nil, or the error a write or a linearizable read of p would
+// meet here (not the primary, a table older than one acted on, the copy not
+// yet reconciled for the epoch, the previous primary's read lease still
+// running).
+func (s *Engine) PrimaryReady(p int) error {
+	_, err := s.checkPrimary(p, 0)
+	return err
+}
+
 func (s *Engine) checkPrimary(p int, epoch uint64) (Route, error) {
 	if err := s.checkTable(); err != nil {
 		return Route{}, err

@@ -47,6 +47,11 @@ type Meta struct {
 	// Incarnation is different for every start of the node's process, so
 	// the cluster can tell a restarted node from one that never went away.
 	Incarnation string `json:"inc,omitempty"`
+	// Services is the node's service metadata (SERVICES), opaque here: the
+	// node package encodes it as "name=host:port,..." sorted by name. A
+	// string keeps Meta comparable, and nodes that predate it decode it
+	// as empty.
+	Services string `json:"svc,omitempty"`
 }
 
 // State is a member's health as seen by this node.

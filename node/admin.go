@@ -289,7 +289,10 @@ func (ck *ClusterKit) handleLeave(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (ck *ClusterKit) requestLeave() { ck.leaveOnce.Do(func() { close(ck.leaveCh) }) }
+func (ck *ClusterKit) requestLeave() {
+	ck.leaving.Store(true)
+	ck.leaveOnce.Do(func() { close(ck.leaveCh) })
+}
 
 // ServeLeave is another node asking this one to leave (peer.ControlHandler).
 func (c controlServer) ServeLeave(ctx context.Context) error {

@@ -3,6 +3,8 @@ package node
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -72,6 +74,14 @@ type Config struct {
 	StatusInterval time.Duration
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
+	// LogFormat is "text" (default) or "json" (LOG_FORMAT): the handler
+	// NewLogger builds.
+	LogFormat string
+	// Services is this node's service metadata (SERVICES): names of the
+	// embedding program's own endpoints and their host:port, published
+	// for every node in GET /cluster and Node.Services. A wildcard or
+	// empty host is published with ADVERTISE_HOST.
+	Services map[string]string
 	// Pprof mounts /debug/pprof on the management API.
 	Pprof bool
 	// ReadMode is how the primary proves it may answer a linearizable
@@ -141,6 +151,7 @@ func DefaultConfig(id string) Config {
 		RequestTimeout:    DefaultRequestTimeout,
 		StatusInterval:    DefaultStatusInterval,
 		LogLevel:          "info",
+		LogFormat:         "text",
 		ReadMode:          "lease",
 		CacheMB:           DefaultCacheMB,
 		BodyTimeout:       httpapi.DefaultBodyTimeout,
@@ -175,6 +186,7 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	str("DATA_DIR", &c.DataDir)
 	str("CLUSTER_NAME", &c.ClusterName)
 	str("LOG_LEVEL", &c.LogLevel)
+	str("LOG_FORMAT", &c.LogFormat)
 	str("READ_MODE", &c.ReadMode)
 	str("CLUSTER_KEY", &c.ClusterKey)
 	str("ADMIN_TOKEN", &c.AdminToken)
@@ -192,6 +204,13 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 		}
 	}
 	var errs []error
+	if v := get("SERVICES"); v != "" {
+		svcs, err := ParseServices(v)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.Services = svcs
+	}
 	switch v := get("KV_AUTH"); v {
 	case "", "open":
 	case "required":
@@ -418,7 +437,27 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", c.LogLevel)
 	}
-	return nil
+	switch c.LogFormat {
+	case "":
+		c.LogFormat = "text"
+	case "text", "json":
+	default:
+		return fmt.Errorf("LOG_FORMAT=%q: want text or json", c.LogFormat)
+	}
+	return validateServices(c.Services)
+}
+
+// NewLogger builds the logger LOG_LEVEL and LOG_FORMAT ask for, writing to
+// w: slog's text handler by default, its JSON handler (one object a line)
+// with LOG_FORMAT=json.
+func (c Config) NewLogger(w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(strings.ToUpper(c.LogLevel))) // checked by Validate; info if not
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 // nodeToNodeExposed returns the first node-to-node listener (internal port

@@ -49,6 +49,7 @@ func wantDefaults(mod func(*Config)) Config {
 		RequestTimeout:    5 * time.Second,
 		StatusInterval:    15 * time.Second,
 		LogLevel:          "info",
+		LogFormat:         "text",
 		ReadMode:          "lease",
 		CacheMB:           32,
 		BodyTimeout:       30 * time.Second,

@@ -173,3 +173,127 @@ func ExampleClusterKit_WatchPartitions() {
 	// epoch: 1
 	// previously unassigned: true
 }
+
+// startExampleNode starts a one-node cluster in dir and waits until key has
+// a primary.
+func startExampleNode(dir string, before func(*node.ClusterKit)) (*node.ClusterKit, error) {
+	cfg := singleNodeConfig(dir)
+	cfg.Services = map[string]string{"http": "127.0.0.1:7000"}
+	ck, err := node.New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, err
+	}
+	if before != nil {
+		before(ck)
+	}
+	if err := ck.Start(context.Background()); err != nil {
+		return nil, err
+	}
+	if _, err := waitForPrimary(ck, "user:123"); err != nil {
+		shutdown(ck)
+		return nil, err
+	}
+	return ck, nil
+}
+
+func ExampleClusterKit_GetPrimary() {
+	dir, err := os.MkdirTemp("", "clusterkit-example-")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	ck, err := startExampleNode(dir, nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer shutdown(ck)
+
+	// A service that keeps its own data sends a request for a key it
+	// does not serve to the primary's own service address (SERVICES).
+	primary, err := ck.GetPrimary("user:123")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	replicas, _ := ck.GetReplicas("user:123")
+	p, _ := ck.GetPartition("user:123")
+	fmt.Println("primary:", primary.ID, primary.Services["http"])
+	fmt.Println("replicas:", len(replicas))
+	fmt.Println("partition has a name:", p.ID != "", "epoch:", p.Epoch)
+	// Output:
+	// primary: node-1 127.0.0.1:7000
+	// replicas: 0
+	// partition has a name: true epoch: 1
+}
+
+func ExampleClusterKit_IsPrimary() {
+	dir, err := os.MkdirTemp("", "clusterkit-example-")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	ck, err := startExampleNode(dir, nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer shutdown(ck)
+
+	fmt.Println("me:", ck.GetMyNodeID())
+	fmt.Println("primary:", ck.IsPrimary("user:123"))
+	fmt.Println("replica:", ck.IsReplica("user:123"))
+	// Output:
+	// me: node-1
+	// primary: true
+	// replica: false
+}
+
+func ExampleClusterKit_OnPartitionChange() {
+	dir, err := os.MkdirTemp("", "clusterkit-example-")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+
+	// Handlers run on ClusterKit's hook goroutine, one event at a time
+	// and in order; a slow one only delays later events. Register them
+	// before Start to see the first assignment.
+	changes := make(chan node.PartitionChangeEvent, 64)
+	joined := make(chan node.NodeEvent, 4)
+	ck, err := startExampleNode(dir, func(ck *node.ClusterKit) {
+		ck.OnPartitionChange(func(e node.PartitionChangeEvent) {
+			select {
+			case changes <- e:
+			default:
+			}
+		})
+		ck.OnNodeJoin(func(e node.NodeEvent) { joined <- e })
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer shutdown(ck)
+
+	select {
+	case e := <-joined:
+		fmt.Println("joined:", e.Node.ID)
+	case <-time.After(15 * time.Second):
+		fmt.Println("no join within 15s")
+	}
+	select {
+	case e := <-changes:
+		fmt.Println("new primary:", e.NewPrimary, "was:", e.OldPrimary == "")
+		fmt.Println("reason:", e.Reason)
+	case <-time.After(15 * time.Second):
+		fmt.Println("no partition change within 15s")
+	}
+	// Output:
+	// joined: node-1
+	// new primary: node-1 was: true
+	// reason: node_join
+}

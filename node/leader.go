@@ -143,7 +143,7 @@ func (r *reconciler) pass(ctx context.Context) error {
 		seen[m.Meta.ID] = true
 		want := consensus.NodeInfo{ID: m.Meta.ID, Name: m.Meta.Name, MgmtAddr: m.Meta.MgmtAddr,
 			KVAddr: m.Meta.KVAddr, RaftAddr: m.Meta.RaftAddr, GossipAddr: m.Meta.GossipAddr, Status: statusOf(m.State),
-			Incarnation: m.Meta.Incarnation}
+			Incarnation: m.Meta.Incarnation, Services: m.Meta.Services}
 		have, ok := ck.raft.State().Nodes[want.ID]
 		if !ok && (want.Status == consensus.StatusLeft || want.Status == consensus.StatusDead) {
 			continue // already forgotten (or never known): nothing to record

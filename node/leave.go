@@ -21,6 +21,7 @@ const DefaultDrainTimeout = 30 * time.Second
 // live node to take over, there is nothing to hand over and it returns at
 // once.
 func (ck *ClusterKit) Drain(ctx context.Context) error {
+	ck.leaving.Store(true)
 	if !ck.othersAlive() || ownedCount(ck.raft.State(), ck.cfg.NodeID) == 0 {
 		return nil
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/clusterkit/clusterkit/errcode"
 	"github.com/clusterkit/clusterkit/internal/httpapi"
 	"github.com/clusterkit/clusterkit/ring"
+	"github.com/clusterkit/clusterkit/ui"
 )
 
 func writeJSON(w http.ResponseWriter, status int, v any) { httpapi.WriteJSON(w, status, v) }
@@ -40,6 +41,11 @@ func (ck *ClusterKit) mgmtHandler() http.Handler {
 	r.Get("/consensus/leader", ck.handleLeader)
 	r.Get("/consensus/stats", ck.handleConsensusStats)
 	r.Get("/cluster/kv-auth", ck.handleKVAuth)
+	r.Get("/cluster/overview", ck.handleOverview)
+	r.Get("/ready", ck.handleReady)
+	// The dashboard: static pages that poll /cluster/overview.
+	r.Handle("/ui/*", ui.Handler())
+	r.Get("/ui", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ui/", http.StatusMovedPermanently) })
 	// Mutations, and what only operators may see, need an admin.
 	r.Group(func(r chi.Router) {
 		r.Use(ck.requireAdmin)
@@ -119,6 +125,8 @@ type nodeJSON struct {
 	RaftAddr   string `json:"raft_addr"`
 	GossipAddr string `json:"gossip_addr"`
 	Since      string `json:"since"`
+	// Services is the member's SERVICES metadata ({} when none).
+	Services map[string]string `json:"services"`
 }
 
 type partitionJSON struct {
@@ -166,7 +174,8 @@ func toNodeJSON(n consensus.NodeInfo) nodeJSON {
 	_, port, _ := net.SplitHostPort(n.MgmtAddr)
 	pn, _ := strconv.Atoi(port)
 	return nodeJSON{ID: n.ID, IP: n.MgmtAddr, Port: pn, Name: n.Name, Status: apiStatus(n.Status),
-		KVAddr: n.KVAddr, RaftAddr: n.RaftAddr, GossipAddr: n.GossipAddr, Since: n.Since.UTC().Format(time.RFC3339)}
+		KVAddr: n.KVAddr, RaftAddr: n.RaftAddr, GossipAddr: n.GossipAddr, Since: n.Since.UTC().Format(time.RFC3339),
+		Services: decodeServices(n.Services)}
 }
 
 func (ck *ClusterKit) handleCluster(w http.ResponseWriter, r *http.Request) {
@@ -284,6 +293,9 @@ func (ck *ClusterKit) handleMetrics(w http.ResponseWriter, r *http.Request) {
 			"raft_state":      ck.raft.RaftState(),
 			"uptime_seconds":  int(time.Since(ck.started).Seconds()),
 			"local_keys":      ck.eng.LocalKeys(),
+			// The partition copies this node sends as primary, for
+			// the migrations of GET /cluster/overview.
+			"copies": ck.eng.Copies(),
 		})
 		return
 	}

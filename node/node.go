@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,6 +57,15 @@ type ClusterKit struct {
 	// mgmtClient reads seeds' management APIs when joining.
 	mgmtClient *http.Client
 
+	// tableFloor is the table version this node had acted on when it
+	// started: below it the engine serves nothing.
+	tableFloor uint64
+	// hooks holds the event handlers and the recent-event log.
+	hooks *hooks
+	// leaving is set once this node is asked to leave, drains or shuts
+	// down: it no longer reports ready.
+	leaving atomic.Bool
+
 	reconcileCh chan struct{}
 	leaveCh     chan struct{}
 	leaveOnce   sync.Once
@@ -82,7 +92,8 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	}
 	logger = logger.With("self", cfg.NodeID)
 	ck = &ClusterKit{cfg: cfg, log: logger, started: time.Now(), reconcileCh: make(chan struct{}, 1),
-		leaveCh: make(chan struct{}), mgmtClient: &http.Client{Timeout: 5 * time.Second}}
+		leaveCh: make(chan struct{}), mgmtClient: &http.Client{Timeout: 5 * time.Second},
+		hooks: newHooks(logger, hookQueueSize)}
 	var closers []func() error
 	defer func() {
 		if err != nil {
@@ -146,6 +157,9 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 		return nil, fmt.Errorf("DATA_DIR=%s: %w", cfg.DataDir, err)
 	}
 	closers = append(closers, ck.db.Close)
+	if ck.tableFloor, err = ck.db.TableVersion(); err != nil {
+		return nil, fmt.Errorf("DATA_DIR=%s: %w", cfg.DataDir, err)
+	}
 
 	gossipHost, _, _ := net.SplitHostPort(cfg.GossipAddr)
 	advHost := cfg.AdvertiseHost
@@ -153,7 +167,8 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 		advHost = gossipHost
 	}
 	meta := membership.Meta{ID: cfg.NodeID, Name: cfg.NodeName, MgmtAddr: ck.adv.mgmt, KVAddr: ck.adv.kv, RaftAddr: ck.adv.raft,
-		Incarnation: strconv.FormatInt(time.Now().UnixNano(), 36)}
+		Incarnation: strconv.FormatInt(time.Now().UnixNano(), 36),
+		Services:    encodeServices(advertiseServices(cfg.Services, cfg.AdvertiseHost))}
 	// memberlist binds the gossip port itself; with port 0 we learn the
 	// real one only afterwards, so the gossip address in Meta is derived
 	// from the configured one when it is fixed.
@@ -276,6 +291,8 @@ func (ck *ClusterKit) Start(ctx context.Context) error {
 	}
 	serve("mgmt", ck.mgmtSrv, ck.mgmtLn)
 	serve("kv", ck.kvSrv, ck.kvLn)
+	ck.hooks.startDispatch(ctx)
+	ck.wg.Go(func() { ck.deriveEvents(ctx) })
 	ck.wg.Go(func() { ck.eng.Run(ctx) })
 	ck.wg.Go(func() { ck.drainMemberEvents(ctx) })
 	ck.wg.Go(func() { ck.monitorLeadership(ctx) })
@@ -395,6 +412,7 @@ func (ck *ClusterKit) Shutdown(ctx context.Context) error {
 
 func (ck *ClusterKit) shutdown(ctx context.Context) error {
 	ck.log.Info("shutting down")
+	ck.leaving.Store(true)
 	var errs []error
 	if servers, _ := ck.raft.Servers(); ck.raft.IsLeader() && len(servers) > 1 {
 		if err := ck.raft.TransferLeadership(); err != nil {
