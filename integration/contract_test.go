@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -193,6 +195,31 @@ func TestThreeNodeContract(t *testing.T) {
 		if err != nil || r.Status != 200 || !strings.Contains(string(r.Body), "clusterkit_nodes 3") ||
 			!strings.HasPrefix(r.Header.Get("Content-Type"), "text/plain") {
 			t.Fatalf("/metrics prometheus: %v %d %q", err, r.Status, r.Header.Get("Content-Type"))
+		}
+		// One state per partition, and a revision for each of the node's
+		// copies (16 partitions, three copies each, on three nodes).
+		prom := string(r.Body)
+		if n := strings.Count(prom, "\nclusterkit_partition_state{"); n != 16 {
+			t.Errorf("/metrics: %d clusterkit_partition_state series, want 16", n)
+		}
+		if n := strings.Count(prom, "\nclusterkit_copy_revision{"); n != 16 {
+			t.Errorf("/metrics: %d clusterkit_copy_revision series on node-1, want one per partition (16)", n)
+		}
+		for _, want := range []string{"\nclusterkit_watch_streams ", "\nclusterkit_ttl_expired_keys_total ", "\nclusterkit_replica_since_primary_seconds{"} {
+			if !strings.Contains(prom, want) {
+				t.Errorf("/metrics lacks %q", strings.TrimSpace(want))
+			}
+		}
+		// The Grafana dashboard in deploy/ charts only metrics a node has
+		// (copy_remaining exists only while a copy is in flight).
+		dash, err := os.ReadFile("../deploy/grafana/clusterkit-dashboard.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range regexp.MustCompile(`\b(clusterkit|process|go)_[a-z_]+`).FindAllString(string(dash), -1) {
+			if name != "clusterkit_copy_remaining" && !strings.Contains(prom, "\n"+name) {
+				t.Errorf("deploy/grafana/clusterkit-dashboard.json charts %s, which /metrics does not have", name)
+			}
 		}
 
 		for _, n := range c.Nodes {
