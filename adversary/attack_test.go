@@ -171,7 +171,7 @@ func internalPortRefusesNonMembers(t *testing.T, c *tc.Cluster, tg target) {
 					_, err := cl.Read(ctx, tg.primary.Raft, peer.ReadReq{Partition: tg.partition, Epoch: tg.epoch, Key: tg.key})
 					return err
 				},
-				"drain a node": func() error { return cl.Drain(ctx, tg.primary.Raft, tg.replica.ID) },
+				"drain a node": func() error { return cl.Drain(ctx, tg.primary.Raft, tg.replica.ID, true) },
 				"stop a node":  func() error { return cl.Leave(ctx, tg.replica.Raft) },
 				"list members": func() error { _, err := cl.MembersAt(ctx, tg.primary.Raft); return err },
 				"remove the cluster key": func() error {

@@ -28,6 +28,11 @@ type NodeInfo struct {
 	// Draining marks a node that is leaving gracefully: it keeps serving
 	// its partitions until each has moved to other nodes.
 	Draining bool `json:"draining,omitempty"`
+	// Removing marks a draining node an operator asked to leave for good
+	// (POST /cluster/leave): once it has left, the leader takes its Raft
+	// vote away too, so that the cluster can shrink below three voters.
+	// A node that is only stopped (SIGTERM) keeps its vote.
+	Removing bool `json:"removing,omitempty"`
 	// Incarnation is the node's process incarnation (membership.Meta):
 	// a drain belongs to the process that asked for it.
 	Incarnation string `json:"incarnation,omitempty"`

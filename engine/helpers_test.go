@@ -353,7 +353,7 @@ type noControl struct{}
 func (noControl) ServeApply(context.Context, []byte) (uint64, error) {
 	return 0, errcode.New(errcode.NotLeader, "no raft in engine tests")
 }
-func (noControl) ServeDrain(context.Context, string) error {
+func (noControl) ServeDrain(context.Context, string, bool) error {
 	return errcode.New(errcode.NotLeader, "no raft in engine tests")
 }
 func (noControl) ServeMembers(context.Context) ([]peer.Member, error) { return nil, nil }

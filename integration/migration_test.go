@@ -114,3 +114,40 @@ func TestScaleOutAndLeave(t *testing.T) {
 	}
 	tc.Eventually(t, 20*time.Second, "copies identical", func() error { return checkCopies(survivors) })
 }
+
+// TestShrinkToOne asks two nodes of three to leave, one after the other,
+// as an operator shrinking the cluster would. Each leave takes the node's
+// Raft vote with it, so the last node keeps a quorum of one: it stays the
+// leader and serves every key. (A node that is only stopped keeps its
+// vote; see TestStopWholeCluster.)
+func TestShrinkToOne(t *testing.T) {
+	t.Parallel()
+	c := tc.New(t, binary, 3, tc.Options{})
+	c.Start()
+	c.WaitHealthy(30*time.Second, 3, 3)
+	data := keys("s", 100, "v")
+	writeAll(t, c.Nodes[0].KV, data, 5*time.Second)
+	n1 := c.Nodes[0]
+	for _, n := range []*tc.Node{c.Nodes[2], c.Nodes[1]} {
+		r, err := tc.Do(context.Background(), http.MethodPost, n1.HTTP, "/cluster/leave?node="+n.ID, nil)
+		if err != nil || r.Status != http.StatusAccepted {
+			t.Fatalf("POST /cluster/leave?node=%s: %v %d %s", n.ID, err, r.Status, r.Body)
+		}
+		if !n.WaitExit(40 * time.Second) {
+			t.Fatalf("%s did not stop after POST /cluster/leave", n.ID)
+		}
+	}
+	tc.Eventually(t, 20*time.Second, "node-1 alone, leader of a one-voter configuration", func() error {
+		r, err := tc.Get(n1.HTTP, "/consensus/stats")
+		if err != nil {
+			return err
+		}
+		m := r.Map()
+		if m["state"] != "Leader" || m["num_peers"] != float64(0) {
+			return fmt.Errorf("/consensus/stats: %s", r.Body)
+		}
+		return nil
+	})
+	readAll(t, n1.KV, data, false, 20*time.Second)
+	writeAll(t, n1.KV, keys("after", 10, "w"), 10*time.Second)
+}

@@ -289,7 +289,11 @@ func (ck *ClusterKit) handleLeave(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// requestLeave is an operator's leave: this node hands its partitions
+// over, gives up its Raft vote and stops, and the cluster is one node
+// smaller (a signal's stop keeps the vote; see Drain).
 func (ck *ClusterKit) requestLeave() {
+	ck.removing.Store(true)
 	ck.leaving.Store(true)
 	ck.leaveOnce.Do(func() { close(ck.leaveCh) })
 }

@@ -160,6 +160,7 @@ func (r *reconciler) pass(ctx context.Context) error {
 		// ask to leave.
 		want.Draining = ok && have.Draining && have.Incarnation == want.Incarnation &&
 			!(have.Status != consensus.StatusAlive && want.Status == consensus.StatusAlive)
+		want.Removing = want.Draining && have.Removing
 		if ok && have == want {
 			continue
 		}
@@ -276,7 +277,12 @@ func (r *reconciler) reconcileRaft(ctx context.Context) error {
 			// would leave one voter, and if that node did not come back no
 			// leader could ever be elected. A left voter counts against the
 			// quorum until it returns.
-			if s.Voter && voters <= 3 {
+			// An operator's leave (Removing) does take the vote: the
+			// operator means the cluster to be smaller. The leaving node
+			// waits for that before it stops (shutdown), so the change
+			// can commit even when it is one of two voters. The last
+			// voter is never removed.
+			if s.Voter && (voters <= 1 || (voters <= 3 && !n.Removing)) {
 				continue
 			}
 			if err := ck.raft.RemoveServer(ctx, n.ID); err != nil {

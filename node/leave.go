@@ -20,9 +20,16 @@ const DefaultDrainTimeout = 30 * time.Second
 // no partition names this node any more, or with ctx's error. With no other
 // live node to take over, there is nothing to hand over and it returns at
 // once.
+//
+// After POST /cluster/leave (LeaveRequested) the node is marked as leaving
+// for good even when it holds no partition, so that the leader also takes
+// its Raft vote once it has left; Shutdown waits for that.
 func (ck *ClusterKit) Drain(ctx context.Context) error {
 	ck.leaving.Store(true)
-	if !ck.othersAlive() || ownedCount(ck.raft.State(), ck.cfg.NodeID) == 0 {
+	if !ck.othersAlive() {
+		return nil
+	}
+	if ownedCount(ck.raft.State(), ck.cfg.NodeID) == 0 && !ck.removing.Load() {
 		return nil
 	}
 	ck.log.Info("draining: handing partitions over before leaving")
@@ -90,7 +97,7 @@ func (ck *ClusterKit) othersAlive() bool {
 // requestDrain marks this node draining through the leader.
 func (ck *ClusterKit) requestDrain(ctx context.Context) error {
 	if ck.raft.IsLeader() {
-		return ck.markDraining(ctx, ck.cfg.NodeID)
+		return ck.markDraining(ctx, ck.cfg.NodeID, ck.removing.Load())
 	}
 	leaderID, _ := ck.raft.Leader()
 	if leaderID == "" {
@@ -98,19 +105,20 @@ func (ck *ClusterKit) requestDrain(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return ck.peers.Drain(rctx, leaderID, ck.cfg.NodeID)
+	return ck.peers.Drain(rctx, leaderID, ck.cfg.NodeID, ck.removing.Load())
 }
 
-// markDraining records a node as draining; only the leader can.
-func (ck *ClusterKit) markDraining(ctx context.Context, id string) error {
+// markDraining records a node as draining, and with remove as leaving for
+// good; only the leader can.
+func (ck *ClusterKit) markDraining(ctx context.Context, id string, remove bool) error {
 	n, ok := ck.raft.State().Nodes[id]
 	if !ok {
 		return fmt.Errorf("unknown node %q", id)
 	}
-	if n.Draining {
+	if n.Draining && (n.Removing || !remove) {
 		return nil
 	}
-	n.Draining = true
+	n.Draining, n.Removing = true, n.Removing || remove
 	cmd, err := consensus.Encode(consensus.CmdUpsertNode, consensus.UpsertNodeCmd{Node: n})
 	if err != nil {
 		return err
@@ -122,6 +130,44 @@ func (ck *ClusterKit) markDraining(ctx context.Context, id string) error {
 	ck.nudgeReconcile()
 	return nil
 }
+
+// awaitRaftRemoval waits, after an operator's leave, until the leader has
+// taken this node's Raft vote (it does once gossip reports the node left),
+// at most a few seconds. Stopping Raft first could strand the cluster: if
+// this node is one of two voters the change needs its vote to commit, and
+// the survivor alone would never again reach a quorum.
+func (ck *ClusterKit) awaitRaftRemoval(ctx context.Context) {
+	deadline := time.Now().Add(raftRemovalWait)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		servers, err := ck.raft.Servers()
+		if err != nil {
+			return
+		}
+		in, others := false, false
+		for _, s := range servers {
+			if s.ID == ck.cfg.NodeID {
+				in = true
+			} else if s.Voter {
+				others = true
+			}
+		}
+		if !in || !others {
+			if in {
+				return // the last voter keeps its vote
+			}
+			ck.log.Info("removed from the raft configuration; stopping")
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	ck.log.Warn("left the cluster, but the leader has not yet taken this node's raft vote; stopping anyway", "waited", raftRemovalWait)
+}
+
+// raftRemovalWait bounds awaitRaftRemoval.
+const raftRemovalWait = 10 * time.Second
 
 // LeaveRequested is closed when POST /cluster/leave asked this node to
 // leave the cluster; the program should then Drain and Shutdown.

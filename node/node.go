@@ -65,6 +65,9 @@ type ClusterKit struct {
 	// leaving is set once this node is asked to leave, drains or shuts
 	// down: it no longer reports ready.
 	leaving atomic.Bool
+	// removing is set when an operator asked this node to leave for good
+	// (POST /cluster/leave): its Raft vote goes too.
+	removing atomic.Bool
 
 	reconcileCh chan struct{}
 	leaveCh     chan struct{}
@@ -421,6 +424,9 @@ func (ck *ClusterKit) shutdown(ctx context.Context) error {
 	}
 	if err := ck.members.Leave(2 * time.Second); err != nil {
 		errs = append(errs, err)
+	}
+	if ck.removing.Load() {
+		ck.awaitRaftRemoval(ctx)
 	}
 	errs = append(errs, ck.mgmtSrv.Shutdown(ctx), ck.kvSrv.Shutdown(ctx))
 	if ck.cancel != nil {

@@ -52,8 +52,8 @@ func (c controlServer) ServeApply(ctx context.Context, cmd []byte) (uint64, erro
 }
 
 // ServeDrain marks a node as draining; only the leader can.
-func (c controlServer) ServeDrain(ctx context.Context, node string) error {
-	return consensusError(c.ck.markDraining(ctx, node))
+func (c controlServer) ServeDrain(ctx context.Context, node string, remove bool) error {
+	return consensusError(c.ck.markDraining(ctx, node, remove))
 }
 
 // ServeMembers tells a joining node whom to gossip with. Only a node that

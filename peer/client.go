@@ -224,12 +224,13 @@ func (c *Client) Apply(ctx context.Context, node string, command []byte) (uint64
 	return out.Index, err
 }
 
-// Drain asks node, the Raft leader, to mark target as draining.
-func (c *Client) Drain(ctx context.Context, node, target string) error {
+// Drain asks node, the Raft leader, to mark target as draining; with
+// remove, as leaving for good (its Raft vote goes once it has left).
+func (c *Client) Drain(ctx context.Context, node, target string, remove bool) error {
 	if h := c.localHandlers(node); h != nil {
-		return h.Control.ServeDrain(ctx, target)
+		return h.Control.ServeDrain(ctx, target, remove)
 	}
-	_, err := c.call(ctx, node, kindDrain, encodeJSON(drainReq{Node: target}))
+	_, err := c.call(ctx, node, kindDrain, encodeJSON(drainReq{Node: target, Remove: remove}))
 	return err
 }
 

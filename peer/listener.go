@@ -41,8 +41,9 @@ type ControlHandler interface {
 	// ServeApply proposes an encoded consensus command; only the Raft
 	// leader can, and it answers with the command's log index.
 	ServeApply(ctx context.Context, command []byte) (uint64, error)
-	// ServeDrain marks node as draining; only the Raft leader can.
-	ServeDrain(ctx context.Context, node string) error
+	// ServeDrain marks node as draining (with remove: leaving for good);
+	// only the Raft leader can.
+	ServeDrain(ctx context.Context, node string, remove bool) error
 	// ServeMembers lists the gossip members, for a node that joins.
 	ServeMembers(ctx context.Context) ([]Member, error)
 	// ServeLeave asks this node to leave the cluster gracefully.
@@ -357,7 +358,7 @@ func (l *Listener) dispatch(ctx context.Context, kind byte, payload []byte) ([]b
 		var req drainReq
 		if err = decodeJSON(payload, &req); err == nil {
 			decoded = req
-			serve = func(ctx context.Context) ([]byte, error) { return nil, h.Control.ServeDrain(ctx, req.Node) }
+			serve = func(ctx context.Context) ([]byte, error) { return nil, h.Control.ServeDrain(ctx, req.Node, req.Remove) }
 		}
 	case kindMembers:
 		serve = func(ctx context.Context) ([]byte, error) {

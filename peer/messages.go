@@ -194,6 +194,8 @@ type applyResp struct {
 
 type drainReq struct {
 	Node string `json:"node"`
+	// Remove: the node leaves for good, so its Raft vote goes too.
+	Remove bool `json:"remove,omitempty"`
 }
 
 // KeyringReq changes or lists a node's cluster keys: Op is "list",

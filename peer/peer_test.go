@@ -100,7 +100,7 @@ func (h *recordingHandler) ServeDigest(context.Context) ([]Digest, error) {
 }
 
 func (h *recordingHandler) ServeApply(context.Context, []byte) (uint64, error) { return 42, nil }
-func (h *recordingHandler) ServeDrain(context.Context, string) error           { return nil }
+func (h *recordingHandler) ServeDrain(context.Context, string, bool) error     { return nil }
 func (h *recordingHandler) ServeLeave(context.Context) error                   { return nil }
 func (h *recordingHandler) ServeKeyring(_ context.Context, req KeyringReq) (KeyringStatus, error) {
 	return KeyringStatus{Node: "server", Primary: "sha256:" + req.Op}, nil
