@@ -54,6 +54,8 @@ type ClusterKit struct {
 	// peerLn serves the internal port; peers makes this node's calls.
 	peerLn *peer.Listener
 	peers  *peer.Client
+	// overviewStats shares GET /cluster/overview's fan-out to members.
+	overviewStats statsCache
 	// mgmtClient reads seeds' management APIs when joining.
 	mgmtClient *http.Client
 

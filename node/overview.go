@@ -103,6 +103,56 @@ func (ck *ClusterKit) fetchStats(ctx context.Context, mgmtAddr string) (memberSt
 	return s, nil
 }
 
+// overviewReuse is how long one fan-out's answers serve every overview
+// request: GET /cluster/overview is open to anyone, and without it each
+// request would make this node call every member (an amplifier), where
+// now a flood costs at most one fan-out per interval.
+const overviewReuse = 500 * time.Millisecond
+
+// statsCache shares one fan-out among the overview requests that arrive
+// while it runs or shortly after.
+type statsCache struct {
+	mu       sync.Mutex
+	at       time.Time
+	stats    map[string]memberStats
+	errs     map[string]error
+	inflight chan struct{}
+}
+
+// cachedStats is gatherStats, shared: a fan-out younger than
+// overviewReuse is reused, and callers that arrive during one wait for it.
+// The maps returned must not be changed.
+func (ck *ClusterKit) cachedStats(ctx context.Context, nodes []consensus.NodeInfo) (map[string]memberStats, map[string]error) {
+	c := &ck.overviewStats
+	for {
+		c.mu.Lock()
+		if c.stats != nil && time.Since(c.at) < overviewReuse {
+			stats, errs := c.stats, c.errs
+			c.mu.Unlock()
+			return stats, errs
+		}
+		if wait := c.inflight; wait != nil {
+			c.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return map[string]memberStats{ck.cfg.NodeID: ck.localStats()}, map[string]error{}
+			}
+		}
+		done := make(chan struct{})
+		c.inflight = done
+		c.mu.Unlock()
+		// Not the caller's context: other requests share the result.
+		stats, errs := ck.gatherStats(context.Background(), nodes)
+		c.mu.Lock()
+		c.stats, c.errs, c.at, c.inflight = stats, errs, time.Now(), nil
+		c.mu.Unlock()
+		close(done)
+		return stats, errs
+	}
+}
+
 // gatherStats asks every live member for its stats in parallel, within
 // overviewFetchTimeout.
 func (ck *ClusterKit) gatherStats(ctx context.Context, nodes []consensus.NodeInfo) (map[string]memberStats, map[string]error) {
@@ -140,7 +190,7 @@ func (ck *ClusterKit) gatherStats(ctx context.Context, nodes []consensus.NodeInf
 func (ck *ClusterKit) handleOverview(w http.ResponseWriter, r *http.Request) {
 	st := ck.raft.State()
 	sorted := st.SortedNodes()
-	stats, fetchErrs := ck.gatherStats(r.Context(), sorted)
+	stats, fetchErrs := ck.cachedStats(r.Context(), sorted)
 	leaderID, _ := ck.raft.Leader()
 	voters := map[string]bool{}
 	if servers, err := ck.raft.Servers(); err == nil {
