@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterkit/clusterkit/auth"
 	"github.com/clusterkit/clusterkit/clusterkey"
 	"github.com/clusterkit/clusterkit/consensus"
 	"github.com/clusterkit/clusterkit/errcode"
@@ -516,6 +517,16 @@ func browserPage(t *testing.T, c *tc.Cluster) {
 			[]string{"Host", "evil.example:9080", "Origin", "http://evil.example:9080"}, 421, errcode.HostNotAllowed},
 		{"a rebound name reading the cluster", "GET", n.HTTP, "/cluster", "",
 			[]string{"Host", "attacker.test"}, 421, errcode.HostNotAllowed},
+		{"a rebound name loading the dashboard", "GET", n.HTTP, "/ui/", "",
+			[]string{"Host", "attacker.test"}, 421, errcode.HostNotAllowed},
+		{"a rebound name polling the overview", "GET", n.HTTP, "/cluster/overview", "",
+			[]string{"Host", "attacker.test:8080"}, 421, errcode.HostNotAllowed},
+		// The dashboard is read-only files; the overview is a read.
+		{"a post to the dashboard", "POST", n.HTTP, "/ui/", "x", nil, 405, errcode.MethodNotAllowed},
+		{"a delete of the dashboard", "DELETE", n.HTTP, "/ui/dashboard.js", "", nil, 405, errcode.MethodNotAllowed},
+		{"a post to the overview", "POST", n.HTTP, "/cluster/overview", "{}", nil, 405, errcode.MethodNotAllowed},
+		{"a path out of the dashboard's files", "GET", n.HTTP, "/ui/..%2f..%2ftokens", "", nil, 404, errcode.NotFound},
+		{"a dotted path in the dashboard", "GET", n.HTTP, "/ui/../tokens", "", nil, 404, errcode.NotFound},
 	}
 	for _, tt := range cases {
 		var body []byte
@@ -524,6 +535,17 @@ func browserPage(t *testing.T, c *tc.Cluster) {
 		}
 		r := req(t, tt.method, tt.addr, tt.path, body, tt.headers...)
 		wantStatus(t, tt.name, r, tt.status, tt.code)
+	}
+	// What anyone may read about the cluster says nothing a caller could
+	// use to act: no token, no token's hash, no key.
+	for _, path := range []string{"/cluster/overview", "/cluster", "/ui/"} {
+		r := req(t, "GET", n.HTTP, path, nil)
+		wantStatus(t, "GET "+path, r, 200, "")
+		for _, secret := range []string{adminToken, "ck_", c.Key.String(), auth.Hash(adminToken)} {
+			if secret != "" && strings.Contains(string(r.Body), secret) {
+				t.Errorf("GET %s shows %q", path, secret)
+			}
+		}
 	}
 	// curl -d sends a form content type and no browser headers: it works.
 	r := req(t, "POST", n.KV, "/kv/set", []byte(`{"key":"curl-d","value":"ok"}`), "Content-Type", "application/x-www-form-urlencoded")
