@@ -2,7 +2,9 @@
 // environment set it starts a usable single-node cluster (node-1, management
 // API on :8080, KV API on :9080, data in ./data/node1). See README.md.
 //
-// `clusterkit bench` is the load tool (package loadgen).
+// `clusterkit bench` is the load tool (package loadgen); `clusterkit kv`,
+// `members`, `status` and the other operator commands are package cli
+// (`clusterkit help` lists them all).
 package main
 
 import (
@@ -11,15 +13,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/clusterkit/clusterkit/cli"
 	"github.com/clusterkit/clusterkit/clusterkey"
 	"github.com/clusterkit/clusterkit/loadgen"
 	"github.com/clusterkit/clusterkit/node"
@@ -36,19 +37,32 @@ func main() {
 			os.Exit(keygen(os.Args[2:]))
 		case "tls":
 			os.Exit(tlsCmd(os.Args[2:], os.Stdout, os.Stderr))
-		case "-h", "-help", "--help", "help":
-			fmt.Println("usage: clusterkit            run a node (configured by environment variables; see README.md)")
-			fmt.Println("       clusterkit bench -h   the load tool")
-			fmt.Println("       clusterkit healthcheck [-addr host:port]   exit 0 if the node at addr (default: this node's HTTP_ADDR) is healthy")
-			fmt.Println("       clusterkit keygen      print a new CLUSTER_KEY (base64 of 32 random bytes)")
-			fmt.Println("       clusterkit tls ca|cert make a CA and certificates for the client listeners (tls -h)")
-			os.Exit(0)
 		default:
-			fmt.Fprintf(os.Stderr, "clusterkit: unknown command %q (a node is configured by environment variables; see README.md)\n", os.Args[1])
-			os.Exit(2)
+			os.Exit(runCLI(os.Args[1:]))
 		}
 	}
 	os.Exit(run())
+}
+
+// runCLI runs the operator commands (package cli) and help. SIGINT or
+// SIGTERM cancels the command's context: kv watch then exits 0, any
+// other command stops waiting.
+func runCLI(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	// The commands above keep their own dispatch; they are listed here
+	// so that help shows them and `help NAME` runs `NAME -h`.
+	other := []cli.Command{
+		{Name: "bench", Args: "[flags]", Summary: "the load tool (bench -h)",
+			Run: func(_ context.Context, a []string, out, errw io.Writer) int { return loadgen.Main(a, out, errw) }},
+		{Name: "healthcheck", Args: "[-addr host:port]", Summary: "exit 0 if the node at addr (default: this node's HTTP_ADDR) is healthy",
+			Run: func(_ context.Context, a []string, _, _ io.Writer) int { return healthcheck(a) }},
+		{Name: "keygen", Summary: "print a new CLUSTER_KEY (base64 of 32 random bytes)",
+			Run: func(_ context.Context, a []string, _, _ io.Writer) int { return keygen(a) }},
+		{Name: "tls", Args: "ca|cert", Summary: "make a CA and certificates for the client listeners (tls -h)",
+			Run: func(_ context.Context, a []string, out, errw io.Writer) int { return tlsCmd(a, out, errw) }},
+	}
+	return cli.Run(ctx, args, os.Stdout, os.Stderr, other...)
 }
 
 func run() int {
@@ -60,9 +74,7 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "clusterkit: invalid configuration: %v\n", err)
 		return 2
 	}
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(strings.ToUpper(cfg.LogLevel)))
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	logger := cfg.NewLogger(os.Stderr) // LOG_FORMAT and LOG_LEVEL
 
 	ck, err := node.New(cfg, logger)
 	if err != nil {

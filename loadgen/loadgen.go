@@ -54,6 +54,12 @@ type Config struct {
 	// reads the partition table there and sends each key to its primary
 	// (HTTPTarget.RouteByOwner) instead of to the addresses in turn.
 	RouteVia string
+	// Client, if set, is a node's management address: the run goes
+	// through the Go client package (ClientTarget) instead of the lean
+	// HTTP target, routed as ClientRouting says (ClientRoutePrimary, the
+	// default, or ClientRouteRoundRobin).
+	Client        string
+	ClientRouting string
 	// TLS, when set, makes the HTTP target speak TLS; OpenHTTPTarget
 	// builds it from TLSFiles when UseTLS or a file is set.
 	TLS      *tls.Config
@@ -181,6 +187,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Preload, "preload", false, "write every key once before the run (then a key not found counts as a miss)")
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "per-request timeout")
 	fs.Uint64Var(&c.Seed, "seed", uint64(time.Now().UnixNano()), "random seed")
+	fs.StringVar(&c.Client, "client", "", "ClusterKit: a node's management address; drive the cluster through the Go client package (github.com/clusterkit/clusterkit/client) instead of the lean HTTP client; -addrs and -route-via are then unused")
+	fs.StringVar(&c.ClientRouting, "client-routing", ClientRoutePrimary, "with -client: primary (each key to its partition's primary) or round-robin")
 	fs.StringVar(&c.RouteVia, "route-via", "", "ClusterKit: a node's management address; send each key to its primary, read from the partition table there, instead of to the addresses in turn")
 	fs.BoolVar(&c.UseTLS, "tls", false, "speak TLS to the nodes (implied by -tls-ca and -tls-cert)")
 	fs.StringVar(&c.TLSFiles.CA, "tls-ca", "", "CA certificate that signed the nodes' certificates (default: the system's)")
@@ -340,7 +348,13 @@ func Run(ctx context.Context, c Config, progress io.Writer) (Result, error) {
 	if err := c.validate(); err != nil {
 		return Result{}, err
 	}
-	t, err := OpenHTTPTarget(ctx, c)
+	var t Target
+	var err error
+	if c.Client != "" {
+		t, err = OpenClientTarget(ctx, c)
+	} else {
+		t, err = OpenHTTPTarget(ctx, c)
+	}
 	if err != nil {
 		return Result{}, err
 	}
