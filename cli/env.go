@@ -110,7 +110,6 @@ func newEnv(r *runner, g globals) (*env, error) {
 	return e, nil
 }
 
-// client connects on first use (commands such as help never do).
 // clientWithArgs checks a command's positional arguments (see wantArgs),
 // then connects: the first steps of most commands.
 func (e *env) clientWithArgs(ctx context.Context, args []string, min, max int, usage string) (*client.Client, error) {
@@ -120,6 +119,7 @@ func (e *env) clientWithArgs(ctx context.Context, args []string, min, max int, u
 	return e.client(ctx)
 }
 
+// client connects on first use (commands such as help never do).
 func (e *env) client(ctx context.Context) (*client.Client, error) {
 	e.once.Do(func() {
 		e.cl, e.err = client.New(ctx, client.Config{
