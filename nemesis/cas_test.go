@@ -1,6 +1,8 @@
 package nemesis
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -9,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/clusterkit/clusterkit/client"
 	"github.com/clusterkit/clusterkit/internal/history"
 	tc "github.com/clusterkit/clusterkit/internal/testcluster"
 )
@@ -36,6 +39,13 @@ type casLoad struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
+	// send performs one operation and records it: the harness's own
+	// HTTP requests through the node given, or, for newClientCASLoad,
+	// the Go client package, which picks the node itself.
+	send      func(client int, node *tc.Node, req request) history.Op
+	useClient bool
+	cl        *client.Client // made by start when useClient
+
 	mu      sync.Mutex
 	acked   map[string]int // increments acknowledged, per counter
 	unknown map[string]int // increments with an unknown outcome
@@ -46,10 +56,93 @@ func newCASLoad(r *run) load {
 	for i := range casCounters {
 		r.keys = append(r.keys, fmt.Sprintf("nemesis-%d-cas%d", r.seed%100000, i))
 	}
-	return &casLoad{r: r, acked: map[string]int{}, unknown: map[string]int{}}
+	l := &casLoad{r: r, acked: map[string]int{}, unknown: map[string]int{}}
+	l.send = r.kv.send
+	return l
+}
+
+// newClientCASLoad is the CAS load through the Go client package (package
+// client), as an application would run it: every key to its primary, the
+// table refreshed as primaries move, what was not applied retried within
+// the operation's deadline. The checks are the same, and they are what
+// the client promises under faults: a write it reports as failed was not
+// applied, and it never sends a write twice (an increment applied twice
+// would show as a count above the acknowledged and unknown increments,
+// and as a history porcupine cannot order).
+func newClientCASLoad(r *run) load {
+	l := newCASLoad(r).(*casLoad)
+	l.send, l.useClient = l.viaClient, true
+	return l
+}
+
+// viaClient performs one operation with the Go client and records it.
+func (l *casLoad) viaClient(id int, _ *tc.Node, req request) history.Op {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	op := history.Op{Client: id, Kind: req.kind, Key: req.key, Node: "client"}
+	if req.kind == history.Write {
+		op.Value = req.value
+		if req.ifRevision != nil {
+			op.HasIfRevision, op.IfRevision = true, *req.ifRevision
+		}
+	}
+	op.Call = l.r.rec.Now()
+	var err error
+	switch req.kind {
+	case history.Write:
+		var res *client.WriteResult
+		if res, err = l.cl.Set(ctx, req.key, req.value, &client.SetOptions{IfRevision: req.ifRevision}); err == nil {
+			op.Revision = res.Revision
+		}
+	case history.Read:
+		var kv *client.KV
+		if kv, err = l.cl.Get(ctx, req.key, nil); err == nil {
+			op.Found, op.Value, op.Revision = true, kv.Value, kv.Revision
+		}
+	default:
+		l.r.fail("harness: the client CAS load sends no %v", req.kind)
+	}
+	op.Return = l.r.rec.Now()
+	var ce *client.Error
+	errors.As(err, &ce)
+	switch {
+	case err == nil:
+		op.Outcome = history.OK
+	case req.kind == history.Read && client.IsNotFound(err):
+		op.Outcome = history.OK
+	case client.IsConditionFailed(err) && ce != nil:
+		op.Outcome, op.CondFailed, op.Revision, op.Found = history.OK, true, ce.CurrentRevision, ce.Exists
+	case client.IsOutcomeUnknown(err):
+		op.Outcome, op.Err = history.Unknown, err.Error()
+	case client.IsUnavailable(err):
+		// The client answers unavailable only when no attempt may have
+		// been applied; an attempt that may have been ends its retries
+		// with outcome_unknown.
+		op.Outcome, op.Err = history.Failed, err.Error()
+	default:
+		op.Outcome, op.Err = history.Unknown, err.Error()
+		if ce != nil && ce.Status >= 400 && ce.Status < 500 {
+			l.r.fail("harness: unexpected answer to %s: %v", op, err)
+		}
+	}
+	return l.r.rec.Add(op)
 }
 
 func (l *casLoad) start(clients int, seed int64) {
+	if l.useClient && l.cl == nil {
+		addrs := []string{}
+		for _, n := range l.r.members() {
+			addrs = append(addrs, n.HTTP)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cl, err := client.New(ctx, client.Config{Addrs: addrs, RequestTimeout: opTimeout})
+		cancel()
+		if err != nil {
+			l.r.t.Fatalf("client: %v", err)
+		}
+		l.cl = cl
+		l.r.t.Cleanup(func() { _ = cl.Close() })
+	}
 	l.stop = make(chan struct{})
 	for i := range clients {
 		rng := rand.New(rand.NewPCG(uint64(seed), uint64(i)))
@@ -100,7 +193,7 @@ func counterValue(v string) (int, error) {
 // is still the one read, through nodes picked with pick, and counts the
 // outcome. It returns the set, or the read if that did not succeed.
 func (l *casLoad) increment(client int, nodes []*tc.Node, pick func(int) int, key string) history.Op {
-	rd := l.r.kv.send(client, nodes[pick(len(nodes))], request{kind: history.Read, key: key})
+	rd := l.send(client, nodes[pick(len(nodes))], request{kind: history.Read, key: key})
 	if rd.Outcome != history.OK {
 		return rd
 	}
@@ -114,7 +207,7 @@ func (l *casLoad) increment(client int, nodes []*tc.Node, pick func(int) int, ke
 		count, rev = n, rd.Revision
 	}
 	value := fmt.Sprintf("%d:%d", count+1, l.r.values.Add(1))
-	w := l.r.kv.send(client, nodes[pick(len(nodes))], request{kind: history.Write, key: key, value: value, ifRevision: &rev})
+	w := l.send(client, nodes[pick(len(nodes))], request{kind: history.Write, key: key, value: value, ifRevision: &rev})
 	l.mu.Lock()
 	switch {
 	case w.Outcome == history.OK && !w.CondFailed:

@@ -56,6 +56,9 @@ var scenarios = []scenario{
 	// paused for longer than failover wakes up behind a successor that
 	// must know every deadline, and must itself serve nothing stale.
 	{name: "cas-kill-cut-primary", load: newCASLoad, run: killThenCut},
+	// The same through the Go client package: what it reports as not
+	// applied was not, and it never sends a write twice.
+	{name: "client-cas-kill-cut-primary", load: newClientCASLoad, run: killThenCut},
 	{name: "ttl-pause-long", load: newTTLLoad, run: func(r *run) { pauseFor(r, r.busyPrimary(), r.p.pauseLong) }},
 	{name: "cas-pause-long", soakOnly: true, load: newCASLoad, run: func(r *run) { pauseFor(r, r.busyPrimary(), r.p.pauseLong) }},
 	{name: "cas-cut-long", netns: true, soakOnly: true, load: newCASLoad, run: func(r *run) { isolateFor(r, r.busyPrimary(), r.p.cutLong) }},
