@@ -81,8 +81,20 @@ func TestSessionsAcrossInstances(t *testing.T) {
 
 	hc := &http.Client{Timeout: 5 * time.Second}
 	// Ready, and the rebalance after the joins finished: each instance
-	// holds a copy of every partition (three nodes, replication factor 3).
-	waitUntil(t, 60*time.Second, "every instance ready and the cluster healthy", func() bool {
+	// holds a copy of every partition (three nodes, replication factor 3)
+	// and leads some (primaries move last, after the copies are in sync).
+	waitUntil(t, 60*time.Second, "every instance ready, leading partitions, and the cluster healthy", func() bool {
+		var stats struct {
+			Primaries map[string]int `json:"partitions_per_node"`
+		}
+		if getJSON(hc, "http://"+insts[0].mgmt+"/partitions/stats", &stats) != nil {
+			return false
+		}
+		for _, in := range insts {
+			if stats.Primaries[in.id] == 0 {
+				return false
+			}
+		}
 		for _, in := range insts {
 			resp, err := hc.Get("http://" + in.mgmt + "/ready")
 			if err != nil {
