@@ -55,7 +55,7 @@ func runCLI(args []string) int {
 	other := []cli.Command{
 		{Name: "bench", Args: "[flags]", Summary: "the load tool (bench -h)",
 			Run: func(_ context.Context, a []string, out, errw io.Writer) int { return loadgen.Main(a, out, errw) }},
-		{Name: "healthcheck", Args: "[-addr host:port]", Summary: "exit 0 if the node at addr (default: this node's HTTP_ADDR) is healthy",
+		{Name: "healthcheck", Args: "[-addr host:port] [-path /ready]", Summary: "exit 0 if the node at addr (default: this node's HTTP_ADDR) is healthy (or, with -path /ready, serves its partitions)",
 			Run: func(_ context.Context, a []string, _, _ io.Writer) int { return healthcheck(a) }},
 		{Name: "keygen", Summary: "print a new CLUSTER_KEY (base64 of 32 random bytes)",
 			Run: func(_ context.Context, a []string, _, _ io.Writer) int { return keygen(a) }},
@@ -109,7 +109,8 @@ func run() int {
 }
 
 // healthcheck asks a node's management API whether it is healthy (it knows
-// a Raft leader and the cluster is initialised). It exists for container
+// a Raft leader and the cluster is initialised), or with -path /ready
+// whether it serves its partitions. It exists for container
 // health checks, since the image has no shell and no curl. With the node's
 // TLS settings in the environment it speaks TLS and presents the node's
 // own certificate.
@@ -117,6 +118,7 @@ func healthcheck(args []string) int {
 	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
 	addr := fs.String("addr", "", "management address (default: 127.0.0.1 and the port of HTTP_ADDR)")
 	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for an answer")
+	path := fs.String("path", "/health/detailed", "what to ask: /health/detailed (the node knows a Raft leader) or /ready (it serves its partitions)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -143,7 +145,11 @@ func healthcheck(args []string) int {
 		hc.Transport = &http.Transport{TLSClientConfig: tc}
 		scheme = "https"
 	}
-	resp, err := hc.Get(scheme + "://" + *addr + "/health/detailed")
+	if *path != "/health/detailed" && *path != "/ready" {
+		fmt.Fprintf(os.Stderr, "healthcheck: -path %q: want /health/detailed or /ready\n", *path)
+		return 2
+	}
+	resp, err := hc.Get(scheme + "://" + *addr + *path)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "unhealthy: %v\n", err)
 		return 1
