@@ -218,6 +218,7 @@ func TestReady(t *testing.T) {
 		startTestNode(t, ck)
 		var out map[string]any
 		waitFor(t, 20*time.Second, "GET /ready to answer 200", func() bool {
+			out = nil // each answer on its own, not merged into the last
 			return getJSON(t, ck, "/ready", &out) == http.StatusOK
 		})
 		if out["ready"] != true || out["primaries"] != float64(cfg.Partitions) {

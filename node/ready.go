@@ -52,6 +52,12 @@ func (ck *ClusterKit) readiness() readiness {
 	}
 	var pending []string
 	for _, p := range st.Partitions {
+		if p.Primary == "" && len(p.Replicas) == 0 {
+			// Right after the bootstrap the table exists before the
+			// leader has given its partitions owners: nobody serves yet.
+			r.code, r.why = errcode.NotReady, fmt.Sprintf("%s has no owner yet: the partitions are being assigned", ring.PartitionName(p.ID))
+			return r
+		}
 		switch p.Role(ck.cfg.NodeID) {
 		case "replica":
 			r.replicas++
