@@ -8,10 +8,10 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/clusterkit/clusterkit/client"
+	"github.com/clusterkit/clusterkit/internal/testcluster"
 )
 
 func TestParseInterspersed(t *testing.T) {
@@ -110,29 +110,10 @@ func TestErrorLine(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a command writing while the test
-// reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runLocal runs a command line that must fail or finish before it needs a
 // node: -addr points at a port nothing listens on.
 func runLocal(args ...string) (string, string, int) {
-	var out, errw syncBuffer
+	var out, errw testcluster.SyncBuffer
 	r := &runner{stdin: strings.NewReader(""), stdout: &out, stderr: &errw, getenv: func(string) string { return "" }}
 	code := r.run(context.Background(), append([]string{"-addr", "127.0.0.1:1"}, args...))
 	return out.String(), errw.String(), code

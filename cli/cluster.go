@@ -203,17 +203,24 @@ func num(v any) string {
 	}
 }
 
+// nodeArg connects and resolves a command's optional NODE argument (an
+// ID, a name or a management address; none: the node at -addr) to an ID.
+func nodeArg(ctx context.Context, e *env, args []string) (*client.Client, string, error) {
+	cl, err := e.clientWithArgs(ctx, args, 0, 1, "at most one NODE")
+	if err != nil {
+		return nil, "", err
+	}
+	target := ""
+	if len(args) == 1 {
+		target = args[0]
+	}
+	id, err := resolveNode(ctx, e, cl, target)
+	return cl, id, err
+}
+
 func statusCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	return func(ctx context.Context, e *env, args []string) error {
-		cl, err := e.clientWithArgs(ctx, args, 0, 1, "at most one NODE")
-		if err != nil {
-			return err
-		}
-		target := ""
-		if len(args) == 1 {
-			target = args[0]
-		}
-		id, err := resolveNode(ctx, e, cl, target)
+		cl, id, err := nodeArg(ctx, e, args)
 		if err != nil {
 			return err
 		}
@@ -264,15 +271,7 @@ func statusCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 func leaveCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	wait := fs.Bool("wait", false, "wait until the cluster shows the node as left (within -timeout)")
 	return func(ctx context.Context, e *env, args []string) error {
-		cl, err := e.clientWithArgs(ctx, args, 0, 1, "at most one NODE")
-		if err != nil {
-			return err
-		}
-		target := ""
-		if len(args) == 1 {
-			target = args[0]
-		}
-		id, err := resolveNode(ctx, e, cl, target)
+		cl, id, err := nodeArg(ctx, e, args)
 		if err != nil {
 			return err
 		}

@@ -55,7 +55,7 @@ func (r result) String() string {
 // run runs a command line in-process against the cluster (through node-1
 // only, so the client must find the rest), with stdin.
 func (k *cluster) runIn(ctx context.Context, stdin string, args ...string) result {
-	var out, errw syncBuffer
+	var out, errw testcluster.SyncBuffer
 	r := &runner{stdin: strings.NewReader(stdin), stdout: &out, stderr: &errw, getenv: func(string) string { return "" }}
 	code := r.run(ctx, append([]string{"-addr", k.c.Nodes[0].HTTP}, args...))
 	return result{out.String(), errw.String(), code}
@@ -231,7 +231,7 @@ func TestAgainstCluster(t *testing.T) {
 
 	t.Run("watch", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
-		var out, errw syncBuffer
+		var out, errw testcluster.SyncBuffer
 		done := make(chan int, 1)
 		go func() {
 			r := &runner{stdin: strings.NewReader(""), stdout: &out, stderr: &errw, getenv: func(string) string { return "" }}
@@ -351,7 +351,7 @@ func testBinary(t *testing.T, k *cluster) {
 		// unless told not to.
 		cmd.Env = append(os.Environ(), "CLUSTERKIT_ADDR="+k.addr, "GORACE=atexit_sleep_ms=0")
 		cmd.Env = append(cmd.Env, env...)
-		var out, errw syncBuffer
+		var out, errw testcluster.SyncBuffer
 		cmd.Stdout, cmd.Stderr = &out, &errw
 		err := cmd.Run()
 		code := 0
@@ -400,7 +400,7 @@ func testBinary(t *testing.T, k *cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var errw syncBuffer
+	var errw testcluster.SyncBuffer
 	cmd.Stderr = &errw
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,25 +9,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/clusterkit/clusterkit/internal/testcluster"
 )
-
-// syncBuffer collects a test node's log; it is printed if the test fails.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // testNodeConfig is a node on free loopback ports with fast failover.
 func testNodeConfig(t *testing.T, id string) Config {
@@ -45,7 +28,7 @@ func testNodeConfig(t *testing.T, id string) Config {
 // and which is shut down at the end of the test.
 func newTestNode(t *testing.T, cfg Config) *ClusterKit {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testcluster.SyncBuffer{} // printed if the test fails
 	ck, err := New(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err != nil {
 		t.Fatalf("New(%s): %v", cfg.NodeID, err)

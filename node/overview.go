@@ -79,11 +79,7 @@ func (ck *ClusterKit) localStats() memberStats {
 // fetchStats reads one member's stats from its management API, over TLS
 // with this node's client configuration when the client listeners use TLS.
 func (ck *ClusterKit) fetchStats(ctx context.Context, mgmtAddr string) (memberStats, error) {
-	scheme := "http"
-	if ck.cfg.TLS.Cert != "" {
-		scheme = "https"
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+mgmtAddr+"/metrics?format=json", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ck.mgmtURL(mgmtAddr, "/metrics?format=json"), nil)
 	if err != nil {
 		return memberStats{}, err
 	}

@@ -136,8 +136,8 @@ type Node struct {
 	mu      sync.Mutex
 	cmd     *exec.Cmd
 	exited  chan struct{}
-	stdout  *syncBuffer
-	stderr  *syncBuffer
+	stdout  *SyncBuffer
+	stderr  *SyncBuffer
 	starts  int
 	logFile *os.File
 	paused  bool
@@ -284,7 +284,7 @@ func (c *Cluster) newNode(i int, env []string) *Node {
 			DataDir: filepath.Join(c.dir, fmt.Sprintf("node%d", i)),
 			Env:     append([]string(nil), env...),
 			IP:      ip, Netns: ns,
-			c: c, stdout: &syncBuffer{}, stderr: &syncBuffer{},
+			c: c, stdout: &SyncBuffer{}, stderr: &SyncBuffer{},
 		}
 	}
 	ports, err := FreePorts(4)
@@ -299,7 +299,7 @@ func (c *Cluster) newNode(i int, env []string) *Node {
 		Gossip:  fmt.Sprintf("127.0.0.1:%d", ports[3]),
 		DataDir: filepath.Join(c.dir, fmt.Sprintf("node%d", i)),
 		Env:     append([]string(nil), env...),
-		c:       c, stdout: &syncBuffer{}, stderr: &syncBuffer{},
+		c:       c, stdout: &SyncBuffer{}, stderr: &SyncBuffer{},
 	}
 }
 
@@ -684,18 +684,20 @@ func Port(addr string) int {
 	return n
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer that one goroutine may write while others
+// read it: a process's output, a command's or a logger's.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
