@@ -31,6 +31,7 @@ import (
 
 	"github.com/clusterkit/clusterkit/clusterkey"
 	"github.com/clusterkit/clusterkit/peer"
+	"github.com/clusterkit/clusterkit/ring"
 )
 
 // Build compiles the clusterkit binary (the module root's main package)
@@ -654,9 +655,24 @@ func (n *Node) checkHealthy(nodes, rf int) error {
 		return fmt.Errorf("no partitions yet")
 	}
 	want := min(rf, nodes)
-	for id, p := range out.Cluster.PartitionMap.Partitions {
+	var ids []string
+	for _, m := range out.Cluster.Nodes {
+		ids = append(ids, m.ID)
+	}
+	for name, p := range out.Cluster.PartitionMap.Partitions {
 		if p.Primary == "" || 1+len(p.InSync) != want {
-			return fmt.Errorf("%s: primary %q with %d in-sync replicas, want %d copies", id, p.Primary, len(p.InSync), want)
+			return fmt.Errorf("%s: primary %q with %d in-sync replicas, want %d copies", name, p.Primary, len(p.InSync), want)
+		}
+		// The leader moves primaries to the ring's choice last, once
+		// the new copies are in sync: until then a write may meet a
+		// change of primary, which tests that need definite answers
+		// cannot take.
+		id, err := ring.ParsePartitionName(name)
+		if err != nil {
+			return err
+		}
+		if desired := ring.Owners(ids, id, rf)[0]; p.Primary != desired {
+			return fmt.Errorf("%s: primary %s, the ring's choice is %s (a move in progress)", name, p.Primary, desired)
 		}
 	}
 	return nil
