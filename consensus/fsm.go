@@ -246,8 +246,40 @@ func applyUpsertNode(s *State, c UpsertNodeCmd) error {
 	if c.Node.ID == "" {
 		return fmt.Errorf("%w: node id is empty", ErrInvalid)
 	}
+	prev, known := s.Nodes[c.Node.ID]
 	s.Nodes[c.Node.ID] = c.Node
+	if known && prev.Store != "" && c.Node.Store != "" && prev.Store != c.Node.Store {
+		forgetCopies(s, c.Node.ID)
+	}
 	return nil
+}
+
+// forgetCopies handles a node whose data directory is new: the copies the
+// table says it holds are gone, so it must not count as in sync anywhere,
+// and above all must not stay primary, since a new primary's copy becomes
+// every replica's (reconcile). It stays an owner, out of sync, so its
+// partitions are copied to it again. A partition it leads passes to an
+// in-sync replica under a new epoch; with none left its acknowledged
+// writes are lost already, and the node stays primary of its empty copy
+// (under a new epoch) so that the partition serves again.
+func forgetCopies(s *State, node string) {
+	isNode := func(n string) bool { return n == node }
+	for i := range s.Partitions {
+		p := &s.Partitions[i]
+		if p.Primary != node {
+			p.InSync = slices.DeleteFunc(p.InSync, isNode)
+			continue
+		}
+		p.Epoch++
+		if len(p.InSync) == 0 {
+			continue
+		}
+		next := p.InSync[0]
+		isNext := func(n string) bool { return n == next }
+		p.Primary = next
+		p.InSync = slices.DeleteFunc(p.InSync, isNext)
+		p.Replicas = append([]string{node}, slices.DeleteFunc(p.Replicas, isNext)...)
+	}
 }
 
 func applyRemoveNode(s *State, c RemoveNodeCmd) error {

@@ -255,6 +255,64 @@ func TestApplyCommand(t *testing.T) {
 				}
 			},
 		},
+		// A node back with a new data directory (same ID, another store).
+		{
+			name: "upsert/new store forgets the node's copies",
+			prep: func(tb testing.TB, s *State) []Command {
+				n2 := node("n2", StatusAlive)
+				n2.Store = "old"
+				return []Command{upsertCmd(tb, n2),
+					setCmd(tb, s.Version+1, Partition{ID: 1, Primary: "n2", Replicas: []string{"n1"}, Epoch: 5})}
+			},
+			cmd: func(tb testing.TB, s *State) Command {
+				n2 := node("n2", StatusAlive)
+				n2.Store = "new"
+				return upsertCmd(tb, n2)
+			},
+			check: func(t *testing.T, before, after *State) {
+				want := []Partition{
+					// A replica: out of sync, still an owner; epoch kept.
+					{ID: 0, Primary: "n1", Replicas: []string{"n2", "n3"}, InSync: []string{}, Epoch: 1},
+					// Its only copy was n2's: n2 stays primary of an
+					// empty copy, under a new epoch.
+					{ID: 1, Primary: "n2", Replicas: []string{"n1"}, Epoch: 6},
+					// A primary: an in-sync replica takes over, n2 becomes
+					// an out-of-sync replica.
+					{ID: 2, Primary: "n3", Replicas: []string{"n2", "n4"}, InSync: []string{"n4"}, Epoch: 4},
+				}
+				for _, w := range want {
+					got := after.Partitions[w.ID]
+					if got.Primary != w.Primary || got.Epoch != w.Epoch || !slices.Equal(got.Replicas, w.Replicas) || !slices.Equal(got.InSync, w.InSync) {
+						t.Errorf("partition %d = %+v, want %+v", w.ID, got, w)
+					}
+				}
+				if got := after.Nodes["n2"].Store; got != "new" {
+					t.Errorf("n2's store = %q, want new", got)
+				}
+				if !reflect.DeepEqual(before.Partitions[3], after.Partitions[3]) {
+					t.Errorf("partition 3 changed: %+v", after.Partitions[3])
+				}
+			},
+		},
+		{
+			name: "upsert/same, first or unknown store keeps the copies",
+			prep: func(tb testing.TB, s *State) []Command {
+				n2 := node("n2", StatusAlive)
+				n2.Store = "old"
+				n3 := node("n3", StatusAlive)
+				return []Command{upsertCmd(tb, n2), upsertCmd(tb, n3)}
+			},
+			cmd: func(tb testing.TB, s *State) Command {
+				// n3 gets its first store; n2 is upserted by a version that
+				// gossips none (empty): neither is a new data directory.
+				return upsertCmd(tb, node("n2", StatusSuspect))
+			},
+			check: func(t *testing.T, before, after *State) {
+				if !reflect.DeepEqual(before.Partitions, after.Partitions) {
+					t.Errorf("partitions changed: %+v -> %+v", before.Partitions, after.Partitions)
+				}
+			},
+		},
 		{
 			name: "upsert/empty id refused",
 			cmd:  func(tb testing.TB, s *State) Command { return upsertCmd(tb, NodeInfo{Name: "anon"}) }, wantErr: ErrInvalid,

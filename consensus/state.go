@@ -40,6 +40,11 @@ type NodeInfo struct {
 	// membership.Meta ("name=host:port,..." sorted by name; empty when the
 	// node has none or predates it). A string keeps NodeInfo comparable.
 	Services string `json:"services,omitempty"`
+	// Store is the identity of the node's data directory, as gossiped in
+	// membership.Meta. When a node comes back with another one, the copies
+	// it held are gone: applying that change takes the node out of every
+	// in-sync set (see applyUpsertNode). Empty for nodes that predate it.
+	Store string `json:"store,omitempty"`
 	// Since is when Status last changed, as stamped by the leader that
 	// proposed the change (so every replica of the FSM stores the same value).
 	Since time.Time `json:"since"`

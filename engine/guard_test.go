@@ -155,3 +155,53 @@ func TestDigest(t *testing.T) {
 		})
 	}
 }
+
+// TestNewDataDirectoryIsNotTrusted: a node that comes back under its old
+// ID with an emptied data directory may still be listed as a partition's
+// primary, with in-sync replicas. Reconciling as that primary would
+// install its empty copy on them. Until the table records the new store,
+// it must act on nothing; once it does (and, as the FSM does then, the
+// node is out of the in-sync sets), it is caught up like any replica.
+func TestNewDataDirectoryIsNotTrusted(t *testing.T) {
+	const key, value = "k", "acknowledged"
+	c := newCluster(t, clusterConfig{
+		parts: 1, ids: []string{"n1", "n2", "n3"},
+		row: func(int) Route {
+			return Route{Primary: "n1", Replicas: []string{"n2", "n3"}, InSync: []string{"n2", "n3"}, Epoch: 2}
+		},
+		requestTimeout: 300 * time.Millisecond,
+		stores:         map[string]string{"n1": "the-store-that-was-lost"},
+		prepare: func(id string, db *storage.DB) {
+			if id == "n1" {
+				return // the emptied directory
+			}
+			if err := db.Apply(0, 2, 1, storage.Op{Key: []byte(key), Value: []byte(value)}); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
+	n1 := c.nodes["n1"]
+	time.Sleep(time.Second) // several sync passes
+	for _, id := range []string{"n2", "n3"} {
+		if d := dumpPartition(t, c.nodes[id].db, 0); d.Pairs[key] != value {
+			t.Fatalf("%s lost the acknowledged write to the emptied primary's copy: %+v", id, d)
+		}
+	}
+	if err := n1.srv.PrimaryReady(0); errcode.Of(err) != errcode.NotReady {
+		t.Fatalf("PrimaryReady on the emptied primary = %v, want not_ready", err)
+	}
+	if r := kvGet(t, n1, key, ""); r.Status == http.StatusOK {
+		t.Fatalf("the emptied primary served a read: %s", r)
+	}
+
+	// The leader records the new store: n2 takes over, n1 is an
+	// out-of-sync replica.
+	c.table.setStore("n1", n1.db.ID())
+	c.table.update(func(rows []Route) {
+		rows[0] = Route{Partition: 0, Primary: "n2", Replicas: []string{"n1", "n3"}, InSync: []string{"n3"}, Epoch: 3}
+	})
+	waitFor(t, 10*time.Second, "n1 caught up and in sync", func() bool {
+		return c.table.route(0).IsInSync("n1") && dumpPartition(t, n1.db, 0).Pairs[key] == value
+	})
+	apitest.MustValue(t, kvGet(t, n1, key, ""), key, value)
+}

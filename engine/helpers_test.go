@@ -44,6 +44,9 @@ type fakeTable struct {
 	// minCopies is the copy floor the table reports (1 unless a test
 	// sets it, as in a cluster with MIN_INSYNC=1).
 	minCopies int
+	// stores is the data-directory identity recorded per node (none
+	// unless a test sets one).
+	stores map[string]string
 }
 
 func newFakeTable(parts int, row func(p int) Route) *fakeTable {
@@ -199,6 +202,24 @@ func (v *tableView) MinCopies() int {
 func (v *tableView) ReplicationFactor() int { return 3 }
 
 func (v *tableView) ClusterID() string { return "test-cluster" }
+
+func (v *tableView) StoreOf(node string) string {
+	v.f.mu.Lock()
+	defer v.f.mu.Unlock()
+	return v.f.stores[node]
+}
+
+// setStore records id as node's data-directory identity, as applying a
+// node's upsert does.
+func (f *fakeTable) setStore(node, id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stores == nil {
+		f.stores = map[string]string{}
+	}
+	f.stores[node] = id
+	f.notifyLocked()
+}
 
 func (v *tableView) Route(p int) (Route, bool) {
 	v.f.mu.Lock()
@@ -463,6 +484,9 @@ type clusterConfig struct {
 	// prepare runs on a node's fresh store before its Engine is built,
 	// to simulate what an earlier run left on disk.
 	prepare func(id string, db *storage.DB)
+	// stores is the data-directory identity the table records per node
+	// from the start (see fakeTable.stores).
+	stores map[string]string
 }
 
 // cluster is a set of nodes sharing one table and one Control.
@@ -477,6 +501,7 @@ func newCluster(tb testing.TB, cfg clusterConfig) *cluster {
 	tb.Helper()
 	events := &eventLog{}
 	table := newFakeTable(cfg.parts, cfg.row)
+	table.stores = cfg.stores
 	c := &cluster{
 		table:  table,
 		ctl:    &fakeControl{table: table, events: events},

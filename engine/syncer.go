@@ -90,6 +90,9 @@ func (w *syncWork) done(key string, failed bool) {
 // syncPass starts whatever each partition this node leads needs, without
 // waiting for jobs to finish.
 func (s *Engine) syncPass(ctx context.Context, w *syncWork, wg *sync.WaitGroup) {
+	if s.checkStore() != nil {
+		return // this node's old copies are gone: it must not make its new, empty one the truth
+	}
 	self := s.router.Self()
 	for p := range s.router.Partitions() {
 		if ctx.Err() != nil {

@@ -77,6 +77,9 @@ type Router interface {
 	ReplicationFactor() int
 	// ClusterID is the cluster's identity, fixed at bootstrap.
 	ClusterID() string
+	// StoreOf is the data-directory identity the cluster has recorded for
+	// node ("" if none yet).
+	StoreOf(node string) string
 }
 
 // Control is the cluster's configuration manager: it changes a partition's
@@ -105,6 +108,8 @@ type Storage interface {
 	Drop(p int) error
 	TableVersion() (uint64, error)
 	SetTableVersion(v uint64) error
+	// ID is the store's identity (storage.DB.ID).
+	ID() string
 }
 
 var _ Storage = (*storage.DB)(nil)

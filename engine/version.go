@@ -29,6 +29,9 @@ func newTableGuard(st Storage) (*tableGuard, error) {
 // check returns nil if the current table may be acted on, recording its
 // version first if it is new.
 func (s *Engine) checkTable() error {
+	if err := s.checkStore(); err != nil {
+		return err
+	}
 	v := s.router.Version()
 	g := s.guard
 	g.mu.Lock()
@@ -41,6 +44,21 @@ func (s *Engine) checkTable() error {
 			return fmt.Errorf("record table version: %w", err)
 		}
 		g.persisted = v
+	}
+	return nil
+}
+
+// checkStore refuses to act on the table while it counts copies of this
+// node's previous data directory: a node whose DATA_DIR was emptied or
+// replaced and that came back under the same NODE_ID may still be listed
+// in sync, or as a primary, and acting on that (above all, reconciling as
+// a primary) would make its empty copy the truth. The leader takes the
+// node out of every in-sync set when it records the new identity
+// (consensus.forgetCopies), and from then on the node is an ordinary
+// replica that gets copies.
+func (s *Engine) checkStore() error {
+	if rec := s.router.StoreOf(s.router.Self()); rec != "" && rec != s.store.ID() {
+		return errcode.New(errcode.NotReady, "this node's data directory is new (store %s) and the cluster still counts the copies of its old one (store %s); waiting for the leader to take them out of the in-sync sets", s.store.ID(), rec)
 	}
 	return nil
 }

@@ -138,6 +138,45 @@ func TestKillAndRestart(t *testing.T) {
 	}
 }
 
+// TestEmptiedDataDirRestart: a node killed, its DATA_DIR deleted and
+// started again at once under its NODE_ID is still listed as primary of its
+// partitions, with in-sync replicas, when it comes back. It must not make
+// its empty copies the truth: every acknowledged write survives on every
+// node, and the node ends up holding its share again.
+func TestEmptiedDataDirRestart(t *testing.T) {
+	t.Parallel()
+	c := tc.New(t, binary, 3, tc.Options{})
+	c.Start()
+	c.WaitHealthy(30*time.Second, 3, 3)
+	leader, err := c.Leader(c.Nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not node-1: it bootstraps, and on an empty DATA_DIR would found a
+	// cluster of its own.
+	victim := c.Nodes[1]
+	if victim == leader {
+		victim = c.Nodes[2]
+	}
+	data := keys("acked", 60, "v")
+	writeAll(t, leader.KV, data, 5*time.Second)
+
+	victim.Kill()
+	if err := os.RemoveAll(victim.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	victim.Start()
+	c.WaitHealthy(60*time.Second, 3, 3)
+	for _, n := range c.Nodes {
+		readAll(t, n.KV, data, false, 10*time.Second)
+	}
+	tc.Eventually(t, 30*time.Second, "every copy identical", func() error { return checkCopies(c.Nodes) })
+	readAll(t, victim.KV, data, true, 10*time.Second)
+	if !strings.Contains(leader.Stderr(), "node came back with a new data directory") {
+		t.Errorf("the leader did not log the new data directory of %s", victim.ID)
+	}
+}
+
 // TestLeaderKill kills the Raft leader: a new leader is elected and
 // writes go on through the survivors.
 func TestLeaderKill(t *testing.T) {

@@ -41,6 +41,7 @@ func (t oneNodeTable) PartitionOf(key string) int { return ring.PartitionOfTagge
 func (t oneNodeTable) MinCopies() int             { return 1 }
 func (t oneNodeTable) ReplicationFactor() int     { return 1 }
 func (t oneNodeTable) ClusterID() string          { return "test-cluster" }
+func (t oneNodeTable) StoreOf(string) string      { return "" }
 func (t oneNodeTable) Version() uint64            { return 1 }
 func (t oneNodeTable) Alive(node string) bool     { return node == t.self }
 func (t oneNodeTable) Changed() (<-chan struct{}, func()) {

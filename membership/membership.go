@@ -52,6 +52,9 @@ type Meta struct {
 	// string keeps Meta comparable, and nodes that predate it decode it
 	// as empty.
 	Services string `json:"svc,omitempty"`
+	// Store is the identity of the node's data directory (storage.DB.ID):
+	// the same across restarts on the same disk, new when the data is gone.
+	Store string `json:"store,omitempty"`
 }
 
 // State is a member's health as seen by this node.

@@ -50,6 +50,8 @@ func (t *tableRouter) Alive(node string) bool {
 	return ok && (n.Status == consensus.StatusAlive || n.Status == consensus.StatusSuspect)
 }
 
+func (t *tableRouter) StoreOf(node string) string { return t.fsm.State().Nodes[node].Store }
+
 func (t *tableRouter) Changed() (<-chan struct{}, func()) { return t.fsm.Watch() }
 
 // TableVersion is the partition-table version the KV API reports on every

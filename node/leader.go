@@ -143,7 +143,7 @@ func (r *reconciler) pass(ctx context.Context) error {
 		seen[m.Meta.ID] = true
 		want := consensus.NodeInfo{ID: m.Meta.ID, Name: m.Meta.Name, MgmtAddr: m.Meta.MgmtAddr,
 			KVAddr: m.Meta.KVAddr, RaftAddr: m.Meta.RaftAddr, GossipAddr: m.Meta.GossipAddr, Status: statusOf(m.State),
-			Incarnation: m.Meta.Incarnation, Services: m.Meta.Services}
+			Incarnation: m.Meta.Incarnation, Services: m.Meta.Services, Store: m.Meta.Store}
 		have, ok := ck.raft.State().Nodes[want.ID]
 		if !ok && (want.Status == consensus.StatusLeft || want.Status == consensus.StatusDead) {
 			continue // already forgotten (or never known): nothing to record
@@ -173,6 +173,10 @@ func (r *reconciler) pass(ctx context.Context) error {
 		}
 		if !ok || have.Status != want.Status {
 			ck.log.Info("node health recorded", "node", want.ID, "status", want.Status)
+		}
+		if ok && have.Store != "" && want.Store != "" && have.Store != want.Store {
+			ck.log.Warn("node came back with a new data directory; its old copies no longer count, and the partitions it led moved to in-sync replicas",
+				"node", want.ID, "old_store", have.Store, "store", want.Store)
 		}
 	}
 	// A node the FSM knows but gossip has never shown this leader: give

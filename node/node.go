@@ -173,7 +173,8 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	}
 	meta := membership.Meta{ID: cfg.NodeID, Name: cfg.NodeName, MgmtAddr: ck.adv.mgmt, KVAddr: ck.adv.kv, RaftAddr: ck.adv.raft,
 		Incarnation: strconv.FormatInt(time.Now().UnixNano(), 36),
-		Services:    encodeServices(advertiseServices(cfg.Services, cfg.AdvertiseHost))}
+		Services:    encodeServices(advertiseServices(cfg.Services, cfg.AdvertiseHost)),
+		Store:       ck.db.ID()}
 	// memberlist binds the gossip port itself; with port 0 we learn the
 	// real one only afterwards, so the gossip address in Meta is derived
 	// from the configured one when it is fixed.

@@ -10,7 +10,9 @@ package storage
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -137,8 +139,9 @@ type KV struct {
 // endian, Unix ms) | user key for the expiry index, which lists every key
 // with a TTL in deadline order so the sweep finds expired keys without a
 // scan, and 'l' | partition | write number (8 bytes, big endian) for the
-// partition's retained history (see log.go). The layout is a data-format
-// contract.
+// partition's retained history (see log.go). Single-byte keys hold the
+// store's own records: 'F' its format, 'v' the table version acted on, 'i'
+// its identity. The layout is a data-format contract.
 const (
 	dataTag   = 'd'
 	metaTag   = 'm'
@@ -184,6 +187,9 @@ type DB struct {
 	// only under the partition's stripe lock, after the commit.
 	metaMu sync.RWMutex
 	metas  map[int]Meta
+
+	// id names this store; see ID.
+	id string
 }
 
 // DefaultCacheBytes is the block cache size when Options leaves it zero.
@@ -226,8 +232,40 @@ func Open(dir string, o Options) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("upgrade kv store %s: %w", dir, err)
 	}
+	if d.id, err = d.loadID(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("kv store %s: %w", dir, err)
+	}
 	return d, nil
 }
+
+// idKey holds the store's identity (see ID).
+var idKey = []byte{'i'}
+
+// loadID returns the store's identity, making one if the store has none
+// (it is new, or older than identities).
+func (d *DB) loadID() (string, error) {
+	v, ok, err := read(d.db, idKey)
+	if err != nil {
+		return "", fmt.Errorf("read store id: %w", err)
+	}
+	if ok && len(v) > 0 {
+		return string(v), nil
+	}
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	id := hex.EncodeToString(b)
+	if err := d.db.Set(idKey, []byte(id), pebble.Sync); err != nil {
+		return "", fmt.Errorf("record store id: %w", err)
+	}
+	return id, nil
+}
+
+// ID names this store: made at random when the store is created, kept for
+// its lifetime. A node that comes back under the same NODE_ID with another
+// ID has lost the data it had (an emptied or replaced DATA_DIR); the
+// cluster must not trust the copies it held before.
+func (d *DB) ID() string { return d.id }
 
 // Close closes the store.
 func (d *DB) Close() error { return d.db.Close() }
@@ -698,8 +736,8 @@ func (p pebbleLogger) damaged(msg string) {
 // DamageAdvice says what to do about a damaged store in dir.
 func DamageAdvice(dir string) string {
 	return fmt.Sprintf("storage in %s is damaged on disk, so this node cannot trust its copies. "+
-		"Stop it and keep it stopped until no partition lists it (GET /partitions on another node, about FAILOVER_GRACE after it is dead); "+
-		"then move %s aside and start the node again: it rejoins empty and receives its partitions from the others", dir, filepath.Dir(dir))
+		"Move %s aside, all of it (a store repaired in place would still be trusted), and start the node again with JOIN_ADDR: "+
+		"the cluster sees a new data directory, stops counting the old copies, and copies the node's partitions to it", dir, filepath.Dir(dir))
 }
 
 func firstLine(s string) string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -907,5 +908,36 @@ func TestApplyBatchRefusesEmpty(t *testing.T) {
 	}
 	if _, ok, _ := db.Get(0, []byte("a")); ok {
 		t.Error("a batch that was refused was partly applied")
+	}
+}
+
+// A store keeps its identity across reopens, and a new store in another
+// (or an emptied) directory gets another one.
+func TestStoreID(t *testing.T) {
+	dir := t.TempDir()
+	db := openDB(t, dir)
+	first := db.ID()
+	if len(first) != 16 {
+		t.Fatalf("ID() = %q, want 16 hex digits", first)
+	}
+	if err := db.close(); err != nil {
+		t.Fatal(err)
+	}
+	db = openDB(t, dir)
+	if got := db.ID(); got != first {
+		t.Fatalf("after reopen ID() = %q, want %q", got, first)
+	}
+	if err := db.close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	db = openDB(t, dir)
+	if got := db.ID(); got == first || got == "" {
+		t.Fatalf("an emptied directory kept ID %q (first %q)", got, first)
+	}
+	if other := openDB(t, t.TempDir()).ID(); other == first {
+		t.Fatalf("two stores share ID %q", other)
 	}
 }
