@@ -49,6 +49,9 @@ func (ck *ClusterKit) readiness() readiness {
 	case self.Draining:
 		r.code, r.why = errcode.NotReady, "this node is draining: its partitions are moving to other nodes"
 		return r
+	case self.Store != "" && self.Store != ck.db.ID():
+		r.code, r.why = errcode.NotReady, "this node's data directory is new and the cluster still counts the copies of its old one; waiting for the leader to record it"
+		return r
 	}
 	var pending []string
 	for _, p := range st.Partitions {
