@@ -25,21 +25,9 @@ C=${C:-32}
 KEYS=${KEYS:-100000}
 READS=${READS:-0.9}
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-WORK=$(mktemp -d /tmp/ck-security.XXXXXX)
-ALL_PIDS=()
-cleanup() {
-	for p in "${ALL_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	if [[ -z ${KEEP:-} ]]; then rm -rf "$WORK"; else echo "kept $WORK"; fi
-}
-trap cleanup EXIT
-
-BIN=${CLUSTERKIT_BIN:-}
-if [[ -z $BIN ]]; then
-	BIN=$WORK/clusterkit
-	go build -o "$BIN" .
-fi
+# WORK, BIN, PIDS and the cleanup on exit; its start_cluster is not used.
+# shellcheck source=bench/cluster.sh
+source "$(dirname "$0")/cluster.sh"
 "$BIN" tls ca -dir "$WORK/tls" >/dev/null
 for i in 1 2 3; do "$BIN" tls cert -dir "$WORK/tls" -name "node-$i" >/dev/null; done
 "$BIN" tls cert -dir "$WORK/tls" -name client -client >/dev/null
@@ -64,7 +52,7 @@ start_variant() { # start_variant NAME INDEX
 		mkdir -p "$WORK/$name"
 		env "${env[@]}" "${join[@]}" "$BIN" >"$WORK/$name/node$i.log" 2>&1 &
 		pids+=($!)
-		ALL_PIDS+=($!)
+		PIDS+=($!)
 		kv+=("127.0.0.1:3${v}18$i")
 	done
 	PIDS_OF[$name]="${pids[*]}"
