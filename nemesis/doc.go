@@ -36,7 +36,13 @@
 // node must add up to the total, and the final balances must be every
 // acknowledged transfer plus some subset of those with an unknown outcome
 // (history.CheckBank); every op of every batch is checked per key under
-// history.RevisionModel too.
+// history.RevisionModel too. Those named lock-* run the lock load:
+// clients take locks with a set if_revision=0 and give them back with a
+// delete if_revision=R (their own acquire's revision), breaking a lock
+// stuck at one revision for 500 ms the same way; the history must be
+// linearizable under history.RevisionModel and no lock granted twice
+// (between two acknowledged acquires, a delete of the first one's
+// revision deleted it or may have).
 //
 // Those named scan-* run the scan load: the register workload on 24 keys
 // that are created and deleted all the time (as many deletes as sets),
@@ -78,7 +84,7 @@
 //	go test -race -count=1 ./nemesis/                 # short pass (CI)
 //	go test -count=1 -timeout 0 ./nemesis/ -nemesis.soak   # soak (or CLUSTERKIT_SOAK=1)
 //	go test -count=1 ./nemesis/ -run 'TestNemesis/n3/kill-leader$' -nemesis.seed=42 -v
-//	go test -race -count=1 ./nemesis/ -run 'TestNemesis/n./(cas|ttl|batch|scan)-' -v  # the CAS, TTL, batch and scan loads
+//	go test -race -count=1 ./nemesis/ -run 'TestNemesis/n./(cas|ttl|batch|scan|lock)-' -v  # the CAS, TTL, batch, scan and lock loads
 //
 // See nemesis_test.go for every flag. On failure the history (with every
 // scan and every watcher's events and connections), the visualisation,

@@ -59,6 +59,13 @@ var scenarios = []scenario{
 	// The same through the Go client package: what it reports as not
 	// applied was not, and it never sends a write twice.
 	{name: "client-cas-kill-cut-primary", load: newClientCASLoad, run: killThenCut},
+	// Locks taken with if_revision=0 and given back with a delete
+	// conditioned on the holder's revision, under the same faults: a
+	// conditional delete must neither delete a lock someone else took
+	// since, nor leave two holders.
+	{name: "lock-kill-cut-primary", load: newLockLoad, run: killThenCut},
+	{name: "lock-pause-long", soakOnly: true, load: newLockLoad, run: func(r *run) { pauseFor(r, r.busyPrimary(), r.p.pauseLong) }},
+	{name: "lock-mixed", soakOnly: true, load: newLockLoad, run: mixed},
 	{name: "ttl-pause-long", load: newTTLLoad, run: func(r *run) { pauseFor(r, r.busyPrimary(), r.p.pauseLong) }},
 	{name: "cas-pause-long", soakOnly: true, load: newCASLoad, run: func(r *run) { pauseFor(r, r.busyPrimary(), r.p.pauseLong) }},
 	{name: "cas-cut-long", netns: true, soakOnly: true, load: newCASLoad, run: func(r *run) { isolateFor(r, r.busyPrimary(), r.p.cutLong) }},
