@@ -35,7 +35,11 @@ type Options struct {
 	// Bootstrap makes this node a single-voter cluster if DataDir holds no
 	// Raft state yet. It is ignored on restart.
 	Bootstrap bool
-	Logger    *slog.Logger
+	// MayBootstrap, if set, is asked before bootstrapping (Bootstrap set,
+	// no Raft state): false makes the node wait to be added instead, as
+	// when it finds the cluster it was meant to found already running.
+	MayBootstrap func() bool
+	Logger       *slog.Logger
 
 	// Timeouts; zero means the package default (tuned for a LAN).
 	HeartbeatTimeout time.Duration
@@ -130,6 +134,8 @@ func Open(opts Options) (*Store, error) {
 	switch {
 	case existing:
 		s.log.Info("raft state found, resuming", "dir", dir)
+	case opts.Bootstrap && opts.MayBootstrap != nil && !opts.MayBootstrap():
+		s.log.Info("no raft state; not bootstrapping, waiting to be added by the leader")
 	case opts.Bootstrap:
 		s.log.Info("bootstrapping a new cluster", "id", opts.NodeID, "raft_addr", opts.Advertise)
 		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{

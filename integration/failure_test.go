@@ -177,6 +177,56 @@ func TestEmptiedDataDirRestart(t *testing.T) {
 	}
 }
 
+// TestEmptiedBootstrapNodeRejoins: node-1 (BOOTSTRAP=true, with the
+// others in JOIN_ADDR, as in the compose demo) killed and started again at
+// once on an emptied DATA_DIR joins the cluster it founded instead of
+// founding a second one beside it, and every acknowledged write survives.
+func TestEmptiedBootstrapNodeRejoins(t *testing.T) {
+	t.Parallel()
+	c := tc.New(t, binary, 3, tc.Options{JoinAll: true})
+	c.Start()
+	c.WaitHealthy(30*time.Second, 3, 3)
+	n1 := c.Nodes[0]
+	data := keys("acked", 40, "v")
+	writeAll(t, c.Nodes[1].KV, data, 5*time.Second)
+
+	n1.Kill()
+	if err := os.RemoveAll(n1.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	n1.Start()
+	tc.Eventually(t, 15*time.Second, "node-1 declining to bootstrap", func() error {
+		if !strings.Contains(n1.Stderr(), "joining it instead of bootstrapping a second one") {
+			return fmt.Errorf("not logged yet")
+		}
+		return nil
+	})
+	c.WaitHealthy(60*time.Second, 3, 3)
+	for _, n := range c.Nodes {
+		readAll(t, n.KV, data, false, 10*time.Second)
+	}
+	tc.Eventually(t, 30*time.Second, "every copy identical", func() error { return checkCopies(c.Nodes) })
+	var ids []string
+	for _, n := range c.Nodes {
+		r, err := tc.Get(n.HTTP, "/cluster")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct {
+			Cluster struct {
+				ID string `json:"id"`
+			} `json:"cluster"`
+		}
+		if err := r.JSON(&v); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, v.Cluster.ID)
+	}
+	if ids[0] == "" || ids[0] != ids[1] || ids[1] != ids[2] {
+		t.Fatalf("cluster IDs after the restart: %v, want one", ids)
+	}
+}
+
 // TestLeaderKill kills the Raft leader: a new leader is elected and
 // writes go on through the survivors.
 func TestLeaderKill(t *testing.T) {

@@ -200,7 +200,7 @@ func New(cfg Config, logger *slog.Logger) (ck *ClusterKit, err error) {
 	ck.peers = peer.NewClient(pcfg, ck.resolveInternal)
 	ck.raft, err = consensus.Open(consensus.Options{
 		NodeID: cfg.NodeID, Stream: ck.peerLn.Raft(), Advertise: ck.adv.raft, DataDir: cfg.DataDir,
-		Bootstrap: cfg.Bootstrap, Logger: logger.With("component", "raft"),
+		Bootstrap: cfg.Bootstrap, MayBootstrap: ck.mayBootstrap, Logger: logger.With("component", "raft"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("RAFT_ADDR=%s DATA_DIR=%s: %w", cfg.RaftAddr, cfg.DataDir, err)

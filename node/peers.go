@@ -134,6 +134,8 @@ func (c *raftControl) SetInSync(ctx context.Context, p int, epoch uint64, node s
 // clusterView is the part of a seed's GET /cluster a joining node reads.
 type clusterView struct {
 	Cluster struct {
+		ID    string `json:"id"`
+		Name  string `json:"name"`
 		Nodes []struct {
 			ID       string `json:"id"`
 			Status   string `json:"status"`
@@ -184,27 +186,9 @@ func (ck *ClusterKit) resolveGossipAddrs(ctx context.Context, seeds []string) ([
 // seedInternalAddrs reads the internal addresses of the active members a
 // seed lists.
 func (ck *ClusterKit) seedInternalAddrs(ctx context.Context, seed string) ([]string, error) {
-	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, ck.mgmtURL(seed, "/cluster"), nil)
+	v, err := ck.seedCluster(ctx, seed)
 	if err != nil {
 		return nil, err
-	}
-	resp, err := ck.mgmtClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("seed %s: %w", seed, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return nil, fmt.Errorf("seed %s: %w", seed, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("seed %s: GET /cluster answered %d", seed, resp.StatusCode)
-	}
-	var v clusterView
-	if err := json.Unmarshal(body, &v); err != nil {
-		return nil, fmt.Errorf("seed %s: decode /cluster: %w", seed, err)
 	}
 	var out []string
 	for _, n := range v.Cluster.Nodes {
@@ -225,4 +209,55 @@ func (ck *ClusterKit) mgmtURL(addr, path string) string {
 		return "https://" + addr + path
 	}
 	return "http://" + addr + path
+}
+
+// mayBootstrap is asked before this node founds a cluster (BOOTSTRAP and
+// no Raft state in DATA_DIR). A bootstrap node whose DATA_DIR was emptied
+// would otherwise found a second cluster of the same name beside the one
+// its JOIN_ADDR seeds still form, and gossip would then mix the two. So
+// when a seed already belongs to an initialised cluster of this name, the
+// node joins it instead, as any new node would; with no seed up, or none
+// initialised (all nodes starting together), it bootstraps as asked.
+func (ck *ClusterKit) mayBootstrap() bool {
+	for _, seed := range ck.cfg.JoinAddrs {
+		v, err := ck.seedCluster(context.Background(), seed)
+		if err != nil || v.Cluster.ID == "" || v.Cluster.Name != ck.cfg.ClusterName {
+			continue
+		}
+		for _, n := range v.Cluster.Nodes {
+			if n.ID != ck.cfg.NodeID {
+				ck.log.Warn("DATA_DIR holds no Raft state, but a JOIN_ADDR seed already belongs to this cluster: joining it instead of bootstrapping a second one",
+					"seed", seed, "cluster_id", v.Cluster.ID, "nodes", len(v.Cluster.Nodes))
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// seedCluster reads a seed's public GET /cluster.
+func (ck *ClusterKit) seedCluster(ctx context.Context, seed string) (clusterView, error) {
+	var v clusterView
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, ck.mgmtURL(seed, "/cluster"), nil)
+	if err != nil {
+		return v, err
+	}
+	resp, err := ck.mgmtClient.Do(req)
+	if err != nil {
+		return v, fmt.Errorf("seed %s: %w", seed, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return v, fmt.Errorf("seed %s: %w", seed, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return v, fmt.Errorf("seed %s: GET /cluster answered %d", seed, resp.StatusCode)
+	}
+	if err := json.Unmarshal(body, &v); err != nil {
+		return v, fmt.Errorf("seed %s: decode /cluster: %w", seed, err)
+	}
+	return v, nil
 }
