@@ -400,6 +400,12 @@ func (s *Engine) leasedRead(p int, epoch uint64, key string) (peer.ReadResp, err
 	if err != nil {
 		return peer.ReadResp{}, err
 	}
+	if s.additionUnsettled(p, rt.Epoch) {
+		// The table may count a replica in sync that the lease does not
+		// cover yet: it could be promoted, and serve, meanwhile.
+		s.Kick()
+		return peer.ReadResp{}, errcode.New(errcode.Unavailable, "partition %d: a replica's addition to the in-sync set is not settled yet", p)
+	}
 	v, err := s.get(p, key)
 	if !s.stillPrimary(p, rt) {
 		return peer.ReadResp{}, errNoLease

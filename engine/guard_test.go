@@ -205,3 +205,48 @@ func TestNewDataDirectoryIsNotTrusted(t *testing.T) {
 	})
 	apitest.MustValue(t, kvGet(t, n1, key, ""), key, value)
 }
+
+// TestLostInSyncAddition: the primary copies a partition to a replica and
+// adds it to the in-sync set, the addition is committed but its answer is
+// lost, and the primary's own table does not show it yet. The table then
+// counts the replica in sync: a write acknowledged without it could be
+// lost when the replica is promoted. The partition must take no write
+// (and serve no linearizable read) until the addition is settled, and
+// every write acknowledged after that must be on the replica.
+func TestLostInSyncAddition(t *testing.T) {
+	c := newCluster(t, clusterConfig{
+		parts: 1, ids: []string{"n1", "n2", "n3"},
+		row: func(int) Route {
+			return Route{Primary: "n1", Replicas: []string{"n2", "n3"}, InSync: []string{"n2"}, Epoch: 1}
+		},
+		notAlive:       []string{"n3"},
+		requestTimeout: 500 * time.Millisecond,
+	})
+	c.waitReady(t)
+	n1, n3 := c.nodes["n1"], c.nodes["n3"]
+	if r := kvSet(t, n1, "before", "v"); r.Status != http.StatusOK {
+		t.Fatalf("set: %s", r)
+	}
+	// n1 stops seeing the table change (it lags), and the answer to its
+	// next addition is lost.
+	c.table.freeze("n1")
+	c.ctl.mu.Lock()
+	c.ctl.lostAdds = 1
+	c.ctl.applied = func() { c.table.unfreeze("n1") }
+	c.ctl.mu.Unlock()
+	c.table.setAlive("n3", true)
+	waitFor(t, 10*time.Second, "n3 added to the in-sync set", func() bool { return c.table.route(0).IsInSync("n3") })
+
+	if r := kvSet(t, n1, "after", "acknowledged"); r.Status == http.StatusOK {
+		if d := dumpPartition(t, n3.db, 0); d.Pairs["after"] != "acknowledged" {
+			t.Fatalf("a write was acknowledged without n3, which the table counts in sync: n3 holds %v", d.Pairs)
+		}
+	}
+	waitFor(t, 10*time.Second, "the partition taking writes again", func() bool {
+		return kvSet(t, n1, "later", "acknowledged").Status == http.StatusOK
+	})
+	if d := dumpPartition(t, n3.db, 0); d.Pairs["later"] != "acknowledged" || d.Pairs["before"] != "v" {
+		t.Fatalf("n3, in sync, lacks acknowledged writes: %v", d.Pairs)
+	}
+	apitest.MustValue(t, kvGet(t, n1, "later", ""), "later", "acknowledged")
+}

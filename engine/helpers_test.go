@@ -315,6 +315,12 @@ type fakeControl struct {
 	calls      []inSyncCall
 	failRemove bool
 	delay      time.Duration
+	// lostAdds is how many additions to apply and then answer with an
+	// unknown outcome, as when the answer is lost on the way back.
+	lostAdds int
+	// applied, if set, runs after a call that succeeded (a real Control
+	// returns only once the caller's own table shows the change).
+	applied func()
 }
 
 var _ Control = (*fakeControl)(nil)
@@ -326,6 +332,11 @@ func controlEvent(p int, node string, inSync bool) string {
 func (c *fakeControl) SetInSync(ctx context.Context, p int, epoch uint64, node string, inSync bool) error {
 	c.mu.Lock()
 	delay, fail := c.delay, c.failRemove && !inSync
+	lost := inSync && c.lostAdds > 0
+	if lost {
+		c.lostAdds--
+	}
+	applied := c.applied
 	c.mu.Unlock()
 	if delay > 0 {
 		select {
@@ -345,6 +356,12 @@ func (c *fakeControl) SetInSync(ctx context.Context, p int, epoch uint64, node s
 	c.mu.Unlock()
 	if err == nil && c.events != nil {
 		c.events.add("%s", controlEvent(p, node, inSync))
+	}
+	if err == nil && lost {
+		return errcode.New(errcode.OutcomeUnknown, "fake control: the answer to the addition was lost")
+	}
+	if err == nil && applied != nil {
+		applied()
 	}
 	return err
 }

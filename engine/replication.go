@@ -275,22 +275,32 @@ func (s *Engine) dropReplicas(p int, epoch uint64, failed map[string]error) erro
 	if len(failed) == 0 {
 		return nil
 	}
-	s.unresolvedMu.Lock()
-	u := s.unresolved[p]
-	if u.epoch != epoch {
-		u = unresolvedRound{epoch: epoch, nodes: map[string]bool{}}
-	}
 	for n := range failed {
-		u.nodes[n] = true
+		s.markUnresolved(p, epoch, n, false)
 	}
-	s.unresolved[p] = u
-	s.unresolvedMu.Unlock()
 	defer s.Kick()
 	return s.resolveNodes(p, epoch)
 }
 
-// unresolvedRound lists the replicas of a partition that missed a round
-// and are still in its in-sync set.
+// markUnresolved records that node must leave p's in-sync set before p
+// takes another round. added marks a node whose addition to the set had
+// an unknown outcome: the local table not listing it proves nothing then
+// (the addition may not have been applied here yet), so only a confirmed
+// removal resolves it.
+func (s *Engine) markUnresolved(p int, epoch uint64, node string, added bool) {
+	s.unresolvedMu.Lock()
+	defer s.unresolvedMu.Unlock()
+	u := s.unresolved[p]
+	if u.epoch != epoch || u.nodes == nil {
+		u = unresolvedRound{epoch: epoch, nodes: map[string]bool{}}
+	}
+	u.nodes[node] = u.nodes[node] || added
+	s.unresolved[p] = u
+}
+
+// unresolvedRound lists the replicas of a partition that must be taken out
+// of its in-sync set before its next round: they missed a round, or their
+// addition to the set had an unknown outcome (the value true).
 type unresolvedRound struct {
 	epoch uint64
 	nodes map[string]bool
@@ -322,9 +332,15 @@ func (s *Engine) resolve(p int, rt Route) (bool, error) {
 func (s *Engine) resolveNodes(p int, epoch uint64) error {
 	s.unresolvedMu.Lock()
 	u := s.unresolved[p]
-	nodes := slices.Collect(maps.Keys(u.nodes))
+	added := maps.Clone(u.nodes)
 	s.unresolvedMu.Unlock()
-	for _, node := range nodes {
+	for node, unknownAdd := range added {
+		if unknownAdd {
+			if err := s.resolveAddition(p, epoch, node); err != nil {
+				return err
+			}
+			continue
+		}
 		if rt, ok := s.router.Route(p); ok && rt.Epoch == epoch && !rt.IsInSync(node) {
 			s.forgetUnresolved(p, node)
 			continue
@@ -338,6 +354,45 @@ func (s *Engine) resolveNodes(p int, epoch uint64) error {
 		s.forgetUnresolved(p, node)
 	}
 	return nil
+}
+
+// resolveAddition settles an addition of node to p's in-sync set whose
+// outcome was unknown, by making it again: the addition is idempotent, and
+// since the copy no round has run, so node holds every write. Once this
+// node has applied it (or the table here already shows it), node is in
+// sync and rounds include it; a refusal because the epoch moved on, or
+// because node is no longer a replica, means it is not in sync at this
+// epoch either.
+func (s *Engine) resolveAddition(p int, epoch uint64, node string) error {
+	if rt, ok := s.router.Route(p); ok && (rt.Epoch != epoch || rt.IsInSync(node)) {
+		s.forgetUnresolved(p, node)
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	err := s.control.SetInSync(cctx, p, epoch, node, true)
+	cancel()
+	if c := errcode.Of(err); err != nil && c != errcode.EpochMismatch && c != errcode.Conflict {
+		return fmt.Errorf("the addition of %s to the in-sync set is not settled yet: %w", node, err)
+	}
+	s.forgetUnresolved(p, node)
+	return nil
+}
+
+// additionUnsettled reports whether p has an addition to its in-sync set
+// at epoch whose outcome is not known yet.
+func (s *Engine) additionUnsettled(p int, epoch uint64) bool {
+	s.unresolvedMu.Lock()
+	defer s.unresolvedMu.Unlock()
+	u, ok := s.unresolved[p]
+	if !ok || u.epoch != epoch {
+		return false
+	}
+	for _, unknownAdd := range u.nodes {
+		if unknownAdd {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Engine) forgetUnresolved(p int, node string) {

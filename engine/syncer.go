@@ -122,6 +122,20 @@ func (s *Engine) syncPass(ctx context.Context, w *syncWork, wg *sync.WaitGroup) 
 			}
 			continue
 		}
+		if s.additionUnsettled(p, rt.Epoch) {
+			// Settle it even if no write comes to do so: until then the
+			// partition serves no linearizable read either.
+			if key := rt.Key("settle"); w.start(key) {
+				wg.Go(func() {
+					l := s.lock(p)
+					l.Lock()
+					_, err := s.resolve(p, rt)
+					l.Unlock()
+					w.done(key, err != nil)
+				})
+			}
+			continue
+		}
 		for _, r := range rt.Replicas {
 			if rt.IsInSync(r) || !s.router.Alive(r) {
 				continue
@@ -329,7 +343,17 @@ func (s *Engine) catchUp(ctx context.Context, p int, epoch uint64, node string) 
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := s.control.SetInSync(cctx, p, epoch, node, true); err != nil {
-		return err
+		// The change may have been committed all the same (the answer
+		// was lost, or this node has not applied it yet). The table then
+		// counts node in sync, and a round that left it out, once the
+		// lock is released, would be acknowledged without a copy the
+		// table promises: node could be promoted without it. So node is
+		// unresolved: the partition takes no write and serves no
+		// linearizable read until the addition is known to have been
+		// applied here (node has every write: none ran since the copy)
+		// or to be impossible.
+		s.markUnresolved(p, epoch, node, true)
+		return fmt.Errorf("add %s to the in-sync set (outcome unknown: the partition waits until it is known): %w", node, err)
 	}
 	attrs := []any{"partition", p, "epoch", epoch, "replica", node, "by", how}
 	if sent >= 0 {
