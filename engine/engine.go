@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/clusterkit/clusterkit/errcode"
@@ -63,6 +64,10 @@ type Engine struct {
 	// not yet out of the in-sync set (see dropReplicas).
 	unresolvedMu sync.Mutex
 	unresolved   map[int]unresolvedRound
+	// anyUnsettled is whether some entry of unresolved is an addition of
+	// unknown outcome (kept under unresolvedMu), so that a linearizable
+	// read checks for one without taking the lock.
+	anyUnsettled atomic.Bool
 
 	feedsMu sync.Mutex
 	feeds   map[int]*feed

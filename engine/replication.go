@@ -296,6 +296,19 @@ func (s *Engine) markUnresolved(p int, epoch uint64, node string, added bool) {
 	}
 	u.nodes[node] = u.nodes[node] || added
 	s.unresolved[p] = u
+	s.noteUnsettledLocked()
+}
+
+// noteUnsettledLocked recomputes anyUnsettled after unresolved changed;
+// the caller holds unresolvedMu.
+func (s *Engine) noteUnsettledLocked() {
+	unsettled := false
+	for _, u := range s.unresolved {
+		for _, unknownAdd := range u.nodes {
+			unsettled = unsettled || unknownAdd
+		}
+	}
+	s.anyUnsettled.Store(unsettled)
 }
 
 // unresolvedRound lists the replicas of a partition that must be taken out
@@ -319,6 +332,7 @@ func (s *Engine) resolve(p int, rt Route) (bool, error) {
 	if u.epoch != rt.Epoch {
 		s.unresolvedMu.Lock()
 		delete(s.unresolved, p)
+		s.noteUnsettledLocked()
 		s.unresolvedMu.Unlock()
 		return false, nil
 	}
@@ -381,6 +395,9 @@ func (s *Engine) resolveAddition(p int, epoch uint64, node string) error {
 // additionUnsettled reports whether p has an addition to its in-sync set
 // at epoch whose outcome is not known yet.
 func (s *Engine) additionUnsettled(p int, epoch uint64) bool {
+	if !s.anyUnsettled.Load() {
+		return false
+	}
 	s.unresolvedMu.Lock()
 	defer s.unresolvedMu.Unlock()
 	u, ok := s.unresolved[p]
@@ -406,6 +423,7 @@ func (s *Engine) forgetUnresolved(p int, node string) {
 	if len(u.nodes) == 0 {
 		delete(s.unresolved, p)
 	}
+	s.noteUnsettledLocked()
 }
 
 // fanOut sends req to every node in parallel and returns those that failed.
