@@ -37,14 +37,21 @@ start_cluster() { # start_cluster [ENV=VALUE ...]: extra settings for every node
 		PIDS+=($!)
 		NODE_PIDS[i]=$!
 	done
-	# Settled: every partition stable with two in-sync replicas (and there
-	# are partitions: before the cluster is initialised the list is empty).
-	local deadline=$((SECONDS + 90)) body
-	until body=$(curl -sf --max-time 2 http://127.0.0.1:28081/partitions) && [[ -n $body ]] &&
+	wait_settled http://127.0.0.1:28081 "$WORK"
+}
+
+# wait_settled URL LOGDIR [CURL_ARGS...]: wait until the cluster whose node
+# serves its management API at URL has every partition stable with two
+# in-sync replicas (and has partitions: before the cluster is initialised
+# the list is empty); after 90 s, show LOGDIR's node logs and exit.
+wait_settled() {
+	local url=$1 logs=$2 deadline=$((SECONDS + 90)) body
+	shift 2
+	until body=$(curl -sf --max-time 2 "$@" "$url/partitions") && [[ -n $body ]] &&
 		jq -e '.copies_in_progress == 0 and (.partitions | length > 0 and all(.state == "stable" and (.in_sync_replicas | length) == 2))' <<<"$body" >/dev/null; do
 		if ((SECONDS > deadline)); then
-			tail -20 "$WORK"/node*.log >&2
-			echo "cluster not settled in 90s" >&2
+			tail -20 "$logs"/node*.log >&2
+			echo "cluster at $url not settled in 90s" >&2
 			exit 1
 		fi
 		sleep 1

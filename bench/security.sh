@@ -70,18 +70,9 @@ start_variant() { # start_variant NAME INDEX
 }
 
 settle() { # settle NAME: every partition stable with two in-sync replicas
-	local name=$1 deadline=$((SECONDS + 90)) body
 	# shellcheck disable=SC2206
-	local curl_args=(${CURL_ARGS[$name]})
-	until body=$(curl -sf --max-time 2 "${curl_args[@]}" "${MGMT[$name]}/partitions") && [[ -n $body ]] &&
-		jq -e '.copies_in_progress == 0 and (.partitions | length > 0 and all(.state == "stable" and (.in_sync_replicas | length) == 2))' <<<"$body" >/dev/null; do
-		if ((SECONDS > deadline)); then
-			tail -20 "$WORK/$name"/node*.log >&2
-			echo "$name: cluster not settled in 90s" >&2
-			exit 1
-		fi
-		sleep 1
-	done
+	local curl_args=(${CURL_ARGS[$1]})
+	wait_settled "${MGMT[$1]}" "$WORK/$1" "${curl_args[@]}"
 }
 
 node_cpu() { # node_cpu NAME: the variant's nodes' CPU time so far, in clock ticks
